@@ -1,0 +1,22 @@
+# landscope: train -> snapshot -> select_minimizer -> evaluate -> conditions -> report -> report_index
+# Table of contents only; the rules live in workflow/rules/, the logic in src/landscope/.
+
+# The default study, unless --configfile names another (which then replaces it whole instead of
+# being merged into it key by key); --config key=value still overrides single keys.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/measure.smk"
+include: "workflow/rules/conditions.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        "reports/index.html",
+        "results/landscope.duckdb",
+    default_target: True

@@ -1,0 +1,324 @@
+"""The alpha-beta-condition's exact feasible region, min-T heatmaps, and PL / Aiming / angle / QCvx.
+
+For every replayed step k (all seeds of a sweep point)
+
+    T_k(alpha, beta) = a_k - alpha * u_k + beta * v_k,
+    a_k = <grad f_{i_k}(x_k), x_k - x_K>,  u_k = f_{i_k}(x_k) - f_{i_k}(x_K),  v_k = f_{i_k}(x_k) - f_{i_k}*,
+
+the slack of the alpha-beta-condition <grad f_i(x), x - x_p> >= alpha (f_i(x) - f_i(x_p)) - beta (f_i(x) - f_i*).
+(The beta term relaxes the condition: v_k >= 0, so a larger beta never hurts, and since
+v_k - u_k = f_{i_k}(x_K) - f_i* >= 0, if (alpha, beta) works so does (alpha + d, beta + d).)
+T is affine in (alpha, beta), so min_k T_k = -max_k (alpha, beta, 1) . p_k with p_k = (u_k, -v_k, -a_k):
+a maximum of a linear function over points, attained at a vertex of their convex hull. Reducing the
+K points to the hull's H vertices makes every grid and region query O(H) instead of O(K).
+The feasible set {T_k >= 0 for all k, beta >= 0, alpha >= beta + margin} is an intersection of
+half-planes (alpha u_k - beta v_k <= a_k): a convex polygon, computed exactly by clipping within a
+box (it is unbounded along (1, 1)).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from landscope import store
+
+
+# ----------------------------------------------------------------------------------- geometry
+def hull_reduce(u: np.ndarray, v: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Indices of the points (u, -v, -a) that can maximize a linear function: the hull vertices.
+
+    Falls back to every unique point when the set is too small or degenerate for Qhull.
+    """
+    pts = np.column_stack([u, -v, -a]).astype(np.float64)
+    pts_u, first = np.unique(pts, axis=0, return_index=True)
+    if len(pts_u) <= 64:
+        return np.sort(first)
+    from scipy.spatial import ConvexHull, QhullError
+
+    scale = np.abs(pts_u).max(axis=0)
+    scale[scale == 0] = 1.0
+    try:
+        hull = ConvexHull(pts_u / scale)
+        return np.sort(first[hull.vertices])
+    except QhullError:
+        # flat (e.g. constant v): the points span a plane or a line; joggling keeps every
+        # extreme point of the flat set extreme
+        try:
+            hull = ConvexHull(pts_u / scale, qhull_options="QJ")
+            return np.sort(first[hull.vertices])
+        except QhullError:
+            return np.sort(first)
+
+
+def min_t(alpha: np.ndarray, beta: np.ndarray, u, v, a) -> np.ndarray:
+    """min_k T_k(alpha, beta) for arrays of pairs (broadcast over the points, chunked)."""
+    alpha, beta = np.asarray(alpha, float).ravel(), np.asarray(beta, float).ravel()
+    out = np.empty_like(alpha)
+    chunk = max(1, 2_000_000 // max(len(u), 1))
+    for s in range(0, len(alpha), chunk):
+        al, be = alpha[s:s + chunk, None], beta[s:s + chunk, None]
+        out[s:s + chunk] = (a[None, :] - al * u[None, :] + be * v[None, :]).min(axis=1)
+    return out
+
+
+def clip_polygon(poly: list[tuple[float, float]], c1: float, c2: float, c3: float,
+                 eps: float = 0.0) -> list[tuple[float, float]]:
+    """Keep the part of a convex polygon with c1*alpha + c2*beta <= c3 (Sutherland-Hodgman)."""
+    out: list[tuple[float, float]] = []
+    n = len(poly)
+    for i in range(n):
+        p, q = poly[i], poly[(i + 1) % n]
+        fp = c1 * p[0] + c2 * p[1] - c3
+        fq = c1 * q[0] + c2 * q[1] - c3
+        if fp <= eps:
+            out.append(p)
+        if (fp < -eps and fq > eps) or (fp > eps and fq < -eps):
+            t = fp / (fp - fq)
+            out.append((p[0] + t * (q[0] - p[0]), p[1] + t * (q[1] - p[1])))
+    # drop consecutive duplicates
+    clean: list[tuple[float, float]] = []
+    for pt in out:
+        if not clean or abs(pt[0] - clean[-1][0]) + abs(pt[1] - clean[-1][1]) > 1e-12 * (1 + abs(pt[0])):
+            clean.append(pt)
+    if len(clean) > 1 and abs(clean[0][0] - clean[-1][0]) + abs(clean[0][1] - clean[-1][1]) <= 1e-12:
+        clean.pop()
+    return clean
+
+
+def feasible_polygon(u, v, a, margin: float, alpha_box: float, beta_box: float) -> list[tuple[float, float]]:
+    """Exact feasible polygon inside [0, alpha_box] x [0, beta_box] (vertices counter-clockwise)."""
+    poly = [(0.0, 0.0), (alpha_box, 0.0), (alpha_box, beta_box), (0.0, beta_box)]
+    poly = clip_polygon(poly, -1.0, 1.0, -margin)  # alpha >= beta + margin
+    scale = max(1.0, alpha_box)
+    for uk, vk, ak in zip(u, v, a):
+        if not poly:
+            break
+        # tolerance relative to the constraint's magnitude, so that rounding cannot cut a vertex
+        eps = 1e-12 * (abs(uk) * scale + abs(vk) * scale + abs(ak) + 1e-300)
+        poly = clip_polygon(poly, float(uk), -float(vk), float(ak), eps)
+    return poly
+
+
+def lp_min(u, v, a, margin: float, objective: tuple[float, float], bound: float = 1e12):
+    """Minimize objective . (alpha, beta) over the feasible set; None when infeasible."""
+    from scipy.optimize import linprog
+
+    A = np.column_stack([u, -np.asarray(v, float)])
+    b = np.asarray(a, float)
+    A = np.vstack([A, [-1.0, 1.0]])
+    b = np.append(b, -margin)
+    res = linprog(c=list(objective), A_ub=A, b_ub=b, bounds=[(0, bound), (0, bound)], method="highs")
+    if res.status != 0:
+        return None
+    return float(res.x[0]), float(res.x[1])
+
+
+def nice_ceil(x: float) -> float:
+    """Round up to 1, 2, 2.5 or 5 times a power of ten."""
+    if x <= 0 or not math.isfinite(x):
+        return 1.0
+    e = math.floor(math.log10(x))
+    for m in (1, 2, 2.5, 5, 10):
+        if m * 10**e >= x * (1 - 1e-12):
+            return m * 10**e
+    return 10 ** (e + 1)
+
+
+@dataclass
+class Region:
+    feasible: bool
+    alpha_min: float
+    beta_at_alpha_min: float
+    beta_min: float
+    alpha_at_beta_min: float
+    polygon: list[tuple[float, float]]
+    alpha_box: float
+    beta_box: float
+    hull_points: int
+    hull_index: np.ndarray
+
+
+def analyze_region(u, v, a, margin: float = 0.1, alpha_max: float | str = "auto") -> Region:
+    """The exact feasible region of the alpha-beta-condition for the points (u, v, a)."""
+    u, v, a = (np.asarray(x, dtype=np.float64) for x in (u, v, a))
+    keep = np.isfinite(u) & np.isfinite(v) & np.isfinite(a)
+    u, v, a = u[keep], v[keep], a[keep]
+    idx = hull_reduce(u, v, a) if len(u) else np.array([], dtype=int)
+    hu, hv, ha = u[idx], v[idx], a[idx]
+    best = lp_min(hu, hv, ha, margin, (1.0, 1e-9))
+    if alpha_max == "auto":
+        alpha_box = nice_ceil(max(2.0 * best[0], best[0] + 1.0)) if best else 10.0
+    else:
+        alpha_box = float(alpha_max)
+    beta_box = alpha_box
+    poly = feasible_polygon(hu, hv, ha, margin, alpha_box, beta_box) if best else []
+    if not poly:
+        nan = math.nan
+        return Region(False, nan, nan, nan, nan, [], alpha_box, beta_box, len(idx), idx)
+    pa = np.array(poly)
+    amin = pa[:, 0].min()
+    at = np.abs(pa[:, 0] - amin) <= 1e-9 * max(1.0, abs(amin))
+    bmin_i = int(np.argmin(pa[:, 1] + 1e-12 * pa[:, 0]))
+    return Region(True, float(amin), float(pa[at, 1].min()), float(pa[bmin_i, 1]),
+                  float(pa[bmin_i, 0]), poly, alpha_box, beta_box, len(idx), idx)
+
+
+def frontier(poly: list[tuple[float, float]], alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each alpha: the smallest and largest feasible beta (NaN where none)."""
+    lo = np.full(len(alphas), np.nan)
+    hi = np.full(len(alphas), np.nan)
+    n = len(poly)
+    for i, al in enumerate(alphas):
+        ys = []
+        for j in range(n):
+            (x0, y0), (x1, y1) = poly[j], poly[(j + 1) % n]
+            if min(x0, x1) - 1e-12 <= al <= max(x0, x1) + 1e-12:
+                if abs(x1 - x0) < 1e-15:
+                    ys += [y0, y1]
+                else:
+                    t = (al - x0) / (x1 - x0)
+                    ys.append(y0 + t * (y1 - y0))
+        if ys:
+            lo[i], hi[i] = min(ys), max(ys)
+    return lo, hi
+
+
+def grid(u, v, a, region: Region, n: int, margin: float):
+    """The min-T heatmap on an n x n grid over the region's box, from the hull points only."""
+    alphas = np.linspace(0.0, region.alpha_box, n)
+    betas = np.linspace(0.0, region.beta_box, n)
+    A, B = np.meshgrid(alphas, betas, indexing="ij")
+    A, B = A.ravel(), B.ravel()
+    idx = region.hull_index
+    vals = min_t(A, B, np.asarray(u)[idx], np.asarray(v)[idx], np.asarray(a)[idx])
+    valid = A >= B + margin - 1e-12
+    return A, B, np.where(valid, vals, np.nan), valid
+
+
+# ----------------------------------------------------------------------------------- the rule
+def _sql_list(paths) -> str:
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+
+
+def experiment_conditions(exp, results: str | Path, steps_files, directions_files, drift_files) -> dict:
+    """Compute and write ab_region, ab_frontier, ab_grid, pl and condition_summary for one experiment.
+
+    ``exp`` is an ExperimentSpec; the *_files are the exact part files of its runs (so that stale
+    parts of an earlier configuration never leak in).
+    """
+    import duckdb
+
+    cfg = exp.conditions
+    margin, delta, gsize = float(cfg["margin"]), float(cfg["pl_delta"]), int(cfg["grid_size"])
+    con = duckdb.connect(":memory:")
+    con.execute(f"CREATE VIEW steps AS SELECT * FROM read_parquet({_sql_list(steps_files)})")
+    con.execute(f"CREATE VIEW directions AS SELECT * FROM read_parquet({_sql_list(directions_files)})")
+    con.execute(f"CREATE VIEW drift AS SELECT * FROM read_parquet({_sql_list(drift_files)})")
+    points: dict[str, list] = {}
+    for r in exp.runs:
+        points.setdefault(r.point, []).append(r)
+    out = {t: {c: [] for c in store.SCHEMAS[t]} for t in
+           ("ab_region", "ab_frontier", "ab_grid", "pl", "condition_summary")}
+
+    def add(table, **row):
+        for c in store.SCHEMAS[table]:
+            out[table][c].append(row[c])
+
+    summaries = []
+    for point, runs in points.items():
+        names = [r.run for r in runs]
+        in_runs = "(" + ", ".join("'" + n.replace("'", "''") + "'" for n in names) + ")"
+        arr = con.sql(f"""SELECT batch_loss - batch_loss_at_min AS u, batch_loss - batch_loss_star AS v,
+                          grad_dot_dir AS a, batch_loss_star AS s FROM steps WHERE run IN {in_runs}""").fetchnumpy()
+        u, v, a = arr["u"], arr["v"], arr["a"]
+        reg = analyze_region(u, v, a, margin, cfg["alpha_max"])
+        for i, (al, be) in enumerate(reg.polygon):
+            add("ab_region", experiment=exp.name, point=point, vertex=i, alpha=al, beta=be,
+                on_box_edge=bool(abs(al - reg.alpha_box) < 1e-9 * reg.alpha_box
+                                 or abs(be - reg.beta_box) < 1e-9 * reg.beta_box))
+        alphas = np.linspace(0, reg.alpha_box, 4 * gsize + 1)
+        lo, hi = frontier(reg.polygon, alphas) if reg.feasible else (alphas * np.nan, alphas * np.nan)
+        for al, bl, bh in zip(alphas, lo, hi):
+            add("ab_frontier", experiment=exp.name, point=point, alpha=float(al),
+                beta_min=float(bl), beta_max=float(bh))
+        A, B, T, valid = grid(u, v, a, reg, gsize, margin) if len(u) else ([], [], [], [])
+        for al, be, t, ok in zip(A, B, T, valid):
+            add("ab_grid", experiment=exp.name, point=point, alpha=float(al), beta=float(be),
+                min_t=None if not ok else float(t), feasible=bool(ok and t >= 0))
+
+        d = con.sql(f"""SELECT run, step, full_loss, full_loss_at_min, full_grad_norm, full_grad_dot_dir,
+                        dist_to_min, cos_angle, aiming_coef FROM directions WHERE run IN {in_runs}
+                        ORDER BY run, step""").fetchnumpy()
+        gap = d["full_loss"] - d["full_loss_at_min"]
+        ok = (gap > 0) & (d["full_grad_norm"] > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_mu = np.where(ok, np.log10(0.5) + 2 * np.log10(d["full_grad_norm"]) - (2 / delta) * np.log10(gap), np.nan)
+            qcvx = np.where(gap > 0, d["full_grad_dot_dir"] / gap, np.nan)
+        for run, step, lm in zip(d["run"], d["step"], log_mu):
+            add("pl", experiment=exp.name, run=str(run), point=point, step=int(step), pl_delta=delta,
+                pl_log10_mu=None if not np.isfinite(lm) else float(lm))
+        away = d["dist_to_min"] > 0
+        aim = np.where(away, d["aiming_coef"], np.nan)
+        cos = np.where(away, d["cos_angle"], np.nan)
+        f_star = _f(_scalar(con, f"""SELECT avg(fk) FROM (SELECT run, any_value(full_loss_at_min) AS fk
+                                FROM directions WHERE run IN {in_runs} GROUP BY run)"""))
+        f_star = math.nan if f_star is None else f_star
+        fi_star_mean = float(np.mean(arr["s"])) if len(arr["s"]) else math.nan
+        sigma = f_star - fi_star_mean
+        term = _term(reg.beta_at_alpha_min, reg.alpha_min, sigma)
+        term_min = min((_term(be, al, sigma) for al, be in reg.polygon), default=math.nan)
+        last = _scalar(con, f"""SELECT avg(full_loss) FROM directions d WHERE run IN {in_runs}
+                           AND step = (SELECT max(step) FROM directions e WHERE e.run = d.run)""")
+        fin_b = _scalar(con, f"""SELECT avg(batch_loss) FROM (SELECT batch_loss, step, max(step) OVER (PARTITION BY run) AS m
+                            FROM steps WHERE run IN {in_runs}) WHERE step >= 0.95 * m""")
+        drift = _scalar(con, f"SELECT max(max_abs_drift) FROM drift WHERE run IN {in_runs}")
+        aim_i = int(np.nanargmin(aim)) if np.isfinite(aim).any() else None
+        row = dict(
+            experiment=exp.name, point=point, sweep_json=json.dumps(runs[0].sweep, sort_keys=True),
+            n_runs=len(runs), n_steps=int(len(u)), feasible=reg.feasible, alpha_min=reg.alpha_min,
+            beta_at_alpha_min=reg.beta_at_alpha_min, beta_min=reg.beta_min,
+            alpha_at_beta_min=reg.alpha_at_beta_min, margin=margin, alpha_box=reg.alpha_box,
+            beta_box=reg.beta_box, hull_points=reg.hull_points, f_star_est=f_star,
+            f_i_star_mean=fi_star_mean, sigma_int_sq=sigma,
+            sigma_int_sq_method=("f* = full-batch f(x_K) (mean over seeds); E_i f_i* = mean of the "
+                                 "per-batch f_i* over replayed steps"),
+            nonvanishing_term=term, nonvanishing_term_min=term_min, pl_delta=delta,
+            pl_log10_mu_min=_nanmin(log_mu), aiming_min=_nanmin(aim),
+            aiming_min_step=None if aim_i is None else int(d["step"][aim_i]),
+            qcvx_theta_min=_nanmin(qcvx), cos_angle_min=_nanmin(cos), cos_angle_mean=_nanmean(cos),
+            final_full_loss_mean=_f(last), final_batch_loss_mean=_f(fin_b), max_abs_drift=_f(drift))
+        add("condition_summary", **row)
+        summaries.append(row)
+    meta = {"experiment": exp.name, "conditions": cfg, **store.provenance()}
+    for table, cols in out.items():
+        store.write_table(store.part_path(results, table, exp.name), table, cols, meta)
+    return {"experiment": exp.name, "points": summaries}
+
+
+def _scalar(con, query: str):
+    return con.sql(query).fetchall()[0][0]
+
+
+def _term(beta, alpha, sigma) -> float:
+    if not (math.isfinite(alpha) and math.isfinite(beta)) or alpha <= beta:
+        return math.nan
+    return 2.0 * beta * sigma / (alpha - beta)
+
+
+def _nanmin(x) -> float | None:
+    x = np.asarray(x, float)
+    return float(np.nanmin(x)) if np.isfinite(x).any() else None
+
+
+def _nanmean(x) -> float | None:
+    x = np.asarray(x, float)
+    return float(np.nanmean(x)) if np.isfinite(x).any() else None
+
+
+def _f(x) -> float | None:
+    return None if x is None else float(x)

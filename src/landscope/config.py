@@ -1,0 +1,296 @@
+"""Study configuration: validation with clear messages, defaults, and expansion into runs.
+
+A study config (YAML) is validated against ``schemas/config.schema.yaml``; defaults from the schema
+are filled in; every experiment expands into :class:`RunSpec` objects (sweep values x seeds).
+``RunSpec`` is plain data: it travels to Snakemake jobs as ``params`` and back with ``from_dict``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SAFE_VALUE = re.compile(r"^[A-Za-z0-9.+-]{1,64}$")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as: where, what was given, what is allowed."""
+
+
+def load_schema() -> dict:
+    text = resources.files("landscope").joinpath("schemas/config.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _resolve(schema: dict, root: dict) -> dict:
+    while "$ref" in schema:
+        ref = schema["$ref"]
+        node = root
+        for part in ref.removeprefix("#/").split("/"):
+            node = node[part]
+        schema = {**node, **{k: v for k, v in schema.items() if k != "$ref"}}
+    return schema
+
+
+def fill_defaults(instance: Any, schema: dict, root: dict) -> Any:
+    """Fill schema defaults into ``instance`` (recursively, objects only); returns a new object."""
+    schema = _resolve(schema, root)
+    if not isinstance(instance, dict):
+        return instance
+    out = dict(instance)
+    props = schema.get("properties", {})
+    for key, sub in props.items():
+        sub_r = _resolve(sub, root)
+        if key not in out and "default" in sub_r:
+            out[key] = copy.deepcopy(sub_r["default"])
+        if key in out:
+            out[key] = fill_defaults(out[key], sub_r, root)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key in out:
+            if key not in props:
+                out[key] = fill_defaults(out[key], extra, root)
+    return out
+
+
+def _where(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _explain(err: jsonschema.ValidationError) -> str:
+    where = _where(err.absolute_path)
+    got = json.dumps(err.instance, default=str)
+    if len(got) > 80:
+        got = got[:77] + "..."
+    v, s = err.validator, err.validator_value
+    if v == "enum":
+        allowed = ", ".join(json.dumps(x) for x in s)
+        return f"config key '{where}': got {got}; allowed values: {allowed}"
+    if v == "additionalProperties" and isinstance(err.instance, dict):
+        known = sorted(err.schema.get("properties", {}))
+        unknown = sorted(k for k in err.instance if k not in known)
+        return (f"config key '{where}': unknown key(s) {', '.join(map(repr, unknown))}; "
+                f"allowed keys: {', '.join(known)}")
+    if v == "required":
+        return f"config key '{where}': {err.message}"
+    if v == "type":
+        return f"config key '{where}': got {got}; expected type {s}"
+    if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[v]
+        return f"config key '{where}': got {got}; must be {op} {s}"
+    if v == "pattern":
+        return f"config key '{where}': got {got}; must match {s}"
+    if v == "propertyNames":
+        return f"config key '{where}': name {err.message}"
+    return f"config key '{where}': got {got}; {err.message}"
+
+
+def validate(config: dict, schema: dict | None = None) -> dict:
+    """Validate a raw study config and return it with defaults filled in.
+
+    Raises ConfigError listing every problem found (key, bad value, what is allowed).
+    """
+    schema = schema or load_schema()
+    if not isinstance(config, dict):
+        raise ConfigError(f"the config must be a mapping, got {type(config).__name__}")
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        # propertyNames errors report the parent; add the offending name itself
+        lines = [_explain(e) for e in errors]
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(lines))
+    full = fill_defaults(config, schema, schema)
+    for name, exp in full["experiments"].items():
+        _check_semantics(name, exp)
+    return full
+
+
+def _check_semantics(name: str, exp: dict) -> None:
+    from landscope import data, models  # local: keep config import light
+
+    where = f"experiments.{name}"
+    models.check_name(exp["model"]["name"], f"{where}.model.name")
+    data.check_name(exp["dataset"]["name"], f"{where}.dataset.name")
+    fstar = exp["f_i_star"]
+    if isinstance(fstar, str) and fstar != "exact":
+        raise ConfigError(f"config key '{where}.f_i_star': got {fstar!r}; allowed: a number or 'exact'")
+    dt = exp["drift_tolerance"]
+    if isinstance(dt, str) and dt != "auto":
+        raise ConfigError(f"config key '{where}.drift_tolerance': got {dt!r}; allowed: 'auto' or a number >= 0")
+    if not isinstance(dt, str) and dt < 0:
+        raise ConfigError(f"config key '{where}.drift_tolerance': got {dt}; must be >= 0")
+    am = exp["conditions"]["alpha_max"]
+    if isinstance(am, str) and am != "auto":
+        raise ConfigError(f"config key '{where}.conditions.alpha_max': got {am!r}; allowed: 'auto' or a number > 0")
+    if exp["snapshot_every"] > exp["steps"]:
+        raise ConfigError(
+            f"config key '{where}.snapshot_every': got {exp['snapshot_every']}, more than "
+            f"steps={exp['steps']}; use a value <= steps")
+    for key, values in exp["sweep"].items():
+        parent, leaf = _walk(exp, key, f"{where}.sweep")
+        for v in values:
+            if not SAFE_VALUE.match(_fmt(v)):
+                raise ConfigError(
+                    f"config key '{where}.sweep.{key}': value {v!r} cannot name a run directory; "
+                    "use letters, digits, '.', '+', '-' only")
+
+
+def _walk(exp: dict, dotted: str, where: str):
+    parts = dotted.split(".")
+    node = exp
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            raise ConfigError(f"config key '{where}.{dotted}': '{p}' is not a section of the experiment")
+        node = node[p]
+    if parts[0] in ("sweep", "seeds"):
+        raise ConfigError(f"config key '{where}.{dotted}': cannot sweep over '{parts[0]}'; list seeds under 'seeds'")
+    return node, parts[-1]
+
+
+def _fmt(v) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        return repr(v)
+    return str(v)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one run needs, as plain data (JSON-able)."""
+
+    experiment: str
+    run: str
+    point: str
+    sweep: dict
+    seed: int
+    model: dict
+    dataset: dict
+    loss: str | None
+    optimizer: dict
+    schedule: dict
+    batch_size: int
+    steps: int
+    snapshot_every: int
+    f_i_star: float | str
+    minimizer: str
+    drift_tolerance: float | str
+    eval_batch_size: int
+    device: str = "auto"
+    data_dir: str | None = None
+    torch_threads: int = 1
+
+    @property
+    def checkpoint_steps(self) -> list[int]:
+        return checkpoint_steps(self.steps, self.snapshot_every)
+
+    @property
+    def n_segments(self) -> int:
+        return len(self.checkpoint_steps) - 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunSpec":
+        return cls(**d)
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def checkpoint_steps(steps: int, every: int) -> list[int]:
+    out = list(range(0, steps, every))
+    out.append(steps)
+    return out
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    name: str
+    title: str
+    runs: list[RunSpec]
+    conditions: dict
+    sweep_keys: list[str] = field(default_factory=list)
+    raw: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Study:
+    experiments: dict[str, ExperimentSpec]
+    skipped: dict[str, str]
+
+    def runs(self) -> list[RunSpec]:
+        return [r for e in self.experiments.values() for r in e.runs]
+
+    def run(self, experiment: str, run: str) -> RunSpec:
+        for r in self.experiments[experiment].runs:
+            if r.run == run:
+                return r
+        raise KeyError(f"no run {run!r} in experiment {experiment!r}")
+
+
+def expand_experiment(name: str, exp: dict, top: dict) -> ExperimentSpec:
+    keys = list(exp["sweep"])
+    combos = list(itertools.product(*[exp["sweep"][k] for k in keys])) or [()]
+    runs = []
+    for combo in combos:
+        concrete = copy.deepcopy(exp)
+        for k, v in zip(keys, combo):
+            parent, leaf = _walk(concrete, k, f"experiments.{name}.sweep")
+            parent[leaf] = v
+        point = ",".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in zip(keys, combo)) or "all"
+        for seed in exp["seeds"]:
+            label = "_".join(f"{k.split('.')[-1]}-{_fmt(v)}" for k, v in zip(keys, combo))
+            run = f"{label}_seed-{seed}" if label else f"seed-{seed}"
+            runs.append(RunSpec(
+                experiment=name, run=run, point=point,
+                sweep={k: v for k, v in zip(keys, combo)}, seed=seed,
+                model=concrete["model"], dataset=concrete["dataset"], loss=concrete["loss"],
+                optimizer=concrete["optimizer"], schedule=concrete["schedule"],
+                batch_size=concrete["batch_size"], steps=concrete["steps"],
+                snapshot_every=concrete["snapshot_every"], f_i_star=concrete["f_i_star"],
+                minimizer=concrete["minimizer"], drift_tolerance=concrete["drift_tolerance"],
+                eval_batch_size=concrete["eval_batch_size"], device=top["device"],
+                data_dir=top["data_dir"], torch_threads=top["torch_threads"]))
+    return ExperimentSpec(name=name, title=exp["title"] or name, runs=runs,
+                          conditions=exp["conditions"], sweep_keys=keys, raw=exp)
+
+
+def load_study(config: dict | str | Path) -> Study:
+    """Validate a config (dict or YAML path) and expand it into a Study.
+
+    Experiments with ``if_data_missing: skip`` whose dataset is not available are left out and
+    listed in ``Study.skipped`` with the reason.
+    """
+    from landscope import data
+
+    if isinstance(config, (str, Path)):
+        with open(config) as fh:
+            config = yaml.safe_load(fh)
+    full = validate(config)
+    experiments, skipped = {}, {}
+    for name, exp in full["experiments"].items():
+        if not exp["enabled"]:
+            skipped[name] = "enabled: false"
+            continue
+        problem = data.availability_problem(exp["dataset"], full["data_dir"])
+        if problem:
+            if exp["if_data_missing"] == "skip":
+                skipped[name] = problem
+                continue
+            raise ConfigError(f"experiment '{name}': {problem}")
+        experiments[name] = expand_experiment(name, exp, full)
+    if not experiments:
+        raise ConfigError("no experiment left to run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    return Study(experiments=experiments, skipped=skipped)

@@ -1,0 +1,125 @@
+"""Full-batch measurements: loss, gradient and direction quantities at checkpoints.
+
+Full-batch quantities are computed in evaluation mode (dropout off) in chunks of
+``eval_batch_size`` samples; the gradient is accumulated exactly as (1/n) sum_i grad f_i.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from landscope import store
+
+
+def full_loss(problem, model: nn.Module) -> float:
+    """f(x) = (1/n) sum_i f_i(x) over the training set (evaluation mode, float64 accumulation)."""
+    x, y, n, chunk = problem.data.x, problem.data.y, len(problem.data), problem.spec.eval_batch_size
+    was = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=problem.device)
+    with torch.no_grad():
+        for a in range(0, n, chunk):
+            total += problem.loss_fn(model, model(x[a:a + chunk]), y[a:a + chunk]).double().sum()
+    model.train(was)
+    return total.item() / n
+
+
+def full_loss_and_grad(problem, model: nn.Module) -> tuple[float, list[torch.Tensor], float]:
+    """Return f(x), the list of full-batch gradients (one per parameter), and accuracy (or NaN)."""
+    x, y, n, chunk = problem.data.x, problem.data.y, len(problem.data), problem.spec.eval_batch_size
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    was = model.training
+    model.eval()
+    total, correct = 0.0, 0
+    classify = not y.is_floating_point()
+    signs = (not classify) and bool(((y == 1) | (y == -1)).all())
+    for a in range(0, n, chunk):
+        out = model(x[a:a + chunk])
+        losses = problem.loss_fn(model, out, y[a:a + chunk])
+        gs = torch.autograd.grad(losses.sum() / n, params)
+        for acc, g in zip(grads, gs):
+            acc += g.double()
+        total += losses.detach().double().sum().item()
+        if classify:
+            correct += (out.argmax(1) == y[a:a + chunk]).sum().item()
+        elif signs and out.dim() == 1:  # +-1 labels with a score (half-space)
+            correct += ((out > 0).float() * 2 - 1 == y[a:a + chunk]).sum().item()
+    model.train(was)
+    acc = correct / n if (classify or signs) else math.nan
+    return total / n, grads, acc
+
+
+def _norm(tensors) -> float:
+    return math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors))
+
+
+def direction_row(problem, model_k: nn.Module, step: int) -> dict:
+    """Full-batch quantities at the current parameters x_k that need x_K."""
+    model = problem.model
+    f, grads, _ = full_loss_and_grad(problem, model)
+    f_k = full_loss(problem, model_k)
+    params = [p for p in model.parameters() if p.requires_grad]
+    params_k = [p for p in model_k.parameters()]
+    diffs = [(p.detach().double() - q.double()) for p, q in zip(params, params_k)]
+    dot = sum(float((g * d).sum()) for g, d in zip(grads, diffs))
+    gnorm, dist = _norm(grads), _norm(diffs)
+    cos = dot / (gnorm * dist) if gnorm > 0 and dist > 0 else math.nan
+    aiming = dot / f if f > 0 else math.nan
+    return {"step": step, "full_loss": f, "full_loss_at_min": f_k, "full_grad_norm": gnorm,
+            "full_grad_dot_dir": dot, "dist_to_min": dist, "cos_angle": cos, "aiming_coef": aiming}
+
+
+def snapshot_run(spec, ckpt_dir: str | Path, results: str | Path) -> Path:
+    """Full-batch loss, gradient norm, parameter norm and accuracy at every checkpoint."""
+    from landscope.trajectory import build_problem, checkpoint_path, load_checkpoint
+
+    problem = build_problem(spec)
+    rows = {k: [] for k in store.SCHEMAS["snapshots"]}
+    for step in spec.checkpoint_steps:
+        state = load_checkpoint(checkpoint_path(ckpt_dir, step), spec.config_hash(), problem.device)
+        problem.model.load_state_dict(state["model"])
+        f, grads, acc = full_loss_and_grad(problem, problem.model)
+        for k, v in (("experiment", spec.experiment), ("run", spec.run), ("step", step),
+                     ("full_loss", f), ("full_grad_norm", _norm(grads)),
+                     ("param_norm", _norm([p.detach() for p in problem.model.parameters()])),
+                     ("accuracy", acc)):
+            rows[k].append(v)
+    meta = store.provenance(spec.config_hash(), str(problem.device))
+    return store.write_table(store.part_path(results, "snapshots", spec.experiment, spec.run),
+                             "snapshots", rows, meta)
+
+
+def select_minimizer(spec, ckpt_dir: str | Path, snapshots_path: str | Path, out_pt: str | Path,
+                     results: str | Path) -> dict:
+    """Choose x_K among the checkpoints: ``last`` (the paper) or ``best`` (lowest full loss)."""
+    import pyarrow.parquet as pq
+
+    from landscope.trajectory import checkpoint_path, load_checkpoint
+
+    snaps = pq.read_table(snapshots_path).to_pydict()
+    if spec.minimizer == "last":
+        i = snaps["step"].index(max(snaps["step"]))
+    elif spec.minimizer == "best":
+        i = min(range(len(snaps["step"])), key=lambda j: (snaps["full_loss"][j], -snaps["step"][j]))
+    else:
+        raise ValueError(f"unknown minimizer method {spec.minimizer!r}; use last or best")
+    step = snaps["step"][i]
+    state = load_checkpoint(checkpoint_path(ckpt_dir, step), spec.config_hash())
+    out_pt = Path(out_pt)
+    out_pt.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_pt.with_suffix(".tmp")
+    torch.save({"model": state["model"], "step": step, "method": spec.minimizer}, tmp)
+    tmp.replace(out_pt)
+    meta = store.provenance(spec.config_hash())
+    store.write_table(store.part_path(results, "minimizers", spec.experiment, spec.run), "minimizers", {
+        "experiment": [spec.experiment], "run": [spec.run], "method": [spec.minimizer],
+        "step": [step], "full_loss": [snaps["full_loss"][i]]}, meta)
+    out = {"step": step, "method": spec.minimizer, "full_loss": snaps["full_loss"][i]}
+    out_pt.with_suffix(".json").write_text(json.dumps(out))
+    return out

@@ -1,0 +1,216 @@
+"""Parquet tables with fixed schemas and provenance; DuckDB views over them.
+
+Layout: ``<results>/tables/<table>/experiment=E/run=R/part-*.parquet`` (run-level tables) and
+``<results>/tables/<table>/experiment=E/part-0.parquet`` (experiment-level tables). ``experiment``
+and ``run`` are stored in the files too, so the hive path is a convenience, not the source.
+Writes are atomic (temporary file + rename): a killed job never leaves a partial part visible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+I64, F64, STR, BOOL = pa.int64(), pa.float64(), pa.string(), pa.bool_()
+
+SCHEMAS: dict[str, dict[str, pa.DataType]] = {
+    "runs": {
+        "experiment": STR, "run": STR, "point": STR, "seed": I64, "sweep_json": STR,
+        "model": STR, "dataset": STR, "optimizer": STR, "lr": F64, "batch_size": I64,
+        "steps": I64, "snapshot_every": I64, "n_params": I64, "n_train": I64, "status": STR,
+        "train_wall_s": F64, "device": STR, "config_hash": STR,
+    },
+    "train": {
+        "experiment": STR, "run": STR, "step": I64, "epoch": I64, "lr": F64, "batch_loss": F64,
+    },
+    "snapshots": {
+        "experiment": STR, "run": STR, "step": I64, "full_loss": F64, "full_grad_norm": F64,
+        "param_norm": F64, "accuracy": F64,
+    },
+    "minimizers": {
+        "experiment": STR, "run": STR, "method": STR, "step": I64, "full_loss": F64,
+    },
+    "steps": {
+        "experiment": STR, "run": STR, "step": I64, "lr": F64, "batch_loss": F64,
+        "batch_loss_at_min": F64, "batch_loss_star": F64, "grad_dot_dir": F64,
+        "grad_norm": F64, "dist_to_min": F64,
+    },
+    "directions": {
+        "experiment": STR, "run": STR, "step": I64, "full_loss": F64, "full_loss_at_min": F64,
+        "full_grad_norm": F64, "full_grad_dot_dir": F64, "dist_to_min": F64,
+        "cos_angle": F64, "aiming_coef": F64,
+    },
+    "drift": {
+        "experiment": STR, "run": STR, "segment": I64, "step": I64, "max_abs_drift": F64,
+        "tolerance": F64, "replay_wall_s": F64,
+    },
+    "pl": {
+        "experiment": STR, "run": STR, "point": STR, "step": I64, "pl_delta": F64,
+        "pl_log10_mu": F64,
+    },
+    "ab_region": {
+        "experiment": STR, "point": STR, "vertex": I64, "alpha": F64, "beta": F64,
+        "on_box_edge": BOOL,
+    },
+    "ab_frontier": {
+        "experiment": STR, "point": STR, "alpha": F64, "beta_min": F64, "beta_max": F64,
+    },
+    "ab_grid": {
+        "experiment": STR, "point": STR, "alpha": F64, "beta": F64, "min_t": F64,
+        "feasible": BOOL,
+    },
+    "condition_summary": {
+        "experiment": STR, "point": STR, "sweep_json": STR, "n_runs": I64, "n_steps": I64,
+        "feasible": BOOL, "alpha_min": F64, "beta_at_alpha_min": F64, "beta_min": F64,
+        "alpha_at_beta_min": F64, "margin": F64, "alpha_box": F64, "beta_box": F64,
+        "hull_points": I64, "f_star_est": F64, "f_i_star_mean": F64, "sigma_int_sq": F64,
+        "sigma_int_sq_method": STR, "nonvanishing_term": F64, "nonvanishing_term_min": F64,
+        "pl_delta": F64, "pl_log10_mu_min": F64, "aiming_min": F64, "aiming_min_step": I64,
+        "qcvx_theta_min": F64, "cos_angle_min": F64, "cos_angle_mean": F64,
+        "final_full_loss_mean": F64, "final_batch_loss_mean": F64, "max_abs_drift": F64,
+    },
+}
+
+RUN_TABLES = {"runs", "train", "snapshots", "minimizers", "steps", "directions", "drift"}
+
+
+def table_dir(results: str | Path, table: str, experiment: str, run: str | None = None) -> Path:
+    p = Path(results) / "tables" / table / f"experiment={experiment}"
+    return p / f"run={run}" if run is not None else p
+
+
+def part_path(results, table, experiment, run=None, part: int = 0) -> Path:
+    return table_dir(results, table, experiment, run) / f"part-{part:05d}.parquet"
+
+
+@lru_cache(maxsize=1)
+def _git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance(config_hash: str = "", device: str = "") -> dict[str, str]:
+    import torch
+
+    import landscope
+
+    return {"landscope_version": landscope.__version__, "git_sha": _git_sha(),
+            "config_hash": config_hash, "torch_version": torch.__version__,
+            "python_version": platform.python_version(), "device": device,
+            "host": platform.node()}
+
+
+def to_arrow(table: str, columns: dict[str, list], meta: dict | None = None) -> pa.Table:
+    schema = SCHEMAS[table]
+    missing = set(schema) - set(columns)
+    extra = set(columns) - set(schema)
+    if missing or extra:
+        raise ValueError(f"table {table}: missing columns {sorted(missing)}, unexpected {sorted(extra)}")
+    arrays = [pa.array(columns[c], type=t) for c, t in schema.items()]
+    fields = [pa.field(c, t) for c, t in schema.items()]
+    md = {b"landscope": json.dumps(meta or {}, sort_keys=True).encode()}
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=md))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_table(path: str | Path, table: str, columns: dict[str, list], meta: dict | None = None) -> Path:
+    """Write one part of ``table`` atomically, typed by SCHEMAS, with provenance metadata."""
+    path = Path(path)
+    tbl = to_arrow(table, columns, meta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(tbl, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_meta(path: str | Path) -> dict:
+    md = pq.read_schema(path).metadata or {}
+    return json.loads(md.get(b"landscope", b"{}"))
+
+
+# ----------------------------------------------------------------------------------- DuckDB
+def _duck_type(t: pa.DataType) -> str:
+    return {I64: "BIGINT", F64: "DOUBLE", STR: "VARCHAR", BOOL: "BOOLEAN"}[t]
+
+
+def view_sql(results: str | Path, table: str) -> str:
+    """A typed view: reads every part file of the table, or is empty (typed) when there is none."""
+    root = Path(results).resolve() / "tables" / table
+    cols = SCHEMAS[table]
+    select = ", ".join(f"CAST({c} AS {_duck_type(t)}) AS {c}" for c, t in cols.items())
+    if any(root.rglob("part-*.parquet")):
+        glob = str(root / "**" / "part-*.parquet").replace("'", "''")
+        src = f"read_parquet('{glob}', union_by_name = true, hive_partitioning = false)"
+        return f"CREATE OR REPLACE VIEW {table} AS SELECT {select} FROM {src}"
+    empty = ", ".join(f"CAST(NULL AS {_duck_type(t)}) AS {c}" for c, t in cols.items())
+    return f"CREATE OR REPLACE VIEW {table} AS SELECT {empty} WHERE false"
+
+
+def connect(results: str | Path = "results", confine: bool = True):
+    """An in-memory DuckDB connection with one view per table.
+
+    With ``confine`` the connection can read only below ``results`` and cannot write files
+    (COPY/ATTACH outside it fail) and the settings are locked.
+    """
+    import duckdb
+
+    con = duckdb.connect(":memory:")
+    for table in SCHEMAS:
+        con.execute(view_sql(results, table))
+    if confine:
+        root = str(Path(results).resolve()) + os.sep
+        con.execute(f"SET allowed_directories = ['{root}']")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    return con
+
+
+def write_database(results: str | Path = "results", path: str | Path | None = None) -> Path:
+    """(Re)write ``results/landscope.duckdb`` holding the same views, for any DuckDB client.
+
+    The views use absolute paths: re-run ``landscope db`` after moving the results folder.
+    """
+    import duckdb
+
+    path = Path(path or Path(results) / "landscope.duckdb")
+    tmp = path.with_suffix(".duckdb.tmp")
+    tmp.unlink(missing_ok=True)
+    con = duckdb.connect(str(tmp))
+    try:
+        for table in SCHEMAS:
+            con.execute(view_sql(results, table))
+    finally:
+        con.close()
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,430 @@
+"""Deterministic training with checkpoints, resume, and exact replay of a segment.
+
+The batch of step k is a pure function of (seed, k): a per-epoch permutation drawn from a
+generator seeded by (seed, epoch). Training and replay run the very same ``_step`` function, so a
+replay from checkpoint j reproduces the trajectory bitwise on CPU; the per-step measurements are
+taken between the backward pass and the optimizer step, without touching the trajectory.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from landscope import measure, store
+from landscope.config import RunSpec
+from landscope.data import Dataset, load_dataset
+from landscope.models import build_model, has_stochastic_layers, loss_for
+from landscope.optim import lr_at, make_optimizer
+
+log = logging.getLogger("landscope")
+
+
+class ReplayDriftError(RuntimeError):
+    """The replayed trajectory left the checkpointed one by more than the tolerance."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated, or does not match its recorded hash."""
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+# ----------------------------------------------------------------------------------- setup
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was asked for, but torch sees no CUDA device; use device: auto or cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Problem:
+    spec: RunSpec
+    data: Dataset
+    model: nn.Module
+    loss_fn: object
+    device: torch.device
+    fstar: torch.Tensor | None  # per-sample minima (float64) or None for a constant
+
+    def batch(self, step: int) -> torch.Tensor:
+        return batch_indices(len(self.data), self.spec.batch_size, self.spec.seed, step)
+
+    def batch_star(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.fstar is None:
+            return torch.tensor(float(self.spec.f_i_star), dtype=torch.float64)
+        return self.fstar[idx].mean()
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def build_problem(spec: RunSpec) -> Problem:
+    torch.set_num_threads(spec.torch_threads)
+    device = resolve_device(spec.device)
+    if device.type != "cpu":
+        # CPU kernels here are deterministic already (and the switch costs ~2 s of imports)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    data = load_dataset(spec.dataset, spec.data_dir)
+    if spec.batch_size > len(data):
+        raise ValueError(f"run {spec.experiment}/{spec.run}: batch_size {spec.batch_size} exceeds "
+                         f"the dataset size {len(data)}")
+    n_classes = int(data.y.max().item()) + 1 if not data.y.is_floating_point() else 1
+    torch.manual_seed(spec.seed)
+    model = build_model(spec.model, int(data.x[0].numel()), n_classes).to(device)
+    fstar = None
+    if spec.f_i_star == "exact":
+        if data.f_i_star is None:
+            raise ValueError(f"experiment {spec.experiment}: f_i_star: exact, but dataset "
+                             f"{spec.dataset['name']} provides no per-sample minima; give a number")
+        fstar = data.f_i_star.to(device)
+    data = Dataset(data.x.to(device), data.y.to(device), data.name, data.f_i_star, data.meta)
+    return Problem(spec, data, model, loss_for(model, spec.loss), device, fstar)
+
+
+_PERM_CACHE: dict[tuple[int, int, int], torch.Tensor] = {}
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """Indices of the mini-batch of ``step``: epoch-wise permutations, last partial batch dropped."""
+    per_epoch = n // batch_size
+    epoch, pos = divmod(step, per_epoch)
+    key = (n, seed, epoch)
+    perm = _PERM_CACHE.get(key)
+    if perm is None:
+        gen = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))
+        perm = torch.randperm(n, generator=gen)
+        _PERM_CACHE.clear()
+        _PERM_CACHE[key] = perm
+    return perm[pos * batch_size:(pos + 1) * batch_size]
+
+
+def epoch_of(n: int, batch_size: int, step: int) -> int:
+    return step // (n // batch_size)
+
+
+def _step(problem: Problem, opt: torch.optim.Optimizer, step: int, hook=None) -> torch.Tensor:
+    """One optimizer step of the trajectory; ``hook(idx, xb, yb, loss)`` runs before ``opt.step``."""
+    model, spec = problem.model, problem.spec
+    idx = problem.batch(step).to(problem.device)
+    xb, yb = problem.data.x[idx], problem.data.y[idx]
+    lr = lr_at(spec.optimizer, spec.schedule, spec.steps, step)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    model.train()
+    opt.zero_grad(set_to_none=True)
+    loss = problem.loss_fn(model, model(xb), yb).mean()
+    loss.backward()
+    if hook is not None:
+        hook(idx, xb, yb, loss)
+    opt.step()
+    return loss.detach()
+
+
+# ----------------------------------------------------------------------------------- checkpoints
+def checkpoint_path(ckpt_dir: Path, step: int) -> Path:
+    return Path(ckpt_dir) / f"step={step:07d}.pt"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(ckpt_dir: Path, step: int, problem: Problem, opt) -> Path:
+    state = {
+        "step": step,
+        "model": problem.model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if problem.device.type == "cuda" else [],
+        "config_hash": problem.spec.config_hash(),
+    }
+    path = checkpoint_path(ckpt_dir, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    side = {"step": step, "sha256": _sha256(path), "config_hash": problem.spec.config_hash(),
+            "provenance": store.provenance(problem.spec.config_hash(), str(problem.device))}
+    store.atomic_write_bytes(path.with_suffix(".json"), json.dumps(side, indent=1).encode())
+    return path
+
+
+def checkpoint_valid(path: Path, config_hash: str) -> bool:
+    side = path.with_suffix(".json")
+    if not path.is_file() or not side.is_file():
+        return False
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return meta.get("config_hash") == config_hash and meta.get("sha256") == _sha256(path)
+
+
+def load_checkpoint(path: Path, config_hash: str | None = None, map_location="cpu") -> dict:
+    """Load a checkpoint after checking its SHA-256 (and config hash when given)."""
+    path = Path(path)
+    side = path.with_suffix(".json")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is missing; re-run the train rule for this run")
+    if not side.is_file():
+        raise CheckpointError(f"checkpoint {path} has no sidecar {side.name}; it was not written to the end")
+    meta = json.loads(side.read_text())
+    got = _sha256(path)
+    if got != meta.get("sha256"):
+        raise CheckpointError(f"checkpoint {path} is corrupted: SHA-256 {got[:12]}... differs from "
+                              f"the recorded {str(meta.get('sha256'))[:12]}...; delete it and re-run training")
+    if config_hash is not None and meta.get("config_hash") != config_hash:
+        raise CheckpointError(f"checkpoint {path} was written by another configuration; re-run training")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _restore(problem: Problem, opt, state: dict) -> None:
+    problem.model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng_cpu"])
+    if state["rng_cuda"] and problem.device.type == "cuda":
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+
+
+# ----------------------------------------------------------------------------------- train
+def _segment_rows_path(ckpt_dir: Path, j: int) -> Path:
+    return Path(ckpt_dir) / f"train-segment={j:05d}.parquet"
+
+
+def train_run(spec: RunSpec, ckpt_dir: str | Path, results: str | Path, progress: bool = False) -> dict:
+    """Train one run deterministically, checkpointing every ``snapshot_every`` steps.
+
+    Resumes from the newest valid checkpoint in ``ckpt_dir`` written by the same configuration.
+    Writes the ``train`` and ``runs`` tables and returns the manifest (also written as
+    ``ckpt_dir/manifest.json``).
+    """
+    ckpt_dir = Path(ckpt_dir)
+    t0 = time.perf_counter()
+    # evaluation parts of an earlier configuration (e.g. more segments) must not outlive it
+    for table in ("steps", "directions", "drift"):
+        for part in store.table_dir(results, table, spec.experiment, spec.run).glob("part-*.parquet"):
+            part.unlink()
+    problem = build_problem(spec)
+    opt = make_optimizer(spec.optimizer, problem.model.parameters())
+    marks = spec.checkpoint_steps
+    chash = spec.config_hash()
+    # resume after the longest prefix of valid checkpoints (a corrupted one is recomputed)
+    good = -1
+    for j, s in enumerate(marks):
+        if not (checkpoint_valid(checkpoint_path(ckpt_dir, s), chash)
+                and (j == 0 or _segment_rows_path(ckpt_dir, j - 1).is_file())):
+            if checkpoint_path(ckpt_dir, s).exists():
+                log.warning("checkpoint step=%d is invalid (truncated, corrupted or from another "
+                            "configuration): recomputing from step %d", s, marks[max(j - 1, 0)])
+            break
+        good = j
+    start_j = max(good, 0)
+    if good >= 0:
+        _restore(problem, opt, load_checkpoint(checkpoint_path(ckpt_dir, marks[good]), chash))
+        if good > 0:
+            log.info("resuming %s/%s from step %d", spec.experiment, spec.run, marks[good])
+    else:
+        save_checkpoint(ckpt_dir, 0, problem, opt)
+    n = len(problem.data)
+    bar = _progress(progress, spec.steps, marks[start_j], f"train {spec.run}")
+    for j in range(start_j, len(marks) - 1):
+        lo, hi = marks[j], marks[j + 1]
+        losses = torch.empty(hi - lo, dtype=torch.float64, device=problem.device)
+        for step in range(lo, hi):
+            losses[step - lo] = _step(problem, opt, step)
+        losses_cpu = losses.cpu().tolist()
+        bad = [lo + i for i, v in enumerate(losses_cpu) if not math.isfinite(v)]
+        if bad:
+            raise DivergedError(f"run {spec.experiment}/{spec.run} diverged: loss is {losses_cpu[bad[0] - lo]} "
+                                f"at step {bad[0]}; lower the learning rate")
+        steps = list(range(lo, hi))
+        store.write_table(_segment_rows_path(ckpt_dir, j), "train", {
+            "experiment": [spec.experiment] * len(steps), "run": [spec.run] * len(steps),
+            "step": steps, "epoch": [epoch_of(n, spec.batch_size, s) for s in steps],
+            "lr": [lr_at(spec.optimizer, spec.schedule, spec.steps, s) for s in steps],
+            "batch_loss": losses_cpu})
+        save_checkpoint(ckpt_dir, hi, problem, opt)
+        if bar is not None:
+            bar.update(hi - lo)
+    if bar is not None:
+        bar.close()
+    return _finish_train(spec, problem, ckpt_dir, results, time.perf_counter() - t0)
+
+
+def _finish_train(spec: RunSpec, problem: Problem, ckpt_dir: Path, results, wall_s: float) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    marks = spec.checkpoint_steps
+    meta = store.provenance(spec.config_hash(), str(problem.device))
+    parts = [pq.read_table(_segment_rows_path(ckpt_dir, j)) for j in range(len(marks) - 1)]
+    rows = pa.concat_tables(parts).to_pydict()
+    store.write_table(store.part_path(results, "train", spec.experiment, spec.run), "train", rows, meta)
+    opt_name = spec.optimizer["name"] + (f"(momentum={spec.optimizer['momentum']})"
+                                         if spec.optimizer.get("momentum") else "")
+    store.write_table(store.part_path(results, "runs", spec.experiment, spec.run), "runs", {
+        "experiment": [spec.experiment], "run": [spec.run], "point": [spec.point],
+        "seed": [spec.seed], "sweep_json": [json.dumps(spec.sweep, sort_keys=True)],
+        "model": [json.dumps(spec.model, sort_keys=True)], "dataset": [spec.dataset["name"]],
+        "optimizer": [opt_name], "lr": [float(spec.optimizer["lr"])], "batch_size": [spec.batch_size],
+        "steps": [spec.steps], "snapshot_every": [spec.snapshot_every], "n_params": [problem.n_params],
+        "n_train": [len(problem.data)], "status": ["completed"], "train_wall_s": [wall_s],
+        "device": [str(problem.device)], "config_hash": [spec.config_hash()]}, meta)
+    manifest = {
+        "experiment": spec.experiment, "run": spec.run, "config_hash": spec.config_hash(),
+        "n_params": problem.n_params, "status": "completed", "train_wall_s": wall_s,
+        "checkpoints": [{"step": s, "file": checkpoint_path(ckpt_dir, s).name,
+                         "sha256": json.loads(checkpoint_path(ckpt_dir, s).with_suffix(".json").read_text())["sha256"]}
+                        for s in marks],
+    }
+    store.atomic_write_bytes(Path(ckpt_dir) / "manifest.json", json.dumps(manifest, indent=1).encode())
+    return manifest
+
+
+def _progress(enabled: bool, total: int, initial: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", mininterval=1.0)
+
+
+# ----------------------------------------------------------------------------------- replay
+def _flat_params(model: nn.Module) -> list[torch.Tensor]:
+    return [p for p in model.parameters()]
+
+
+def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Path, segment: int,
+                   results: str | Path, progress: bool = False) -> dict:
+    """Replay segment ``segment`` from its checkpoint, measuring every step against x_K.
+
+    Writes the ``steps`` rows of the segment, the ``directions`` rows of its start checkpoint (and
+    of the final checkpoint for the last segment) and a ``drift`` row. Raises ReplayDriftError when
+    the replayed parameters differ from the next checkpoint by more than the tolerance.
+    """
+    t0 = time.perf_counter()
+    ckpt_dir = Path(ckpt_dir)
+    marks = spec.checkpoint_steps
+    if not 0 <= segment < len(marks) - 1:
+        raise ValueError(f"run {spec.run} has segments 0..{len(marks) - 2}, not {segment}")
+    lo, hi = marks[segment], marks[segment + 1]
+    chash = spec.config_hash()
+    problem = build_problem(spec)
+    opt = make_optimizer(spec.optimizer, problem.model.parameters())
+    _restore(problem, opt, load_checkpoint(checkpoint_path(ckpt_dir, lo), chash))
+    xk_state = torch.load(minimizer_path, map_location=problem.device, weights_only=True)["model"]
+    model_k = copy.deepcopy(problem.model)
+    model_k.load_state_dict(xk_state)
+    model_k.eval()
+    for p in model_k.parameters():
+        p.requires_grad_(False)
+    params = _flat_params(problem.model)
+    params_k = _flat_params(model_k)
+    separate = has_stochastic_layers(problem.model)
+
+    n_steps = hi - lo
+    dev, f64 = problem.device, torch.float64
+    buf = {k: torch.empty(n_steps, dtype=f64, device=dev) for k in
+           ("batch_loss", "batch_loss_at_min", "batch_loss_star", "grad_dot_dir", "grad_norm", "dist_to_min")}
+    state = {"i": 0}
+
+    def hook(idx, xb, yb, loss):
+        i = state["i"]
+        if separate:  # dropout/batch-norm: measure the deterministic (eval-mode) loss and gradient
+            problem.model.eval()
+            out = problem.model(xb)
+            mloss = problem.loss_fn(problem.model, out, yb).mean()
+            grads = torch.autograd.grad(mloss, params)
+            problem.model.train()
+        else:
+            mloss, grads = loss, [p.grad for p in params]
+        with torch.no_grad():
+            diffs = [p.detach() - q for p, q in zip(params, params_k)]
+            dot = torch.stack([(g.double() * d.double()).sum() for g, d in zip(grads, diffs)]).sum()
+            gn = torch.stack([g.double().pow(2).sum() for g in grads]).sum().sqrt()
+            dist = torch.stack([d.double().pow(2).sum() for d in diffs]).sum().sqrt()
+            lk = problem.loss_fn(model_k, model_k(xb), yb).mean()
+            buf["batch_loss"][i] = mloss.detach().double()
+            buf["batch_loss_at_min"][i] = lk.double()
+            buf["batch_loss_star"][i] = problem.batch_star(idx)
+            buf["grad_dot_dir"][i] = dot
+            buf["grad_norm"][i] = gn
+            buf["dist_to_min"][i] = dist
+        state["i"] = i + 1
+
+    meta = store.provenance(chash, str(problem.device))
+    directions = [measure.direction_row(problem, model_k, lo)]
+    bar = _progress(progress, n_steps, 0, f"replay {spec.run} [{lo},{hi})")
+    for step in range(lo, hi):
+        _step(problem, opt, step, hook)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    drift = parameter_drift(problem.model, load_checkpoint(checkpoint_path(ckpt_dir, hi), chash,
+                                                           map_location=problem.device)["model"])
+    tol = drift_tolerance(spec, problem.device)
+    wall = time.perf_counter() - t0
+    store.write_table(store.part_path(results, "drift", spec.experiment, spec.run, segment), "drift", {
+        "experiment": [spec.experiment], "run": [spec.run], "segment": [segment], "step": [hi],
+        "max_abs_drift": [drift], "tolerance": [tol], "replay_wall_s": [wall]}, meta)
+    if not drift <= tol:
+        raise ReplayDriftError(
+            f"run {spec.experiment}/{spec.run} segment {segment} (steps {lo}..{hi}): replayed "
+            f"parameters differ from checkpoint step={hi} by max |diff| = {drift:.3e} > tolerance "
+            f"{tol:.1e}. Training is not reproducible here (nondeterministic kernels?); raise "
+            "drift_tolerance only if you accept approximate measurements")
+    if hi == spec.steps:
+        directions.append(measure.direction_row(problem, model_k, hi))
+    cols = {k: v.cpu().tolist() for k, v in buf.items()}
+    steps = list(range(lo, hi))
+    cols["lr"] = [lr_at(spec.optimizer, spec.schedule, spec.steps, s) for s in steps]
+    store.write_table(store.part_path(results, "steps", spec.experiment, spec.run, segment), "steps",
+                      {"experiment": [spec.experiment] * n_steps, "run": [spec.run] * n_steps,
+                       "step": steps, **cols}, meta)
+    dcols = {k: [r[k] for r in directions] for k in directions[0]}
+    store.write_table(store.part_path(results, "directions", spec.experiment, spec.run, segment),
+                      "directions", {"experiment": [spec.experiment] * len(directions),
+                                     "run": [spec.run] * len(directions), **dcols}, meta)
+    return {"segment": segment, "drift": drift, "wall_s": wall}
+
+
+def parameter_drift(model: nn.Module, reference: dict) -> float:
+    worst = 0.0
+    for name, p in model.state_dict().items():
+        ref = reference[name]
+        if p.is_floating_point():
+            worst = max(worst, (p.double() - ref.double()).abs().max().item() if p.numel() else 0.0)
+        elif not torch.equal(p, ref):
+            worst = math.inf
+    return worst
+
+
+def drift_tolerance(spec: RunSpec, device: torch.device) -> float:
+    if spec.drift_tolerance == "auto":
+        return 0.0 if device.type == "cpu" else 1e-4
+    return float(spec.drift_tolerance)

@@ -1,0 +1,42 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def make_study(experiment: dict, name: str = "t", **top):
+    from landscope.config import load_study
+
+    return load_study({"device": "cpu", **top, "experiments": {name: experiment}})
+
+
+@pytest.fixture
+def spec_factory():
+    def factory(**exp):
+        base = {"model": {"name": "logistic_regression"}, "dataset": {"name": "digits", "n_train": 200},
+                "batch_size": 16, "steps": 12, "snapshot_every": 4, "seeds": [0],
+                "optimizer": {"name": "sgd", "lr": 0.5}}
+        base.update(exp)
+        return make_study(base).experiments["t"].runs[0]
+    return factory
+
+
+def run_pipeline(spec, root: Path):
+    """Train, snapshot, select x_K and replay every segment of one run (no Snakemake)."""
+    from landscope import measure, trajectory
+
+    results = root / "results"
+    ckpt = root / "ckpt"
+    trajectory.train_run(spec, ckpt, results)
+    snaps = measure.snapshot_run(spec, ckpt, results)
+    measure.select_minimizer(spec, ckpt, snaps, ckpt / "minimizer.pt", results)
+    drifts = [trajectory.replay_segment(spec, ckpt, ckpt / "minimizer.pt", j, results)["drift"]
+              for j in range(spec.n_segments)]
+    return results, ckpt, drifts
+
+
+PYTHON = sys.executable

@@ -1,0 +1,153 @@
+"""Training, checkpoints, replay: exact T quantities, bitwise replay, resume after SIGKILL."""
+
+import json
+import signal
+import subprocess
+import textwrap
+import time
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from scipy.special import expit
+
+from conftest import PYTHON, ROOT, run_pipeline
+from landscope import trajectory
+from landscope.data import digits, halfspace_sample_min
+
+
+def read(results, table):
+    return pl.read_parquet(f"{results}/tables/{table}/experiment=t/run=seed-0/*.parquet").sort("step")
+
+
+def _softmax_loss_grad(W, b, X, y):
+    """Closed form for multinomial logistic regression: mean loss and gradient (float64)."""
+    z = X @ W.T + b
+    z = z - z.max(1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    loss = -np.log(p[np.arange(len(y)), y]).mean()
+    r = p.copy()
+    r[np.arange(len(y)), y] -= 1.0
+    return loss, r.T @ X / len(y), r.mean(0)
+
+
+def test_t_quantities_match_closed_form_logistic_regression(tmp_path, spec_factory):
+    spec = spec_factory(steps=12, snapshot_every=1)  # a checkpoint at every step: x_k is known
+    results, ckpt, drifts = run_pipeline(spec, tmp_path)
+    assert drifts == [0.0] * 12
+    steps = read(results, "steps")
+    assert steps["step"].to_list() == list(range(12))
+    data = digits(n_train=200)
+    X, Y = data.x.double().numpy(), data.y.numpy()
+    final = trajectory.load_checkpoint(trajectory.checkpoint_path(ckpt, 12))["model"]
+    WK, bK = final["linear.weight"].double().numpy(), final["linear.bias"].double().numpy()
+    for k, row in zip(range(12), steps.iter_rows(named=True)):
+        st = trajectory.load_checkpoint(trajectory.checkpoint_path(ckpt, k))["model"]
+        W, b = st["linear.weight"].double().numpy(), st["linear.bias"].double().numpy()
+        idx = trajectory.batch_indices(200, 16, 0, k).numpy()
+        loss, gW, gb = _softmax_loss_grad(W, b, X[idx], Y[idx])
+        lossK, _, _ = _softmax_loss_grad(WK, bK, X[idx], Y[idx])
+        dot = (gW * (W - WK)).sum() + (gb * (b - bK)).sum()
+        dist = np.sqrt(((W - WK) ** 2).sum() + ((b - bK) ** 2).sum())
+        gnorm = np.sqrt((gW**2).sum() + (gb**2).sum())
+        assert row["batch_loss"] == pytest.approx(loss, rel=1e-5)
+        assert row["batch_loss_at_min"] == pytest.approx(lossK, rel=1e-5)
+        assert row["grad_dot_dir"] == pytest.approx(dot, rel=1e-4, abs=1e-6)
+        assert row["grad_norm"] == pytest.approx(gnorm, rel=1e-5)
+        assert row["dist_to_min"] == pytest.approx(dist, rel=1e-5, abs=1e-7)
+        assert row["batch_loss_star"] == 0.0
+    # the last step's direction is x_11 - x_12: nonzero; the full-batch rows cover all 13 checkpoints
+    directions = read(results, "directions")
+    assert directions["step"].to_list() == list(range(13))
+    last = directions.filter(pl.col("step") == 12).row(0, named=True)
+    assert last["dist_to_min"] == 0.0 and last["full_grad_dot_dir"] == 0.0
+
+
+def test_replay_is_bitwise_and_drift_is_caught(tmp_path, spec_factory):
+    spec = spec_factory(model={"name": "mlp", "width": 16}, steps=30, snapshot_every=10,
+                        optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.9})
+    results, ckpt, drifts = run_pipeline(spec, tmp_path)
+    assert drifts == [0.0, 0.0, 0.0]
+    # replayed training losses are the recorded ones, bit for bit
+    train, steps = read(results, "train"), read(results, "steps")
+    assert np.array_equal(train["batch_loss"].to_numpy(), steps["batch_loss"].to_numpy())
+    # tamper with checkpoint 20 (and re-sign it so only the drift check can notice)
+    path = trajectory.checkpoint_path(ckpt, 20)
+    state = torch.load(path, weights_only=True)
+    state["model"]["net.0.weight"][0, 0] += 1e-3
+    torch.save(state, path)
+    side = json.loads(path.with_suffix(".json").read_text())
+    side["sha256"] = trajectory._sha256(path)
+    path.with_suffix(".json").write_text(json.dumps(side))
+    with pytest.raises(trajectory.ReplayDriftError, match=r"t/seed-0 segment 1 .*step=20.*1\.0+e-03"):
+        trajectory.replay_segment(spec, ckpt, ckpt / "minimizer.pt", 1, results)
+
+
+def test_corrupted_checkpoint_is_detected(tmp_path, spec_factory):
+    spec = spec_factory()
+    results, ckpt, _ = run_pipeline(spec, tmp_path)
+    path = trajectory.checkpoint_path(ckpt, 4)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(trajectory.CheckpointError, match="corrupted"):
+        trajectory.replay_segment(spec, ckpt, ckpt / "minimizer.pt", 1, results)
+    # training notices too, and recomputes from the last good checkpoint before it
+    assert not trajectory.checkpoint_valid(path, spec.config_hash())
+    trajectory.train_run(spec, ckpt, results)
+    assert trajectory.checkpoint_valid(path, spec.config_hash())
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, spec_factory):
+    spec = spec_factory(model={"name": "mlp", "width": 256}, dataset={"name": "digits"},
+                        batch_size=64, steps=1200, snapshot_every=100,
+                        optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9})
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, sys
+        from landscope.config import RunSpec
+        from landscope.trajectory import train_run
+        spec = RunSpec.from_dict(json.loads(sys.argv[1]))
+        train_run(spec, sys.argv[2], sys.argv[3])
+    """))
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([PYTHON, str(script), json.dumps(spec.to_dict()), str(killed / "ckpt"),
+                             str(killed / "results")], cwd=ROOT)
+    deadline = time.time() + 120
+    target = trajectory.checkpoint_path(killed / "ckpt", 300)
+    while not target.with_suffix(".json").exists():
+        assert proc.poll() is None, "training finished before it could be killed; make it longer"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "ckpt" / "manifest.json").exists()
+    done_before = [s for s in spec.checkpoint_steps if trajectory.checkpoint_path(killed / "ckpt", s).exists()]
+    assert 300 in done_before and 1200 not in done_before
+    manifest = trajectory.train_run(spec, killed / "ckpt", killed / "results")  # resumes
+    clean = tmp_path / "clean"
+    trajectory.train_run(spec, clean / "ckpt", clean / "results")
+    a = torch.load(trajectory.checkpoint_path(killed / "ckpt", 1200), weights_only=True)
+    b = torch.load(trajectory.checkpoint_path(clean / "ckpt", 1200), weights_only=True)
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    ta, tb = read(killed / "results", "train"), read(clean / "results", "train")
+    assert ta.equals(tb) and len(ta) == 1200
+    assert manifest["checkpoints"][-1]["step"] == 1200
+
+
+def test_batches_cover_each_epoch_once():
+    seen = torch.cat([trajectory.batch_indices(100, 10, 7, k) for k in range(10)])
+    assert sorted(seen.tolist()) == list(range(100))
+    again = torch.cat([trajectory.batch_indices(100, 10, 7, k) for k in range(10)])
+    assert torch.equal(seen, again)
+    other_epoch = torch.cat([trajectory.batch_indices(100, 10, 7, k) for k in range(10, 20)])
+    assert not torch.equal(seen, other_epoch)
+
+
+def test_halfspace_sample_minimum_matches_dense_search():
+    norm_a, l2 = 1.7, 1e-5
+    s = np.linspace(0, 4000, 4_000_001)
+    dense = (expit(-s * norm_a) + 0.5 * l2 * s**2).min()
+    assert halfspace_sample_min(norm_a, l2) == pytest.approx(dense, rel=1e-6)

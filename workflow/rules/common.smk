@@ -1,0 +1,97 @@
+# Helpers shared by the rules: the validated study, and input functions with verb names.
+import sys
+
+from landscope.config import ConfigError, load_study
+
+try:
+    STUDY = load_study(config)
+except ConfigError as err:
+    sys.exit(f"landscope: {err}")
+
+for _name, _why in STUDY.skipped.items():
+    print(f"landscope: skipping experiment '{_name}': {_why}", file=sys.stderr)
+
+RESULTS = "results"
+CKPT = "results/checkpoints/experiment={experiment}/run={run}"
+TABLE = "results/tables/{table}/experiment={experiment}"
+ENV = "../../envs/landscope.yaml"
+
+
+wildcard_constraints:
+    experiment=r"(?!index\.html$)[a-z][a-z0-9_-]*",
+    run=r"[A-Za-z0-9.+_-]+",
+    segment=r"\d{5}",
+
+
+def get_run_spec(wildcards):
+    return STUDY.run(wildcards.experiment, wildcards.run).to_dict()
+
+
+def get_experiment_runs(experiment):
+    return STUDY.experiments[experiment].runs
+
+
+def get_segment_parts(wildcards, table):
+    return [
+        f"results/tables/{table}/experiment={r.experiment}/run={r.run}/part-{j:05d}.parquet"
+        for r in get_experiment_runs(wildcards.experiment)
+        for j in range(r.n_segments)
+    ]
+
+
+def get_steps_parts(wildcards):
+    return get_segment_parts(wildcards, "steps")
+
+
+def get_directions_parts(wildcards):
+    return get_segment_parts(wildcards, "directions")
+
+
+def get_drift_parts(wildcards):
+    return get_segment_parts(wildcards, "drift")
+
+
+def get_run_parts(wildcards, table):
+    return [
+        f"results/tables/{table}/experiment={r.experiment}/run={r.run}/part-00000.parquet"
+        for r in get_experiment_runs(wildcards.experiment)
+    ]
+
+
+def get_report_inputs(wildcards):
+    tables = ("ab_region", "ab_frontier", "ab_grid", "pl", "condition_summary")
+    out = [f"results/tables/{t}/experiment={wildcards.experiment}/part-00000.parquet" for t in tables]
+    for t in ("runs", "train", "snapshots", "minimizers"):
+        out += get_run_parts(wildcards, t)
+    return out
+
+
+def get_conditions_settings(wildcards):
+    return STUDY.experiments[wildcards.experiment].conditions
+
+
+def get_experiment_title(wildcards):
+    return STUDY.experiments[wildcards.experiment].title
+
+
+def get_all_reports():
+    return [f"reports/{e}.html" for e in STUDY.experiments]
+
+
+def get_all_summaries():
+    return [f"results/tables/condition_summary/experiment={e}/part-00000.parquet" for e in STUDY.experiments]
+
+
+def get_experiment_spec(wildcards):
+    exp = STUDY.experiments[wildcards.experiment]
+    return {
+        "name": exp.name,
+        "title": exp.title,
+        "conditions": exp.conditions,
+        "sweep_keys": exp.sweep_keys,
+        "runs": [r.to_dict() for r in exp.runs],
+    }
+
+
+def get_skipped():
+    return dict(STUDY.skipped)

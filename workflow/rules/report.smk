@@ -1,0 +1,64 @@
+rule report:
+    """One self-contained HTML page per experiment (JavaScript inlined; opens offline)."""
+    input:
+        get_report_inputs,
+    output:
+        "reports/{experiment}.html",
+    params:
+        title=get_experiment_title,
+        results=RESULTS,
+    log:
+        "logs/report/{experiment}.log",
+    benchmark:
+        "results/benchmarks/report/{experiment}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../scripts/report.py"
+
+
+rule report_index:
+    """reports/index.html: every experiment with its verdict, linked."""
+    input:
+        reports=get_all_reports(),
+        summaries=get_all_summaries(),
+    output:
+        "reports/index.html",
+    params:
+        experiments=list(STUDY.experiments),
+        skipped=get_skipped(),
+        results=RESULTS,
+    log:
+        "logs/report_index.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../scripts/report_index.py"
+
+
+rule database:
+    """results/landscope.duckdb: the same typed views as `landscope sql`, for any DuckDB client."""
+    input:
+        get_all_summaries(),
+    output:
+        "results/landscope.duckdb",
+    params:
+        results=RESULTS,
+    log:
+        "logs/database.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../scripts/database.py"

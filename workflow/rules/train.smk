@@ -1,0 +1,22 @@
+rule train:
+    """Deterministic training of one run; checkpoints every snapshot_every steps; resumes."""
+    output:
+        manifest=f"{CKPT}/manifest.json",
+        train="results/tables/train/experiment={experiment}/run={run}/part-00000.parquet",
+        runs="results/tables/runs/experiment={experiment}/run={run}/part-00000.parquet",
+    params:
+        spec=get_run_spec,
+        results=RESULTS,
+    log:
+        "logs/train/{experiment}/{run}.log",
+    benchmark:
+        "results/benchmarks/train/{experiment}/{run}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+        gpu=0,
+    conda:
+        ENV
+    script:
+        "../scripts/train.py"

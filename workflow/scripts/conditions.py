@@ -1,0 +1,14 @@
+"""Snakemake adapter: conditions of one experiment (logic in landscope.conditions)."""
+from landscope.conditions import experiment_conditions
+from landscope.config import ExperimentSpec, RunSpec
+from landscope.jobs import job_logging
+
+p = snakemake.params.experiment
+exp = ExperimentSpec(name=p["name"], title=p["title"], conditions=p["conditions"],
+                     sweep_keys=p["sweep_keys"], runs=[RunSpec.from_dict(r) for r in p["runs"]])
+with job_logging(snakemake.log[0], f"conditions {exp.name}") as log:
+    out = experiment_conditions(exp, snakemake.params.results, snakemake.input.steps,
+                                snakemake.input.directions, snakemake.input.drift)
+    for row in out["points"]:
+        log.info("%s: feasible=%s alpha_min=%.4g beta_at_alpha_min=%.4g", row["point"], row["feasible"],
+                 row["alpha_min"], row["beta_at_alpha_min"])

@@ -1,0 +1,8 @@
+"""Snakemake adapter: one experiment's HTML report (logic in landscope.report)."""
+from landscope.jobs import job_logging
+from landscope.report import write_experiment_report
+
+experiment = snakemake.wildcards.experiment
+with job_logging(snakemake.log[0], f"report {experiment}"):
+    write_experiment_report(snakemake.params.results, experiment, snakemake.output[0],
+                            title=snakemake.params.title)
