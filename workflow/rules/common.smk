@@ -1,5 +1,6 @@
 # Helpers shared by the rules: the validated study, and input functions with verb names.
 import sys
+from pathlib import Path
 
 from landscope.config import ConfigError, load_study
 
@@ -11,7 +12,6 @@ except ConfigError as err:
 for _name, _why in STUDY.skipped.items():
     print(f"landscope: skipping experiment '{_name}': {_why}", file=sys.stderr)
 
-RESULTS = "results"
 CKPT = "results/checkpoints/experiment={experiment}/run={run}"
 TABLE = "results/tables/{table}/experiment={experiment}"
 ENV = "../../envs/landscope.yaml"
@@ -95,3 +95,16 @@ def get_experiment_spec(wildcards):
 
 def get_skipped():
     return dict(STUDY.skipped)
+
+
+def _results_dir(path):
+    parts = Path(path).parts
+    return str(Path(*parts[: parts.index("results") + 1]))
+
+
+def get_results_dir_of_output(wildcards, output):
+    return _results_dir(output[0])
+
+
+def get_results_dir_of_input(wildcards, input):
+    return _results_dir(input[0])

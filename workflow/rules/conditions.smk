@@ -12,7 +12,7 @@ rule conditions:
         pl="results/tables/pl/experiment={experiment}/part-00000.parquet",
     params:
         experiment=get_experiment_spec,
-        results=RESULTS,
+        results=get_results_dir_of_output,
     log:
         "logs/conditions/{experiment}.log",
     benchmark:

@@ -6,7 +6,7 @@ rule snapshot:
         "results/tables/snapshots/experiment={experiment}/run={run}/part-00000.parquet",
     params:
         spec=get_run_spec,
-        results=RESULTS,
+        results=get_results_dir_of_output,
     log:
         "logs/snapshot/{experiment}/{run}.log",
     benchmark:
@@ -31,7 +31,7 @@ rule select_minimizer:
         table="results/tables/minimizers/experiment={experiment}/run={run}/part-00000.parquet",
     params:
         spec=get_run_spec,
-        results=RESULTS,
+        results=get_results_dir_of_output,
     log:
         "logs/select_minimizer/{experiment}/{run}.log",
     threads: 1
@@ -55,7 +55,7 @@ rule evaluate:
         drift="results/tables/drift/experiment={experiment}/run={run}/part-{segment}.parquet",
     params:
         spec=get_run_spec,
-        results=RESULTS,
+        results=get_results_dir_of_output,
     log:
         "logs/evaluate/{experiment}/{run}/{segment}.log",
     benchmark:

@@ -6,7 +6,7 @@ rule report:
         "reports/{experiment}.html",
     params:
         title=get_experiment_title,
-        results=RESULTS,
+        results=get_results_dir_of_input,
     log:
         "logs/report/{experiment}.log",
     benchmark:
@@ -24,14 +24,14 @@ rule report:
 rule report_index:
     """reports/index.html: every experiment with its verdict, linked."""
     input:
-        reports=get_all_reports(),
         summaries=get_all_summaries(),
+        reports=get_all_reports(),
     output:
         "reports/index.html",
     params:
         experiments=list(STUDY.experiments),
         skipped=get_skipped(),
-        results=RESULTS,
+        results=get_results_dir_of_input,
     log:
         "logs/report_index.log",
     threads: 1
@@ -51,7 +51,7 @@ rule database:
     output:
         "results/landscope.duckdb",
     params:
-        results=RESULTS,
+        results=get_results_dir_of_output,
     log:
         "logs/database.log",
     threads: 1

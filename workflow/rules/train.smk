@@ -6,7 +6,7 @@ rule train:
         runs="results/tables/runs/experiment={experiment}/run={run}/part-00000.parquet",
     params:
         spec=get_run_spec,
-        results=RESULTS,
+        results=get_results_dir_of_output,
     log:
         "logs/train/{experiment}/{run}.log",
     benchmark:

@@ -1,0 +1,42 @@
+# landscope — the two commands of the quick start:
+#   make run    set up .venv and run the default study (snakemake --cores all) -> reports/index.html
+#   make test   set up .venv and run the test suite
+# Other targets: make setup | make data (Fashion-MNIST from Debian, needs root) | make lint | make clean
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch 2.13.0; GPU users: `make setup TORCH_SPEC=torch` (any torch >= 2.2 works).
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup run test test-all lint data clean
+
+$(BIN)/landscope: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(BIN)/landscope
+
+setup: $(BIN)/landscope
+
+run: setup
+	PATH="$(abspath $(BIN)):$$PATH" snakemake --cores all
+	@echo "open reports/index.html"
+
+test: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-all: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
+
+lint: setup
+	PATH="$(abspath $(BIN)):$$PATH" snakemake --lint
+
+data:
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	else echo "make data needs root (apt-get install dataset-fashion-mnist); or set LANDSCOPE_DATA"; exit 1; fi
+
+clean:
+	rm -rf results reports logs .snakemake

@@ -1,0 +1,106 @@
+"""Config validation: every mistake names the key, the bad value and what is allowed."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, make_study
+from landscope.config import ConfigError, RunSpec, load_schema, load_study
+
+BASE = {"model": {"name": "mlp"}, "dataset": {"name": "digits"}}
+
+
+def bad(exp_update=None, top=None):
+    exp = {**BASE, **(exp_update or {})}
+    with pytest.raises(ConfigError) as info:
+        make_study(exp, **(top or {}))
+    return str(info.value)
+
+
+def test_shipped_configs_validate():
+    for name in ("config.yaml", "smoke.yaml"):
+        study = load_study(ROOT / "config" / name)
+        assert study.experiments
+    default = load_study(ROOT / "config" / "config.yaml")
+    assert {"halfspace", "digits_mlp"} <= set(default.experiments)
+    widths = sorted({r.model["width"] for r in default.experiments["digits_mlp"].runs})
+    assert widths == [16, 64, 256]
+    assert len(default.experiments["digits_mlp"].runs) == 9
+
+
+def test_defaults_are_filled_and_runs_expanded():
+    study = make_study({**BASE, "seeds": [0, 1], "sweep": {"model.width": [8, 32], "optimizer.lr": [0.1, 0.05]}})
+    runs = study.experiments["t"].runs
+    assert len(runs) == 8
+    r = runs[0]
+    assert r.run == "width-8_lr-0.1_seed-0" and r.point == "width=8,lr=0.1"
+    assert r.model["width"] == 8 and r.optimizer["lr"] == 0.1 and r.optimizer["name"] == "sgd"
+    assert r.batch_size == 64 and r.minimizer == "last" and r.checkpoint_steps == [0, 250, 500, 750, 1000]
+    assert RunSpec.from_dict(r.to_dict()) == r
+    assert len({x.run for x in runs}) == 8
+
+
+def test_schema_defaults_reach_the_run_spec():
+    """Every experiment-level default of the schema is a RunSpec field (or a known non-run key)."""
+    schema = load_schema()
+    exp_props = schema["$defs"]["experiment"]["properties"]
+    fields = set(RunSpec.__dataclass_fields__)
+    not_per_run = {"title", "enabled", "if_data_missing", "seeds", "sweep", "conditions"}
+    assert set(exp_props) - not_per_run <= fields
+    for key in ("device", "data_dir", "torch_threads"):
+        assert key in schema["properties"] and key in fields
+
+
+@pytest.mark.parametrize("update, top, needles", [
+    ({"optimizer": {"lr": -1}}, None, ["experiments.t.optimizer.lr", "-1", "> 0"]),
+    ({"optimizer": {"name": "sgdd"}}, None, ["experiments.t.optimizer.name", '"sgdd"', '"sgd", "adam", "adamw"']),
+    ({"model": {"name": "resnet999"}}, None, ["experiments.t.model.name", "resnet999", "mlp", "halfspace_logistic"]),
+    ({"dataset": {"name": "cifar"}}, None, ["experiments.t.dataset.name", "cifar", "digits", "fashion_mnist"]),
+    ({"batch_sise": 3}, None, ["experiments.t", "'batch_sise'", "batch_size"]),
+    ({"steps": "many"}, None, ["experiments.t.steps", '"many"', "integer"]),
+    ({"seeds": []}, None, ["experiments.t.seeds"]),
+    ({"snapshot_every": 500, "steps": 100}, None, ["snapshot_every", "500", "steps=100"]),
+    ({"sweep": {"model.width": ["../../etc"]}}, None, ["sweep.model.width", "../../etc", "cannot name a run directory"]),
+    ({"sweep": {"nosuch.width": [1]}}, None, ["nosuch", "not a section"]),
+    ({"f_i_star": "guess"}, None, ["f_i_star", "guess", "'exact'"]),
+    ({"minimizer": "middle"}, None, ["minimizer", "middle", '"last", "best"']),
+    ({"conditions": {"pl_delta": 3}}, None, ["conditions.pl_delta", "3", "<= 2"]),
+    ({}, {"device": "tpu"}, ["device", "tpu", '"auto", "cpu"']),
+    ({"model": {"name": "no_such_module_xyz:make"}}, None, ["model.name", "cannot import module", "no_such_module_xyz"]),
+])
+def test_bad_values_are_explained(update, top, needles):
+    msg = bad(update, top)
+    for needle in needles:
+        assert needle in msg, (needle, msg)
+
+
+def test_bad_experiment_name():
+    with pytest.raises(ConfigError, match="must match"):
+        load_study({"experiments": {"Bad Name": BASE}})
+    with pytest.raises(ConfigError, match="must match"):
+        load_study({"experiments": {"index": BASE}})
+
+
+def test_missing_dataset_is_an_error_or_a_skip(tmp_path, monkeypatch):
+    monkeypatch.setenv("LANDSCOPE_DATA", str(tmp_path))
+    monkeypatch.setattr("landscope.data.FASHION_SYSTEM_DIR", str(tmp_path / "none"))
+    exp = {"model": {"name": "mlp"}, "dataset": {"name": "fashion_mnist"}}
+    with pytest.raises(ConfigError, match="apt-get install -y dataset-fashion-mnist"):
+        load_study({"experiments": {"f": exp, "d": BASE}})
+    study = load_study({"experiments": {"f": {**exp, "if_data_missing": "skip"}, "d": BASE}})
+    assert list(study.experiments) == ["d"] and "not installed" in study.skipped["f"]
+
+
+def test_snakemake_stops_before_any_job_on_a_bad_config(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    cfg["experiments"]["digits_mlp"]["optimizer"]["lr"] = -0.5
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = subprocess.run(["snakemake", "-n", "--cores", "1", "--configfile", str(path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "experiments.digits_mlp.optimizer.lr" in text and "-0.5" in text and "> 0" in text
+    assert "Job stats" not in text and "rule train" not in text
