@@ -99,3 +99,14 @@ def point_in_convex(poly, x, y):
             continue
         worst = min(worst, (ex * (y - y0) - ey * (x - x0)) / norm)
     return worst
+
+
+def test_flat_point_sets_fall_back_correctly():
+    # every v equal: the points (u, -v, -a) lie in a plane, which Qhull refuses without joggling
+    rng = np.random.default_rng(5)
+    u = rng.normal(0, 1, 3000)
+    v = np.full(3000, 0.7)
+    a = 1.5 * u + rng.exponential(1.0, 3000)
+    reg = C.analyze_region(u, v, a, margin=0.1, alpha_max=4.0)
+    A, B, T, valid = C.grid(u, v, a, reg, 20, 0.1)
+    np.testing.assert_allclose(T[valid], brute_min_t(A[valid], B[valid], u, v, a), atol=1e-9)

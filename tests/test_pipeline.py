@@ -110,3 +110,13 @@ def test_nothing_to_redo_and_a_changed_setting_reruns_only_what_depends_on_it(st
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", text, flags=re.M))
     assert jobs.get("conditions") == "1" and jobs.get("report") == "1"
     assert "train" not in jobs and "evaluate" not in jobs and "snapshot" not in jobs
+
+
+def test_parquet_files_carry_provenance(study):
+    from landscope.store import read_meta
+
+    part = study / "results/tables/steps/experiment=halfspace/run=seed-0/part-00000.parquet"
+    meta = read_meta(part)
+    for key in ("git_sha", "config_hash", "torch_version", "landscope_version", "device"):
+        assert meta.get(key), key
+    assert meta["device"] == "cpu" and len(meta["config_hash"]) == 16

@@ -151,3 +151,23 @@ def test_halfspace_sample_minimum_matches_dense_search():
     s = np.linspace(0, 4000, 4_000_001)
     dense = (expit(-s * norm_a) + 0.5 * l2 * s**2).min()
     assert halfspace_sample_min(norm_a, l2) == pytest.approx(dense, rel=1e-6)
+
+
+def test_best_minimizer_is_the_lowest_full_loss_checkpoint(tmp_path, spec_factory):
+    from landscope import measure
+
+    # a large step size makes the loss oscillate, so the best checkpoint need not be the last
+    spec = spec_factory(model={"name": "mlp", "width": 16}, steps=40, snapshot_every=5,
+                        optimizer={"name": "sgd", "lr": 2.0}, minimizer="best")
+    results, ckpt, _ = run_pipeline(spec, tmp_path)
+    snaps = read(results, "snapshots")
+    best = snaps.sort(["full_loss", "step"], descending=[False, True]).row(0, named=True)
+    chosen = pl.read_parquet(f"{results}/tables/minimizers/experiment=t/run=seed-0/*.parquet").row(0, named=True)
+    assert chosen["method"] == "best" and chosen["step"] == best["step"]
+    assert chosen["full_loss"] == min(snaps["full_loss"])
+    xk = torch.load(ckpt / "minimizer.pt", weights_only=True)["model"]
+    ref = trajectory.load_checkpoint(trajectory.checkpoint_path(ckpt, best["step"]))["model"]
+    assert all(torch.equal(xk[k], ref[k]) for k in ref)
+    # the distance to x_K vanishes exactly at the chosen checkpoint
+    d = read(results, "directions").filter(pl.col("dist_to_min") == 0.0)["step"].to_list()
+    assert d == [best["step"]]

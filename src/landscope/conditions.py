@@ -32,27 +32,26 @@ from landscope import store
 def hull_reduce(u: np.ndarray, v: np.ndarray, a: np.ndarray) -> np.ndarray:
     """Indices of the points (u, -v, -a) that can maximize a linear function: the hull vertices.
 
-    Falls back to every unique point when the set is too small or degenerate for Qhull.
+    Falls back to every point when the set is too small or degenerate for Qhull.
     """
     pts = np.column_stack([u, -v, -a]).astype(np.float64)
-    pts_u, first = np.unique(pts, axis=0, return_index=True)
-    if len(pts_u) <= 64:
-        return np.sort(first)
+    every = np.arange(len(pts))
+    if len(pts) <= 64:
+        return every
     from scipy.spatial import ConvexHull, QhullError
 
-    scale = np.abs(pts_u).max(axis=0)
+    scale = np.abs(pts).max(axis=0)
     scale[scale == 0] = 1.0
+    pts = pts / scale
     try:
-        hull = ConvexHull(pts_u / scale)
-        return np.sort(first[hull.vertices])
+        return np.sort(ConvexHull(pts).vertices)
     except QhullError:
         # flat (e.g. constant v): the points span a plane or a line; joggling keeps every
         # extreme point of the flat set extreme
         try:
-            hull = ConvexHull(pts_u / scale, qhull_options="QJ")
-            return np.sort(first[hull.vertices])
+            return np.sort(ConvexHull(pts, qhull_options="QJ").vertices)
         except QhullError:
-            return np.sort(first)
+            return every
 
 
 def min_t(alpha: np.ndarray, beta: np.ndarray, u, v, a) -> np.ndarray:

@@ -101,9 +101,11 @@ def heatmap_chart(grid: pl.DataFrame, region: pl.DataFrame, point: str) -> alt.C
     db = betas[1] - betas[0] if len(betas) > 1 else 1.0
     g = g.with_columns(a0=pl.col("alpha") - da / 2, a1=pl.col("alpha") + da / 2,
                        b0=pl.col("beta") - db / 2, b1=pl.col("beta") + db / 2)
-    vals = g["min_t"].abs()
-    m = float(vals.quantile(0.9)) or float(vals.max()) or 1.0
-    color = alt.Color("min_t:Q", title="min T", scale=alt.Scale(scheme="redblue", domain=[-m, m],
+    # diverging at 0 with each side scaled to its own range, so that a thin feasible (blue) part
+    # stays visible next to large violations; extreme violations are clamped
+    lo = min(float(g["min_t"].quantile(0.05)), -1e-12)
+    hi = max(float(g["min_t"].max()), 1e-12)
+    color = alt.Color("min_t:Q", title="min T", scale=alt.Scale(scheme="redblue", domain=[lo, 0, hi],
                                                                  domainMid=0, clamp=True))
     rect = alt.Chart(g).mark_rect().encode(
         x=alt.X("a0:Q", title="alpha"), x2="a1:Q", y=alt.Y("b0:Q", title="beta"), y2="b1:Q",
@@ -210,10 +212,10 @@ def write_experiment_report(results: str | Path, experiment: str, out_html: str 
 
     def add(cid: str, heading: str, chart, text: str = ""):
         if chart is None:
-            sections.append(f"<h3>{heading}</h3><p class=note>no data</p>")
+            sections.append(f"<h3>{html.escape(heading)}</h3><p class=note>no data</p>")
             return
         charts.append((cid, chart))
-        sections.append(f"<h3>{heading}</h3>{text}<div class=chart id='{cid}'></div>")
+        sections.append(f"<h3>{html.escape(heading)}</h3>{text}<div class=chart id='{cid}'></div>")
 
     loss = loss_curves(con, experiment)
     add("loss", "Loss", loss_chart(loss) if not loss.is_empty() else None)

@@ -124,6 +124,12 @@ def to_arrow(table: str, columns: dict[str, list], meta: dict | None = None) -> 
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=md))
 
 
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -132,6 +138,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; make it like any other file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -147,6 +154,7 @@ def write_table(path: str | Path, table: str, columns: dict[str, list], meta: di
     os.close(fd)
     try:
         pq.write_table(tbl, tmp, compression="zstd")
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

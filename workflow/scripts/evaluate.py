@@ -9,5 +9,5 @@ spec = RunSpec.from_dict(snakemake.params.spec)
 segment = int(snakemake.wildcards.segment)
 with job_logging(snakemake.log[0], f"evaluate {spec.experiment}/{spec.run} segment {segment}") as log:
     out = replay_segment(spec, Path(snakemake.input.manifest).parent, snakemake.input.minimizer,
-                         segment, snakemake.params.results)
+                         segment, snakemake.params.results, progress=True)
     log.info("drift %.3e, %.2f s", out["drift"], out["wall_s"])

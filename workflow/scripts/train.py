@@ -7,4 +7,4 @@ from landscope.trajectory import train_run
 
 spec = RunSpec.from_dict(snakemake.params.spec)
 with job_logging(snakemake.log[0], f"train {spec.experiment}/{spec.run}"):
-    train_run(spec, Path(snakemake.output.manifest).parent, snakemake.params.results)
+    train_run(spec, Path(snakemake.output.manifest).parent, snakemake.params.results, progress=True)
