@@ -40,3 +40,5 @@ def run_pipeline(spec, root: Path):
 
 
 PYTHON = sys.executable
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+LANDSCOPE = [sys.executable, "-m", "landscope.cli"]

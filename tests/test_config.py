@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, make_study
+from conftest import ROOT, SNAKEMAKE, make_study
 from landscope.config import ConfigError, RunSpec, load_schema, load_study
 
 BASE = {"model": {"name": "mlp"}, "dataset": {"name": "digits"}}
@@ -98,7 +98,7 @@ def test_snakemake_stops_before_any_job_on_a_bad_config(tmp_path):
     cfg["experiments"]["digits_mlp"]["optimizer"]["lr"] = -0.5
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    out = subprocess.run(["snakemake", "-n", "--cores", "1", "--configfile", str(path)], cwd=ROOT,
+    out = subprocess.run([*SNAKEMAKE, "-n", "--cores", "1", "--configfile", str(path)], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     text = out.stdout + out.stderr

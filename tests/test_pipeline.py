@@ -10,13 +10,13 @@ import duckdb
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import LANDSCOPE, ROOT, SNAKEMAKE
 
 SMOKE = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
 
 
 def snakemake(workdir: Path, *args, config: Path | None = None, check=True):
-    cmd = ["snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+    cmd = [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
            "--cores", "2", "--configfile", str(config or workdir / "smoke.yaml"), *args]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if check and out.returncode != 0:
@@ -25,7 +25,7 @@ def snakemake(workdir: Path, *args, config: Path | None = None, check=True):
 
 
 def landscope_sql(workdir: Path, query: str, fmt="json"):
-    out = subprocess.run(["landscope", "sql", "--results", str(workdir / "results"), "--format", fmt, query],
+    out = subprocess.run([*LANDSCOPE, "sql", "--results", str(workdir / "results"), "--format", fmt, query],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout) if fmt == "json" else out.stdout

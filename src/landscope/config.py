@@ -27,6 +27,31 @@ class ConfigError(ValueError):
     """A configuration problem, phrased as: where, what was given, what is allowed."""
 
 
+def import_factory(path: str, where: str):
+    """Resolve a factory named 'package.module:function'; errors name the config key."""
+    import importlib
+
+    module, _, attr = path.partition(":")
+    try:
+        mod = importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 - any import failure is the user's to fix
+        raise ConfigError(f"config key '{where}': cannot import module '{module}' of factory "
+                          f"'{path}': {type(exc).__name__}: {exc}. Is it installed / on PYTHONPATH?") from exc
+    fn = getattr(mod, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"config key '{where}': module '{module}' has no callable '{attr}'")
+    return fn
+
+
+def check_component(name: str, builtin, kind: str, where: str) -> None:
+    """A built-in name of ``kind`` or an importable factory path; else a ConfigError listing both."""
+    if ":" in name:
+        import_factory(name, where)
+    elif name not in builtin:
+        raise ConfigError(f"config key '{where}': unknown {kind} {name!r}; built-in {kind}s: "
+                          f"{', '.join(sorted(builtin))}, or a factory 'package.module:function'")
+
+
 def load_schema() -> dict:
     text = resources.files("landscope").joinpath("schemas/config.schema.yaml").read_text()
     return yaml.safe_load(text)

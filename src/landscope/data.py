@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib
 import os
 import struct
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from landscope.config import ConfigError
+from landscope.config import check_component, import_factory
 
 
 @dataclass
@@ -177,25 +176,8 @@ BUILTIN: dict[str, Callable[..., Dataset]] = {
 NEEDS_DATA_DIR = {"fashion_mnist"}
 
 
-def import_factory(path: str, where: str) -> Callable:
-    module, _, attr = path.partition(":")
-    try:
-        mod = importlib.import_module(module)
-    except Exception as exc:  # noqa: BLE001 - any import failure is the user's to fix
-        raise ConfigError(f"config key '{where}': cannot import module '{module}' of factory "
-                          f"'{path}': {type(exc).__name__}: {exc}. Is it installed / on PYTHONPATH?") from exc
-    fn = getattr(mod, attr, None)
-    if not callable(fn):
-        raise ConfigError(f"config key '{where}': module '{module}' has no callable '{attr}'")
-    return fn
-
-
 def check_name(name: str, where: str) -> None:
-    if ":" in name:
-        import_factory(name, where)
-    elif name not in BUILTIN:
-        raise ConfigError(f"config key '{where}': unknown dataset {name!r}; built-in datasets: "
-                          f"{', '.join(sorted(BUILTIN))}, or a factory 'package.module:function'")
+    check_component(name, BUILTIN, "dataset", where)
 
 
 def availability_problem(spec: dict, data_dir: str | None) -> str | None:

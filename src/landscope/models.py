@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from landscope.config import ConfigError
+from landscope.config import ConfigError, check_component, import_factory
 
 
 class HalfSpace(nn.Module):
@@ -72,13 +72,7 @@ BUILTIN: dict[str, Callable[..., nn.Module]] = {
 
 
 def check_name(name: str, where: str) -> None:
-    if ":" in name:
-        from landscope.data import import_factory
-
-        import_factory(name, where)
-    elif name not in BUILTIN:
-        raise ConfigError(f"config key '{where}': unknown model {name!r}; built-in models: "
-                          f"{', '.join(sorted(BUILTIN))}, or a factory 'package.module:function'")
+    check_component(name, BUILTIN, "model", where)
 
 
 def build_model(spec: dict, in_features: int, n_classes: int) -> nn.Module:
@@ -87,8 +81,6 @@ def build_model(spec: dict, in_features: int, n_classes: int) -> nn.Module:
     kwargs.setdefault("n_classes", n_classes)
     name = spec["name"]
     if ":" in name:
-        from landscope.data import import_factory
-
         return import_factory(name, "model.name")(**kwargs)
     return BUILTIN[name](**kwargs)
 

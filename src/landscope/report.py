@@ -1,8 +1,14 @@
 """Self-contained HTML reports: DuckDB aggregates -> Altair charts -> one page per experiment.
 
-Chart functions are pure (DataFrame in, chart out). Data is aggregated in SQL first, so no chart
-carries more than a few thousand rows. The Vega JavaScript is inlined once per page, so pages open
-offline (a cluster login node, an e-mail attachment).
+Three layers, each usable alone:
+
+* queries (``loss_curves``, ``checkpoint_stat``, ``heatmap_grid``, ...) take a DuckDB connection from
+  ``store.connect`` and return small Polars frames; all binning happens in SQL, so no chart carries
+  more than ``MAX_ROWS`` rows however long the runs were;
+* chart functions (``loss_chart``, ``grad_norm_chart``, ``angle_chart``, ``aiming_chart``,
+  ``pl_chart``, ``heatmap_chart``) are pure: a frame in, an Altair chart out;
+* pages (``write_experiment_report``, ``write_index``) put tables and charts into one HTML file
+  that carries the Vega JavaScript once, inlined, so it opens offline.
 """
 
 from __future__ import annotations
@@ -19,280 +25,526 @@ import polars as pl
 
 from landscope import store
 
-MAX_BINS = 300
+MAX_BINS = 400  # step bins per sweep point for per-step series (train)
+MAX_ROWS = 5000  # rows of one chart's dataset (Altair refuses more)
+GRID_SIDE = 60  # alpha (and beta) values per heatmap axis at most; denser grids are strided
+CLIP_QUANTILE = 0.05  # the heatmap's red saturates at this quantile of min T
+STOCHASTIC, FULL = "stochastic (binned)", "full batch"
+NO_DATA = "<p class=nodata>no data</p>"
+_NUMBER = re.compile(r"((?<![^=,;:\s])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")
 
 
-# ----------------------------------------------------------------------------------- helpers
-def natural_key(text: str):
-    return [(0, float(t), "") if re.fullmatch(r"-?\d+(\.\d+)?(e-?\d+)?", t) else (1, 0.0, t)
-            for t in re.split(r"([-+]?\d+(?:\.\d+)?(?:e-?\d+)?)", str(text)) if t]
+# ----------------------------------------------------------------------------------- ordering
+def natural_key(text: str) -> tuple:
+    """Sort key that compares the numbers inside a label by value: width=16 < width=128.
+
+    A sign counts as part of a number only at the start or after '=', ',', ';', ':' or a space,
+    so 'resnet-18' is 'resnet', '-', 18 (not minus eighteen).
+    """
+    parts = []
+    for tok in _NUMBER.split(str(text)):
+        if not tok:
+            continue
+        if _NUMBER.fullmatch(tok):
+            parts.append((0, float(tok), ""))
+        else:
+            parts.append((1, 0.0, tok))
+    return tuple(parts), str(text)
 
 
 def point_order(points) -> list[str]:
-    return sorted(set(points), key=natural_key)
+    """The distinct sweep points, naturally sorted."""
+    return sorted({str(p) for p in points if p is not None}, key=natural_key)
 
 
-def _df(con, query: str) -> pl.DataFrame:
-    return con.sql(query).pl()
-
-
-def _q(s: str) -> str:
-    return "'" + str(s).replace("'", "''") + "'"
+def _sort_points(df: pl.DataFrame) -> pl.DataFrame:
+    """Rows ordered by the natural order of ``point`` (stable within a point)."""
+    if df.is_empty():
+        return df
+    rank = {p: i for i, p in enumerate(point_order(df["point"].to_list()))}
+    key = pl.col("point").replace_strict(rank, return_dtype=pl.Int64)
+    return df.with_columns(_rank=key).sort("_rank", maintain_order=True).drop("_rank")
 
 
 # ----------------------------------------------------------------------------------- queries
-def loss_curves(con, experiment: str) -> pl.DataFrame:
-    """Stochastic loss binned to at most MAX_BINS bins per run, then mean/min/max over seeds."""
-    e = _q(experiment)
-    return _df(con, f"""
-        WITH w AS (SELECT greatest(1, ceil((max(step) + 1) / {MAX_BINS}))::BIGINT AS width
-                   FROM train WHERE experiment = {e}),
-        per_run AS (SELECT r.point, t.run, (t.step // w.width) * w.width AS step, avg(t.batch_loss) AS v
-                    FROM train t JOIN runs r USING (experiment, run), w
-                    WHERE t.experiment = {e} GROUP BY ALL)
-        SELECT point, step, avg(v) AS mean, min(v) AS lo, max(v) AS hi, 'stochastic (binned)' AS kind
-        FROM per_run GROUP BY ALL
-        UNION ALL
-        SELECT r.point, s.step, avg(s.full_loss), min(s.full_loss), max(s.full_loss), 'full batch'
-        FROM snapshots s JOIN runs r USING (experiment, run) WHERE s.experiment = {e} GROUP BY ALL
-        ORDER BY point, kind, step""")
+def _df(con, query: str, experiment: str) -> pl.DataFrame:
+    """Run ``query`` with ``$experiment`` bound (never formatted into the SQL)."""
+    return con.sql(query, params={"experiment": experiment}).pl()
 
 
-def checkpoint_stat(con, experiment: str, table: str, column: str, where: str = "true") -> pl.DataFrame:
-    """mean/min/max over seeds of one per-checkpoint column."""
-    e = _q(experiment)
-    return _df(con, f"""
-        SELECT r.point, d.step, avg(d.{column}) AS mean, min(d.{column}) AS lo, max(d.{column}) AS hi
-        FROM {table} d JOIN runs r USING (experiment, run)
-        WHERE d.experiment = {e} AND d.{column} IS NOT NULL AND isfinite(d.{column}) AND ({where})
-        GROUP BY ALL ORDER BY point, step""")
+def _n_points(con, experiment: str) -> int:
+    got = con.sql("SELECT count(DISTINCT point) FROM runs WHERE experiment = $experiment",
+                  params={"experiment": experiment}).fetchall()
+    return int(got[0][0] or 0)
+
+
+def bins_per_point(n_points: int, series: int = 1, max_bins: int = MAX_BINS,
+                   max_rows: int = MAX_ROWS) -> int:
+    """Bins per point so that ``series`` series of ``n_points`` points stay within ``max_rows``."""
+    return max(1, min(max_bins, max_rows // (max(1, series) * max(1, n_points))))
+
+
+def _binned_sql(source: str, bins: int) -> str:
+    """SQL binning a (point, run, step, v) source: per-run mean in each bin, then mean/min/max
+    over runs (seeds). A bin is labelled by its first step; bins are equal-width per point."""
+    return f"""
+        WITH src AS ({source}),
+        w AS (SELECT point, min(step) AS s0,
+                     greatest(1, ceil((max(step) - min(step) + 1) / {int(bins)}))::BIGINT AS width
+              FROM src GROUP BY point),
+        per_run AS (SELECT s.point, s.run, (s.step - w.s0) // w.width AS bin, min(s.step) AS step,
+                           avg(s.v) AS v
+                    FROM src s JOIN w USING (point) GROUP BY s.point, s.run, bin)
+        SELECT point, min(step) AS step, avg(v) AS mean, min(v) AS lo, max(v) AS hi,
+               count(*) AS n_runs
+        FROM per_run GROUP BY point, bin ORDER BY point, step"""
+
+
+def _run_source(table: str, column: str, where: str = "true", positive: bool = False) -> str:
+    """(point, run, step, v) rows of one column of a run-level table, the point taken from runs."""
+    keep = f"isfinite(t.{column}) AND ({where})" + (f" AND t.{column} > 0" if positive else "")
+    if "point" in store.SCHEMAS[table]:
+        return (f"SELECT t.point, t.run, t.step, t.{column} AS v FROM {table} t "
+                f"WHERE t.experiment = $experiment AND {keep}")
+    return (f"SELECT r.point, t.run, t.step, t.{column} AS v FROM {table} t "
+            f"JOIN runs r ON r.experiment = t.experiment AND r.run = t.run "
+            f"WHERE t.experiment = $experiment AND {keep}")
+
+
+def loss_curves(con, experiment: str, max_bins: int = MAX_BINS) -> pl.DataFrame:
+    """Stochastic batch loss binned per point and the full-batch loss at checkpoints.
+
+    Columns: point, step, mean, lo, hi (over seeds), n_runs, kind (STOCHASTIC or FULL). Both
+    series are binned so that together they stay within MAX_ROWS rows.
+    """
+    bins = bins_per_point(_n_points(con, experiment), series=2, max_bins=max_bins)
+    stoch = _df(con, _binned_sql(_run_source("train", "batch_loss", positive=True), bins), experiment)
+    full = _df(con, _binned_sql(_run_source("snapshots", "full_loss", positive=True), bins), experiment)
+    return _sort_points(pl.concat([stoch.with_columns(kind=pl.lit(STOCHASTIC)),
+                                   full.with_columns(kind=pl.lit(FULL))]))
+
+
+def checkpoint_stat(con, experiment: str, table: str, column: str, where: str = "true",
+                    positive: bool = False, max_bins: int = MAX_BINS) -> pl.DataFrame:
+    """mean/min/max over seeds of one per-checkpoint column (binned only when very dense).
+
+    ``table`` and ``column`` must be names from store.SCHEMAS; ``where`` is trusted SQL over the
+    table's columns (alias ``t``).
+    """
+    if column not in store.SCHEMAS[table]:
+        raise ValueError(f"table {table} has no column {column}")
+    bins = bins_per_point(_n_points(con, experiment) or 1, max_bins=max_bins)
+    return _sort_points(_df(con, _binned_sql(_run_source(table, column, where, positive), bins), experiment))
+
+
+def heatmap_grid(con, experiment: str, max_side: int = GRID_SIDE) -> pl.DataFrame:
+    """The min-T grid of every point (valid pairs only), strided to at most max_side^2 cells."""
+    return _sort_points(_df(con, f"""
+        WITH g AS (SELECT point, alpha, beta, min_t, feasible,
+                          dense_rank() OVER (PARTITION BY point ORDER BY alpha) - 1 AS ia,
+                          dense_rank() OVER (PARTITION BY point ORDER BY beta) - 1 AS ib
+                   FROM ab_grid WHERE experiment = $experiment),
+        n AS (SELECT point, greatest(1, ceil((max(ia) + 1) / {int(max_side)}))::BIGINT AS sa,
+                     greatest(1, ceil((max(ib) + 1) / {int(max_side)}))::BIGINT AS sb
+              FROM g GROUP BY point)
+        SELECT point, alpha, beta, min_t, feasible FROM g JOIN n USING (point)
+        WHERE ia % sa = 0 AND ib % sb = 0 AND min_t IS NOT NULL AND isfinite(min_t)
+        ORDER BY point, alpha, beta""", experiment))
+
+
+def region_vertices(con, experiment: str) -> pl.DataFrame:
+    """The feasible polygon of every point, vertices in order."""
+    return _sort_points(_df(con, """SELECT point, vertex, alpha, beta, on_box_edge FROM ab_region
+                                   WHERE experiment = $experiment ORDER BY point, vertex""", experiment))
+
+
+def condition_summary(con, experiment: str) -> pl.DataFrame:
+    """condition_summary rows of one experiment, points in natural order."""
+    return _sort_points(_df(con, "SELECT * FROM condition_summary WHERE experiment = $experiment",
+                            experiment))
+
+
+def run_table(con, experiment: str) -> pl.DataFrame:
+    """One row per run with its setup and the chosen x_K (minimizer method and step)."""
+    return _sort_points(_df(con, """
+        SELECT r.point, r.seed, r.run, r.model, r.dataset, r.optimizer, r.lr, r.batch_size, r.steps,
+               r.n_params, r.n_train, m.method AS x_k_method, m.step AS x_k_step, r.status,
+               r.train_wall_s, r.device
+        FROM runs r LEFT JOIN minimizers m ON m.experiment = r.experiment AND m.run = r.run
+        WHERE r.experiment = $experiment ORDER BY r.point, r.seed, r.run""", experiment))
 
 
 # ----------------------------------------------------------------------------------- charts
-def band_chart(df: pl.DataFrame, title: str, y_title: str, log: bool = False, order=None,
-               dash_field: str | None = None) -> alt.Chart:
-    """Mean line with a min-max band over seeds, coloured by sweep point."""
+def _color(order: list[str]) -> alt.Color:
+    return alt.Color("point:N", sort=order, scale=alt.Scale(domain=order), title="sweep point")
+
+
+def _band_layers(df: pl.DataFrame, y_title: str, scale: alt.Scale, order: list[str],
+                 dash: str | None = None, opacity: float = 0.2) -> list[alt.Chart]:
+    """[min-max band, mean line] over seeds, coloured by point. Sparse series get point markers."""
+    per_point = df.height / max(1, df["point"].n_unique())
+    base = alt.Chart(df).encode(x=alt.X("step:Q", title="step"), color=_color(order))
+    band = base.mark_area(opacity=opacity).encode(
+        y=alt.Y("lo:Q", scale=scale, title=y_title), y2="hi:Q", detail="point:N")
+    line = base.mark_line(point=per_point <= 60).encode(
+        y=alt.Y("mean:Q", scale=scale, title=y_title),
+        tooltip=["point:N", "step:Q", alt.Tooltip("mean:Q", format=".4g"),
+                 alt.Tooltip("lo:Q", format=".4g"), alt.Tooltip("hi:Q", format=".4g"), "n_runs:Q"])
+    if dash:
+        line = line.encode(strokeDash=alt.StrokeDash("kind:N", title=None,
+                                                     scale=alt.Scale(domain=[STOCHASTIC, FULL])))
+    return [band, line]
+
+
+def _zero_rule(y: float = 0.0) -> alt.Chart:
+    return alt.Chart(pl.DataFrame({"y": [y]})).mark_rule(color="#666", strokeDash=[4, 3]).encode(y="y:Q")
+
+
+def band_chart(df: pl.DataFrame, title: str, y_title: str, log: bool = False,
+               domain: list[float] | None = None, rule_at: float | None = None,
+               order: list[str] | None = None) -> alt.LayerChart:
+    """Mean line with a min-max band over seeds per sweep point, against the step."""
     order = order or point_order(df["point"].to_list())
-    scale = alt.Scale(type="log") if log else alt.Scale(zero=False)
-    color = alt.Color("point:N", sort=order, title="sweep point")
-    base = alt.Chart(df).encode(x=alt.X("step:Q", title="step"), color=color)
-    band = base.mark_area(opacity=0.2).encode(y=alt.Y("lo:Q", scale=scale, title=y_title), y2="hi:Q")
-    line_enc = {"y": alt.Y("mean:Q", scale=scale)}
-    if dash_field:
-        line_enc["strokeDash"] = alt.StrokeDash(f"{dash_field}:N", title=None)
-        band = band.encode(detail=f"{dash_field}:N")
-    line = base.mark_line().encode(**line_enc, tooltip=["point:N", "step:Q", alt.Tooltip("mean:Q", format=".4g")])
-    return (band + line).properties(title=title, width=420, height=260)
+    if log:
+        scale = alt.Scale(type="log")
+    elif domain:
+        scale = alt.Scale(domain=domain, zero=False)
+    else:
+        scale = alt.Scale(zero=False)
+    layers = _band_layers(df, y_title, scale, order)
+    if rule_at is not None:
+        layers.append(_zero_rule(rule_at))
+    return alt.layer(*layers).properties(title=title, width=460, height=260)
 
 
-def loss_chart(df: pl.DataFrame) -> alt.Chart:
+def loss_chart(df: pl.DataFrame) -> alt.LayerChart:
+    """Loss on a log axis: the binned stochastic batch loss (solid, light band) and the full-batch
+    loss at checkpoints (dashed, with markers), each a mean over seeds with its min-max band."""
     df = df.filter(pl.col("lo") > 0)
-    return band_chart(df, "Loss (mean over seeds, band: min-max)", "loss", log=True, dash_field="kind")
+    order = point_order(df["point"].to_list())
+    layers = []
+    for kind, opacity in ((STOCHASTIC, 0.15), (FULL, 0.3)):
+        part = df.filter(pl.col("kind") == kind)
+        if not part.is_empty():
+            layers += _band_layers(part, "loss", alt.Scale(type="log"), order, dash="kind", opacity=opacity)
+    return alt.layer(*layers).properties(
+        title="Loss (mean over seeds; band: min-max)", width=460, height=260)
 
 
-def heatmap_chart(grid: pl.DataFrame, region: pl.DataFrame, point: str) -> alt.Chart:
-    """min over steps and seeds of T(alpha, beta); blue >= 0 (the pair works), red < 0."""
-    g = grid.filter((pl.col("point") == point) & pl.col("min_t").is_not_null())
+def grad_norm_chart(df: pl.DataFrame) -> alt.LayerChart:
+    """Full-batch gradient norm ||grad f(x_k)|| at checkpoints, log axis."""
+    return band_chart(df.filter(pl.col("lo") > 0), "Full-batch gradient norm", "‖∇f(x_k)‖", log=True)
+
+
+def angle_chart(df: pl.DataFrame) -> alt.LayerChart:
+    """cos angle(grad f(x_k), x_k - x_K) at checkpoints; above 0: the gradient points away from x_K."""
+    return band_chart(df, "cos ∠(∇f(x_k), x_k − x_K)", "cos angle", domain=[-1.0, 1.0], rule_at=0.0)
+
+
+def aiming_chart(df: pl.DataFrame) -> alt.LayerChart:
+    """Aiming coefficient <grad f(x_k), x_k - x_K> / f(x_k); below 0: Aiming fails there."""
+    return band_chart(df, "Aiming coefficient ⟨∇f(x_k), x_k − x_K⟩ / f(x_k)", "aiming coefficient",
+                      rule_at=0.0)
+
+
+def pl_chart(df: pl.DataFrame) -> alt.LayerChart:
+    """log10 of the PL constant estimate at checkpoints; its minimum is the admissible mu."""
+    return band_chart(df, "PL constant estimate", "log10 μ")
+
+
+def _spacing(values: list[float]) -> float:
+    """The median gap between sorted distinct values (1 when there is a single value)."""
+    v = sorted(set(values))
+    gaps = sorted(b - a for a, b in zip(v, v[1:]))
+    return gaps[len(gaps) // 2] if gaps else 1.0
+
+
+def color_domain(values: pl.Series, q: float = CLIP_QUANTILE) -> list[float]:
+    """[lo, 0, hi] for a diverging scale with each side scaled to its own range: hi is the largest
+    value, lo the q-quantile (violations beyond it are clamped), so a thin feasible (blue) part
+    stays visible next to large violations."""
+    lo = values.quantile(q, interpolation="nearest")
+    hi = values.max()
+    lo = min(float(lo), -1e-12) if lo is not None and math.isfinite(lo) else -1.0
+    hi = max(float(hi), 1e-12) if hi is not None and math.isfinite(hi) else 1.0
+    return [lo, 0.0, hi]
+
+
+def _no_data_chart(text: str) -> alt.Chart:
+    return alt.Chart(pl.DataFrame({"t": [text]})).mark_text(size=14).encode(text="t:N").properties(
+        width=260, height=60)
+
+
+def heatmap_point_chart(grid: pl.DataFrame, region: pl.DataFrame, point: str) -> alt.LayerChart | alt.Chart:
+    """min T over (alpha, beta) of one point, the feasible polygon outlined in black.
+
+    Blue: T >= 0 at every step (the pair works); red: violated. The diverging scale is centred on 0,
+    each side scaled to its own range (see color_domain), so the sign stays visible.
+    """
+    g = grid.filter((pl.col("point") == point) & pl.col("min_t").is_not_null() & pl.col("min_t").is_finite())
     if g.is_empty():
-        return alt.Chart(pl.DataFrame({"t": ["no valid pairs"]})).mark_text().encode(text="t:N")
-    alphas = sorted(set(g["alpha"].to_list()))
-    betas = sorted(set(g["beta"].to_list()))
-    da = alphas[1] - alphas[0] if len(alphas) > 1 else 1.0
-    db = betas[1] - betas[0] if len(betas) > 1 else 1.0
-    g = g.with_columns(a0=pl.col("alpha") - da / 2, a1=pl.col("alpha") + da / 2,
-                       b0=pl.col("beta") - db / 2, b1=pl.col("beta") + db / 2)
-    # diverging at 0 with each side scaled to its own range, so that a thin feasible (blue) part
-    # stays visible next to large violations; extreme violations are clamped
-    lo = min(float(g["min_t"].quantile(0.05)), -1e-12)
-    hi = max(float(g["min_t"].max()), 1e-12)
-    color = alt.Color("min_t:Q", title="min T", scale=alt.Scale(scheme="redblue", domain=[lo, 0, hi],
-                                                                 domainMid=0, clamp=True))
-    rect = alt.Chart(g).mark_rect().encode(
-        x=alt.X("a0:Q", title="alpha"), x2="a1:Q", y=alt.Y("b0:Q", title="beta"), y2="b1:Q",
-        color=color, tooltip=[alt.Tooltip("alpha:Q", format=".3g"), alt.Tooltip("beta:Q", format=".3g"),
-                              alt.Tooltip("min_t:Q", format=".3g")])
-    layers = [rect]
-    r = region.filter(pl.col("point") == point).sort("vertex")
+        return _no_data_chart(f"{point}: no valid pairs")
+    da, db = _spacing(g["alpha"].to_list()), _spacing(g["beta"].to_list())
+    g = g.select("alpha", "beta", "min_t").with_columns(
+        a0=pl.col("alpha") - da / 2, a1=pl.col("alpha") + da / 2,
+        b0=pl.col("beta") - db / 2, b1=pl.col("beta") + db / 2)
+    color = alt.Color("min_t:Q", title="min T", scale=alt.Scale(
+        scheme="redblue", domain=color_domain(g["min_t"]), domainMid=0, clamp=True))
+    layers = [alt.Chart(g).mark_rect().encode(
+        x=alt.X("a0:Q", title="α"), x2="a1:Q", y=alt.Y("b0:Q", title="β"), y2="b1:Q", color=color,
+        tooltip=[alt.Tooltip("alpha:Q", format=".4g", title="α"), alt.Tooltip("beta:Q", format=".4g", title="β"),
+                 alt.Tooltip("min_t:Q", format=".4g", title="min T")])]
+    r = region.filter(pl.col("point") == point).sort("vertex").select("vertex", "alpha", "beta")
     if not r.is_empty():
-        closed = pl.concat([r, r.head(1).with_columns(vertex=pl.lit(len(r), dtype=pl.Int64))])
-        layers.append(alt.Chart(closed).mark_line(color="black", strokeWidth=2).encode(
+        closed = pl.concat([r, r.head(1).with_columns(vertex=pl.lit(r.height, dtype=r["vertex"].dtype))])
+        layers.append(alt.Chart(closed).mark_line(color="black", strokeWidth=2, point=True, clip=True).encode(
             x="alpha:Q", y="beta:Q", order="vertex:Q"))
     return alt.layer(*layers).properties(title=f"min T: {point}", width=260, height=260)
 
 
-def heatmaps(grid: pl.DataFrame, region: pl.DataFrame, per_row: int = 3) -> alt.Chart | None:
+def heatmap_chart(grid: pl.DataFrame, region: pl.DataFrame, point: str | None = None,
+                  per_row: int = 3):
+    """min T over (alpha, beta): one layered panel for ``point``, or (``point=None``) all points
+    in natural order, ``per_row`` panels a row, each with its own colour scale centred on 0."""
+    if point is not None:
+        return heatmap_point_chart(grid, region, point)
     points = point_order(grid["point"].to_list())
     if not points:
-        return None
-    charts = [heatmap_chart(grid, region, p) for p in points]
-    rows = [alt.hconcat(*charts[i:i + per_row]) for i in range(0, len(charts), per_row)]
+        return _no_data_chart("no valid pairs")
+    panels = [heatmap_point_chart(grid, region, p) for p in points]
+    rows = [alt.hconcat(*panels[i:i + per_row]) for i in range(0, len(panels), per_row)]
     return alt.vconcat(*rows).resolve_scale(color="independent")
 
 
-# ----------------------------------------------------------------------------------- pages
+def heatmaps(grid: pl.DataFrame, region: pl.DataFrame, per_row: int = 3):
+    """All points' heatmaps (None without data)."""
+    return heatmap_chart(grid, region, per_row=per_row) if not grid.is_empty() else None
+
+
+# ----------------------------------------------------------------------------------- HTML pieces
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td.l,th.l{text-align:left}.note{color:#555;max-width:62em}.chart{margin:1em 0 2em}
+.nodata{color:#999;font-style:italic}.bad{color:#b00}.good{color:#070}code{background:#f5f5f5;padding:0 3px}
+td.small{font-size:0.8em;color:#555;max-width:28em;text-align:left}"""
+
+
+def _cell(x, fmt: str = ".4g") -> str:
+    """One table cell's text: numbers formatted, missing values as a dash, strings escaped."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        return format(x, fmt)
+    return html.escape(str(x))
+
+
+def html_table(df: pl.DataFrame, columns: list[tuple[str, str]], classes: dict[str, str] | None = None) -> str:
+    """An HTML table of ``columns`` [(column, header)] of ``df``; the first column left-aligned."""
+    classes = {columns[0][0]: "l", **(classes or {})} if columns else {}
+    cls = {c: f" class={classes[c]}" if c in classes else "" for c, _ in columns}
+    head = "".join(f"<th{cls[c]}>{html.escape(label)}</th>" for c, label in columns)
+    rows = ("<tr>" + "".join(f"<td{cls[c]}>{_cell(row.get(c))}</td>" for c, _ in columns) + "</tr>"
+            for row in df.iter_rows(named=True))
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _kv_table(items: dict) -> str:
+    """Key/value rows; non-string values as compact JSON."""
+    rows = []
+    for k, v in sorted(items.items()):
+        text = v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
+        rows.append(f"<tr><td class=l>{html.escape(str(k))}</td><td class=l><code>{html.escape(text)}</code></td></tr>")
+    return f"<table>{''.join(rows)}</table>"
+
+
 @lru_cache(maxsize=1)
-def _vega_bundle() -> str:
+def vega_bundle() -> str:
+    """Vega, Vega-Lite and vega-embed as one script (from the vl-convert wheel: no network);
+    defines window.vegaEmbed. About 900 KB; built once per process."""
     import vl_convert
 
     return vl_convert.javascript_bundle()
 
 
-def _spec_json(chart) -> str:
-    return json.dumps(chart.to_dict()).replace("</", "<\\/")
+def spec_json(chart) -> str:
+    """The chart's Vega-Lite spec as a JavaScript literal safe inside <script>: every '<' is
+    written as \\u003c, so no string in the data can close the tag or open a comment."""
+    return json.dumps(chart.to_dict(), separators=(",", ":")).replace("<", "\\u003c")
 
 
-STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
-th{background:#f3f3f3}td.l,th.l{text-align:left}.note{color:#555;max-width:60em}.chart{margin:1.5em 0}
-.bad{color:#b00}.good{color:#070}code{background:#f5f5f5;padding:0 3px}"""
-
-
-def _num(x, fmt=".4g") -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "—"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, (int, float)):
-        return format(x, fmt)
-    return html.escape(str(x))
-
-
-def _table(df: pl.DataFrame, columns: list[tuple[str, str]]) -> str:
-    head = "".join(f"<th{' class=l' if i == 0 else ''}>{html.escape(label)}</th>" for i, (_, label) in enumerate(columns))
-    body = []
-    for row in df.iter_rows(named=True):
-        cells = "".join(f"<td{' class=l' if i == 0 else ''}>{_num(row[c])}</td>" for i, (c, _) in enumerate(columns))
-        body.append(f"<tr>{cells}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
-
-
-def _page(title: str, body: str, charts: list[tuple[str, object]]) -> str:
-    embeds = "\n".join(f"vegaEmbed('#{cid}', {_spec_json(ch)}, {{actions: false}});" for cid, ch in charts)
+def html_page(title: str, body: str, charts: list[tuple[str, object]] = ()) -> str:
+    """A complete page. With charts, the Vega bundle is inlined once and each chart embedded into
+    its <div id=...> (ids are generated by this module, never user text)."""
     script = ""
     if charts:
-        script = f"<script>{_vega_bundle()}</script>\n<script>\n{embeds}\n</script>"
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body>{body}\n{script}</body></html>")
+        embeds = "\n".join(f"vegaEmbed('#{cid}', {spec_json(ch)}, {{actions: false}});" for cid, ch in charts)
+        script = f"<script>{vega_bundle()}</script>\n<script>\n{embeds}\n</script>"
+    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>\n{body}\n{script}\n</body></html>\n")
 
 
-HOW_TO_READ = """<p class=note><b>How to read this.</b> For every replayed step k the slack of the
-alpha-beta-condition is T<sub>k</sub>(&alpha;, &beta;) = &lang;&nabla;f<sub>i<sub>k</sub></sub>(x<sub>k</sub>),
+def _write(out_html: str | Path, text: str) -> Path:
+    out = Path(out_html)
+    store.atomic_write_bytes(out, text.encode("utf-8"))
+    return out
+
+
+def _href(name: str) -> str:
+    """Link target of an experiment page: percent-encode only what would break a relative URL."""
+    return re.sub(r"[%#?\x00-\x20]", lambda m: f"%{ord(m.group()):02X}", name) + ".html"
+
+
+# ----------------------------------------------------------------------------------- experiment page
+HOW_TO_READ = """<p class=note><b>How to read this.</b> Every run is replayed step by step against its
+own reference point x<sub>K</sub> (the stand-in for the projection onto the minimizers; which one is
+listed per run below: {x_k}). At step k, with mini-batch i<sub>k</sub>, the slack of the
+&alpha;-&beta;-condition is T<sub>k</sub>(&alpha;, &beta;) = &lang;&nabla;f<sub>i<sub>k</sub></sub>(x<sub>k</sub>),
 x<sub>k</sub> &minus; x<sub>K</sub>&rang; &minus; &alpha;(f<sub>i<sub>k</sub></sub>(x<sub>k</sub>) &minus;
-f<sub>i<sub>k</sub></sub>(x<sub>K</sub>)) + &beta;(f<sub>i<sub>k</sub></sub>(x<sub>k</sub>) &minus; f<sub>i</sub>*),
-with x<sub>K</sub> the chosen minimizer (see the minimizer table). A pair (&alpha;, &beta;) with
-&alpha; &ge; &beta; + margin <i>works</i> when T<sub>k</sub> &ge; 0 at every step of every seed. The heatmaps
-colour the minimum of T over all steps and seeds (blue: works, red: violated); the black outline is
-the exact feasible region (a convex polygon, unbounded along the diagonal, drawn inside the plotted
-box). &beta; = 0 is quasar-convexity. The Aiming coefficient is &lang;&nabla;f(x<sub>k</sub>),
-x<sub>k</sub> &minus; x<sub>K</sub>&rang;/f(x<sub>k</sub>) (full batch; negative: Aiming fails); the PL
-panel shows log<sub>10</sub> of &frac12;&#8214;&nabla;f&#8214;<sup>2</sup>/(f &minus; f*)<sup>2/&delta;</sup>
-with f* &asymp; f(x<sub>K</sub>); the admissible PL constant is its minimum.
-Dropout is off while measuring.</p>"""
+f<sub>i<sub>k</sub></sub>(x<sub>K</sub>)) &minus; &beta;(f<sub>i<sub>k</sub></sub>(x<sub>k</sub>) &minus;
+f<sub>i<sub>k</sub></sub>*). Following the paper only pairs with &alpha; &ge; &beta; + margin count; a pair
+<i>works</i> when T &ge; 0 at every step of every seed. The <b>heatmaps</b> colour the minimum of T over
+all steps and seeds (blue: works, red: violated; the colour saturates so that the sign stays
+visible); the black outline is the exact <b>feasible region</b>, a convex polygon clipped to the plotted
+box. &beta; = 0 is quasar-convexity; if (&alpha;, &beta;) works so does (&alpha; + d, &beta; + d). The
+non-vanishing term 2&beta;&sigma;<sub>int</sub><sup>2</sup>/(&alpha; &minus; &beta;) of the SGD bound is
+given at the smallest feasible &alpha;. The <b>Aiming</b> coefficient is &lang;&nabla;f(x<sub>k</sub>),
+x<sub>k</sub> &minus; x<sub>K</sub>&rang;/f(x<sub>k</sub>) on the full batch (negative: Aiming fails there).
+The <b>PL</b> panel shows log<sub>10</sub> of the PL constant estimated at each checkpoint with
+f* &asymp; f(x<sub>K</sub>); the admissible constant is the minimum over the trajectory. Dropout is off
+while measuring; runs are scaled down from the paper's lengths by the configuration.</p>"""
+
+SUMMARY_COLUMNS = [
+    ("point", "sweep point"), ("n_runs", "seeds"), ("feasible", "some pair works"),
+    ("alpha_min", "smallest α"), ("beta_at_alpha_min", "β at smallest α"), ("beta_min", "smallest β"),
+    ("nonvanishing_term", "2βσ²/(α−β) at smallest α"), ("sigma_int_sq", "σ_int²"),
+    ("sigma_int_sq_method", "σ_int² method"), ("pl_log10_mu_min", "log10 PL μ (min)"),
+    ("aiming_min", "Aiming min"), ("final_full_loss_mean", "final full loss"),
+    ("max_abs_drift", "replay drift (max)")]
 
 
-def _provenance(results, experiment: str) -> dict:
-    parts = sorted(Path(results).glob(f"tables/condition_summary/experiment={experiment}/part-*.parquet"))
-    return store.read_meta(parts[0]) if parts else {}
+def experiment_charts(con, experiment: str) -> list[tuple[str, str, object | None]]:
+    """(id, heading, chart or None) for every chart of an experiment page, in page order."""
+    grid, region = heatmap_grid(con, experiment), region_vertices(con, experiment)
+    loss = loss_curves(con, experiment)
+    specs = [("gnorm", "Full-batch gradient norm", "snapshots", "full_grad_norm", "true", True, grad_norm_chart),
+             ("angle", "Angle to x_K", "directions", "cos_angle", "t.dist_to_min > 0", False, angle_chart),
+             ("aiming", "Aiming", "directions", "aiming_coef", "t.dist_to_min > 0", False, aiming_chart),
+             ("pl", "Polyak-Łojasiewicz", "pl", "pl_log10_mu", "true", False, pl_chart)]
+    out = [("heat", "α-β heatmaps: min T over all seeds and steps", heatmaps(grid, region)),
+           ("loss", "Loss", loss_chart(loss) if not loss.filter(pl.col("lo") > 0).is_empty() else None)]
+    for cid, heading, table, column, where, positive, make in specs:
+        df = checkpoint_stat(con, experiment, table, column, where, positive)
+        out.append((cid, heading, make(df) if not df.is_empty() else None))
+    return out
+
+
+def _provenance(results: str | Path, experiment: str) -> tuple[str, dict]:
+    """Parquet key-value metadata of one of the experiment's files (condition_summary preferred)."""
+    for table in ("condition_summary", "ab_grid", "runs", "train", "snapshots"):
+        parts = sorted(store.table_dir(results, table, experiment).rglob("part-*.parquet"))
+        if parts:
+            return str(parts[0].relative_to(Path(results))), store.read_meta(parts[0])
+    return "", {}
+
+
+def _x_k_methods(runs: pl.DataFrame) -> str:
+    methods = sorted({m for m in runs["x_k_method"].to_list() if m}) if not runs.is_empty() else []
+    return ", ".join(f"<code>{html.escape(m)}</code>" for m in methods) or "not recorded"
+
+
+def _chart_sections(charts: list[tuple[str, str, object | None]]) -> str:
+    parts = []
+    for cid, heading, chart in charts:
+        inner = NO_DATA if chart is None else f"<div class=chart id='{cid}'></div>"
+        parts.append(f"<h3>{html.escape(heading)}</h3>{inner}")
+    return "".join(parts)
 
 
 def write_experiment_report(results: str | Path, experiment: str, out_html: str | Path,
                             title: str | None = None, notes: str | None = None) -> Path:
-    """Write one experiment's self-contained HTML page; returns its path."""
-    con = store.connect(results, confine=False)
-    summary = _df(con, f"SELECT * FROM condition_summary WHERE experiment = {_q(experiment)}")
-    order = point_order(summary["point"].to_list())
-    if order:
-        summary = summary.with_columns(pl.col("point").cast(pl.Enum(order))).sort("point")
-    runs = _df(con, f"""SELECT r.run, r.point, r.seed, r.n_params, r.n_train, r.optimizer, r.lr, r.batch_size,
-                        r.steps, m.method AS minimizer, m.step AS minimizer_step, r.train_wall_s
-                        FROM runs r LEFT JOIN minimizers m USING (experiment, run)
-                        WHERE r.experiment = {_q(experiment)} ORDER BY r.point, r.seed""")
-    charts: list[tuple[str, object]] = []
-    sections: list[str] = []
+    """Write one experiment's self-contained HTML page (summary, charts, runs, provenance)."""
+    con = store.connect(results)
+    try:
+        summary = condition_summary(con, experiment)
+        runs = run_table(con, experiment)
+        charts = experiment_charts(con, experiment)
+    finally:
+        con.close()
+    source, prov = _provenance(results, experiment)
+    summary_html = (html_table(summary, SUMMARY_COLUMNS, {"sigma_int_sq_method": "small"})
+                    if not summary.is_empty() else "<p class=note>No condition summary yet.</p>")
+    runs_html = (html_table(runs, [(c, c) for c in runs.columns])
+                 if not runs.is_empty() else "<p class=note>No runs recorded.</p>")
+    prov_html = (f"<p class=note>From <code>{html.escape(source)}</code>.</p>{_kv_table(prov)}"
+                 if source else "<p class=note>No files, so no provenance.</p>")
+    margin = summary["margin"].drop_nulls() if "margin" in summary.columns else pl.Series([])
+    margin_txt = f" Margin here: {_cell(margin[0])}." if len(margin) else ""
+    body = "".join([
+        "<p><a href='index.html'>&larr; all experiments</a></p>",
+        f"<h1>{html.escape(title or experiment)}</h1>",
+        f"<p class=note>experiment <code>{html.escape(experiment)}</code></p>",
+        f"<p>{html.escape(notes)}</p>" if notes else "",
+        HOW_TO_READ.format(x_k=_x_k_methods(runs)),
+        f"<h2>Summary</h2>{summary_html}<p class=note>One row per sweep point, all seeds together.{margin_txt}</p>",
+        "<h2>Charts</h2>", _chart_sections(charts),
+        f"<h2>Runs</h2>{runs_html}",
+        f"<h2>Provenance</h2>{prov_html}"])
+    embedded = [(cid, ch) for cid, _, ch in charts if ch is not None]
+    return _write(out_html, html_page(title or experiment, body, embedded))
 
-    def add(cid: str, heading: str, chart, text: str = ""):
-        if chart is None:
-            sections.append(f"<h3>{html.escape(heading)}</h3><p class=note>no data</p>")
-            return
-        charts.append((cid, chart))
-        sections.append(f"<h3>{html.escape(heading)}</h3>{text}<div class=chart id='{cid}'></div>")
 
-    loss = loss_curves(con, experiment)
-    add("loss", "Loss", loss_chart(loss) if not loss.is_empty() else None)
-    grid = _df(con, f"SELECT * FROM ab_grid WHERE experiment = {_q(experiment)}")
-    region = _df(con, f"SELECT * FROM ab_region WHERE experiment = {_q(experiment)}")
-    add("heat", "alpha-beta heatmaps (min T over all seeds and steps)", heatmaps(grid, region))
-    for cid, heading, table, col, where, log in (
-            ("gnorm", "Full-batch gradient norm", "snapshots", "full_grad_norm", "true", True),
-            ("angle", "cos angle(grad f(x_k), x_k - x_K)", "directions", "cos_angle", "dist_to_min > 0", False),
-            ("aiming", "Aiming coefficient <grad f(x_k), x_k - x_K> / f(x_k)", "directions", "aiming_coef",
-             "dist_to_min > 0", False),
-            ("pl", "log10 PL constant estimate", "pl", "pl_log10_mu", "true", False)):
-        df = checkpoint_stat(con, experiment, table, col, where)
-        if log:
-            df = df.filter(pl.col("lo") > 0)
-        add(cid, heading, None if df.is_empty() else band_chart(df, heading, col, log=log, order=order))
+# ----------------------------------------------------------------------------------- index page
+VERDICT_COLUMNS = [
+    ("point", "sweep point"), ("feasible", "some (α, β) works"), ("alpha_min", "smallest α"),
+    ("beta_at_alpha_min", "β there"), ("beta_min", "smallest β"), ("pl_log10_mu_min", "log10 PL μ (min)"),
+    ("aiming_min", "Aiming min"), ("aiming", "Aiming"), ("final_full_loss_mean", "final loss")]
 
-    heading = html.escape(title or experiment)
-    cols = [("point", "sweep point"), ("n_runs", "seeds"), ("feasible", "feasible"),
-            ("alpha_min", "smallest α"), ("beta_at_alpha_min", "β at smallest α"), ("beta_min", "smallest β"),
-            ("alpha_at_beta_min", "α at smallest β"), ("nonvanishing_term", "2βσ²/(α−β) at smallest pair"),
-            ("sigma_int_sq", "σ_int²"), ("pl_log10_mu_min", "log10 PL μ (min)"), ("aiming_min", "Aiming min"),
-            ("cos_angle_min", "cos angle min"), ("final_full_loss_mean", "final full loss"),
-            ("max_abs_drift", "replay drift")]
-    method = summary["sigma_int_sq_method"][0] if not summary.is_empty() else ""
-    prov = _provenance(results, experiment)
-    prov_html = "".join(f"<tr><td class=l>{html.escape(k)}</td><td class=l>{html.escape(str(v))}</td></tr>"
-                        for k, v in sorted(prov.items()) if k not in ("conditions", "experiment"))
-    body = (f"<p><a href='index.html'>&larr; all experiments</a></p><h1>{heading}</h1>"
-            f"<p class=note>experiment <code>{html.escape(experiment)}</code>"
-            + (f"; {html.escape(notes)}" if notes else "") + "</p>" + HOW_TO_READ
-            + "<h2>Summary</h2>" + _table(summary, cols)
-            + f"<p class=note>σ_int² = E_i[f* − f_i*] estimated as: {html.escape(method)}. "
-              "Margin: pairs need α ≥ β + margin; the region and heatmap box is [0, α_box]².</p>"
-            + "<h2>Charts</h2>" + "".join(sections)
-            + "<h2>Runs</h2>" + _table(runs, [(c, c) for c in runs.columns])
-            + "<h2>Provenance</h2><table>" + prov_html + "</table>")
-    out = Path(out_html)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    store.atomic_write_bytes(out, _page(title or experiment, body, charts).encode())
-    return out
+
+def verdicts(con, experiment: str) -> pl.DataFrame:
+    """One verdict row per point: feasibility, smallest constants, PL, Aiming, final loss."""
+    df = condition_summary(con, experiment)
+    if df.is_empty():
+        return df
+    return df.with_columns(aiming=pl.when(pl.col("aiming_min").is_null()).then(pl.lit(None, dtype=pl.String))
+                           .when(pl.col("aiming_min") < 0).then(pl.lit("fails somewhere"))
+                           .otherwise(pl.lit("holds")))
+
+
+INDEX_INTRO = """<p class=note>Does the loss landscape along these training runs satisfy the
+&alpha;-&beta;-condition (pairs with &alpha; &ge; &beta; + margin, T &ge; 0 at every replayed step of every
+seed), PL and Aiming, and with which constants? One row per sweep point. A negative Aiming minimum
+means Aiming fails somewhere along the trajectory; log<sub>10</sub> PL &mu; is the admissible PL
+constant (very negative: PL says little). Each experiment's page has the heatmaps and curves.</p>"""
 
 
 def write_index(results: str | Path, experiments: list[str], out_html: str | Path,
                 skipped: dict[str, str] | None = None) -> Path:
-    """The index page: every experiment, linked, with a verdict per sweep point."""
-    con = store.connect(results, confine=False)
-    parts = ["<h1>landscope reports</h1><p class=note>Does the loss landscape along these training runs "
-             "satisfy the alpha-beta-condition, PL and Aiming, and with which constants? One row per sweep "
-             "point (all seeds together). Feasible: some (α, β) with α ≥ β + margin keeps T ≥ 0 at every "
-             "step. Aiming min &lt; 0: Aiming fails somewhere. log10 PL μ: the admissible PL constant.</p>"]
-    cols = [("point", "sweep point"), ("verdict", "alpha-beta"), ("alpha_min", "smallest α"),
-            ("beta_at_alpha_min", "β there"), ("nonvanishing_term", "2βσ²/(α−β)"),
-            ("pl_log10_mu_min", "log10 PL μ"), ("aiming_min", "Aiming min"),
-            ("final_full_loss_mean", "final loss")]
-    for exp in experiments:
-        df = _df(con, f"SELECT * FROM condition_summary WHERE experiment = {_q(exp)}")
-        order = point_order(df["point"].to_list())
-        if order:
-            df = df.with_columns(pl.col("point").cast(pl.Enum(order))).sort("point")
-        df = df.with_columns(verdict=pl.when(pl.col("feasible")).then(pl.lit("holds"))
-                             .otherwise(pl.lit("fails for every pair")))
-        parts.append(f"<h2><a href=\"{html.escape(exp)}.html\">{html.escape(exp)}</a></h2>")
-        parts.append(_table(df, cols) if not df.is_empty() else "<p class=note>no results yet</p>")
+    """The index page (plain HTML, no JavaScript): every experiment linked, with its verdicts."""
+    con = store.connect(results)
+    try:
+        tables = {exp: verdicts(con, exp) for exp in experiments}
+    finally:
+        con.close()
+    parts = ["<h1>landscope reports</h1>", INDEX_INTRO]
+    for exp, df in tables.items():
+        parts.append(f"<h2><a href=\"{html.escape(_href(exp))}\">{html.escape(exp)}</a></h2>")
+        parts.append(html_table(df, VERDICT_COLUMNS) if not df.is_empty()
+                     else "<p class=note>No condition summary yet.</p>")
     if skipped:
-        items = "".join(f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>" for k, v in skipped.items())
+        items = "".join(f"<li><code>{html.escape(k)}</code>: {html.escape(str(v))}</li>"
+                        for k, v in sorted(skipped.items()))
         parts.append(f"<h2>Skipped experiments</h2><ul>{items}</ul>")
-    out = Path(out_html)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    store.atomic_write_bytes(out, _page("landscope reports", "".join(parts), []).encode())
-    return out
+    return _write(out_html, html_page("landscope reports", "\n".join(parts)))
 
 
+# ----------------------------------------------------------------------------------- export
 def chart_to_svg(chart, path: str | Path) -> Path:
-    """Export one chart as SVG (vl-convert; no browser) for papers."""
+    """Export one chart as SVG through vl-convert (no browser, no network)."""
     import vl_convert
 
-    path = Path(path)
-    path.write_text(vl_convert.vegalite_to_svg(chart.to_dict()))
-    return path
+    svg = vl_convert.vegalite_to_svg(chart.to_dict(), allowed_base_urls=[])
+    return _write(path, svg)
