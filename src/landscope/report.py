@@ -176,23 +176,27 @@ def run_table(con, experiment: str) -> pl.DataFrame:
 
 # ----------------------------------------------------------------------------------- charts
 def _color(order: list[str]) -> alt.Color:
-    return alt.Color("point:N", sort=order, scale=alt.Scale(domain=order), title="sweep point")
+    """Colour by sweep point in natural order; the legend shows line symbols."""
+    guide = alt.Legend(symbolType="stroke", symbolStrokeWidth=3, symbolOpacity=1)
+    return alt.Color("point:N", sort=order, scale=alt.Scale(domain=order), title="sweep point", legend=guide)
 
 
 def _band_layers(df: pl.DataFrame, y_title: str, scale: alt.Scale, order: list[str],
                  dash: str | None = None, opacity: float = 0.2) -> list[alt.Chart]:
     """[min-max band, mean line] over seeds, coloured by point. Sparse series get point markers."""
     per_point = df.height / max(1, df["point"].n_unique())
-    base = alt.Chart(df).encode(x=alt.X("step:Q", title="step"), color=_color(order))
+    base = alt.Chart(df).encode(x=alt.X("step:Q", title="step"))
     band = base.mark_area(opacity=opacity).encode(
-        y=alt.Y("lo:Q", scale=scale, title=y_title), y2="hi:Q", detail="point:N")
+        y=alt.Y("lo:Q", scale=scale, title=y_title), y2="hi:Q", color=_color(order))
     line = base.mark_line(point=per_point <= 60).encode(
-        y=alt.Y("mean:Q", scale=scale, title=y_title),
+        y=alt.Y("mean:Q", scale=scale, title=y_title), color=_color(order),
         tooltip=["point:N", "step:Q", alt.Tooltip("mean:Q", format=".4g"),
                  alt.Tooltip("lo:Q", format=".4g"), alt.Tooltip("hi:Q", format=".4g"), "n_runs:Q"])
     if dash:
-        line = line.encode(strokeDash=alt.StrokeDash("kind:N", title=None,
-                                                     scale=alt.Scale(domain=[STOCHASTIC, FULL])))
+        line = line.encode(strokeDash=alt.StrokeDash(
+            "kind:N", title=None, scale=alt.Scale(domain=[STOCHASTIC, FULL]),
+            legend=alt.Legend(symbolType="stroke", symbolStrokeColor="#444", symbolStrokeWidth=2,
+                              symbolSize=300)))
     return [band, line]
 
 
@@ -260,14 +264,18 @@ def _spacing(values: list[float]) -> float:
 
 
 def color_domain(values: pl.Series, q: float = CLIP_QUANTILE) -> list[float]:
-    """[lo, 0, hi] for a diverging scale with each side scaled to its own range: hi is the largest
-    value, lo the q-quantile (violations beyond it are clamped), so a thin feasible (blue) part
-    stays visible next to large violations."""
+    """[lo, hi] for a diverging scale with domainMid 0, so Vega maps [lo, 0] and [0, hi] each onto
+    half of the scheme: hi is the largest value and lo the q-quantile (violations beyond it are
+    clamped), so a thin feasible (blue) part stays visible next to large violations.
+
+    Vega inserts domainMid into the domain, so the domain must have two values: with [lo, 0, hi]
+    it becomes [lo, 0, 0, hi] and the scheme is sampled at 1/5..4/5 (washed out, 0 tinted blue).
+    """
     lo = values.quantile(q, interpolation="nearest")
     hi = values.max()
     lo = min(float(lo), -1e-12) if lo is not None and math.isfinite(lo) else -1.0
     hi = max(float(hi), 1e-12) if hi is not None and math.isfinite(hi) else 1.0
-    return [lo, 0.0, hi]
+    return [lo, hi]
 
 
 def _no_data_chart(text: str) -> alt.Chart:
@@ -312,7 +320,8 @@ def heatmap_chart(grid: pl.DataFrame, region: pl.DataFrame, point: str | None = 
     if not points:
         return _no_data_chart("no valid pairs")
     panels = [heatmap_point_chart(grid, region, p) for p in points]
-    rows = [alt.hconcat(*panels[i:i + per_row]) for i in range(0, len(panels), per_row)]
+    rows = [alt.hconcat(*panels[i:i + per_row]).resolve_scale(color="independent")
+            for i in range(0, len(panels), per_row)]
     return alt.vconcat(*rows).resolve_scale(color="independent")
 
 
@@ -323,9 +332,10 @@ def heatmaps(grid: pl.DataFrame, region: pl.DataFrame, per_row: int = 3):
 
 # ----------------------------------------------------------------------------------- HTML pieces
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
-th{background:#f3f3f3}td.l,th.l{text-align:left}.note{color:#555;max-width:62em}.chart{margin:1em 0 2em}
-.nodata{color:#999;font-style:italic}.bad{color:#b00}.good{color:#070}code{background:#f5f5f5;padding:0 3px}
+table{border-collapse:collapse;margin:1em 0;font-size:0.9em}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}td.l,th.l{text-align:left}
+.note{color:#555;max-width:62em}.chart{margin:1em 0 2em}.nodata{color:#999;font-style:italic}
+code{background:#f5f5f5;padding:0 3px}
 td.small{font-size:0.8em;color:#555;max-width:28em;text-align:left}"""
 
 
