@@ -111,3 +111,12 @@ def test_pages_are_self_contained_and_escaped(fixture_results, tmp_path):
     assert "abc123" in page  # provenance
     index = report.write_index(results, [exp], tmp_path / "index.html", skipped={"f": "<missing>"}).read_text()
     assert 'href="ex&lt;b&gt;.html"' in index and "&lt;missing&gt;" in index
+
+
+def test_report_keeps_to_the_runs_of_the_current_config(fixture_results, tmp_path):
+    results, exp = fixture_results
+    page = report.write_experiment_report(results, exp, tmp_path / "e.html",
+                                          runs=["width-16_seed-0", "width-16_seed-1"]).read_text()
+    assert "width-16_seed-0" in page and "width-128_seed-0" not in page
+    full = report.write_experiment_report(results, exp, tmp_path / "f.html").read_text()
+    assert "width-128_seed-0" in full

@@ -414,8 +414,10 @@ own reference point x<sub>K</sub> (the stand-in for the projection onto the mini
 listed per run below: {x_k}). At step k, with mini-batch i<sub>k</sub>, the slack of the
 &alpha;-&beta;-condition is T<sub>k</sub>(&alpha;, &beta;) = &lang;&nabla;f<sub>i<sub>k</sub></sub>(x<sub>k</sub>),
 x<sub>k</sub> &minus; x<sub>K</sub>&rang; &minus; &alpha;(f<sub>i<sub>k</sub></sub>(x<sub>k</sub>) &minus;
-f<sub>i<sub>k</sub></sub>(x<sub>K</sub>)) &minus; &beta;(f<sub>i<sub>k</sub></sub>(x<sub>k</sub>) &minus;
-f<sub>i<sub>k</sub></sub>*). Following the paper only pairs with &alpha; &ge; &beta; + margin count; a pair
+f<sub>i<sub>k</sub></sub>(x<sub>K</sub>)) + &beta;(f<sub>i<sub>k</sub></sub>(x<sub>k</sub>) &minus;
+f<sub>i<sub>k</sub></sub>*), from the condition &lang;&nabla;f<sub>i</sub>(x), x &minus; x<sub>p</sub>&rang; &ge;
+&alpha;(f<sub>i</sub>(x) &minus; f<sub>i</sub>(x<sub>p</sub>)) &minus; &beta;(f<sub>i</sub>(x) &minus; f<sub>i</sub>*).
+Following the paper only pairs with &alpha; &ge; &beta; + margin count; a pair
 <i>works</i> when T &ge; 0 at every step of every seed. The <b>heatmaps</b> colour the minimum of T over
 all steps and seeds (blue: works, red: violated; the colour saturates so that the sign stays
 visible); the black outline is the exact <b>feasible region</b>, a convex polygon clipped to the plotted
@@ -475,9 +477,13 @@ def _chart_sections(charts: list[tuple[str, str, object | None]]) -> str:
 
 
 def write_experiment_report(results: str | Path, experiment: str, out_html: str | Path,
-                            title: str | None = None, notes: str | None = None) -> Path:
-    """Write one experiment's self-contained HTML page (summary, charts, runs, provenance)."""
-    con = store.connect(results)
+                            title: str | None = None, notes: str | None = None,
+                            runs: list[str] | None = None) -> Path:
+    """Write one experiment's self-contained HTML page (summary, charts, runs, provenance).
+
+    ``runs`` restricts the page to those runs (the pipeline passes the runs of the current config).
+    """
+    con = store.connect(results, runs=runs)
     try:
         summary = condition_summary(con, experiment)
         runs = run_table(con, experiment)

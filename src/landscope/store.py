@@ -172,7 +172,7 @@ def _duck_type(t: pa.DataType) -> str:
     return {I64: "BIGINT", F64: "DOUBLE", STR: "VARCHAR", BOOL: "BOOLEAN"}[t]
 
 
-def view_sql(results: str | Path, table: str) -> str:
+def view_sql(results: str | Path, table: str, where: str = "") -> str:
     """A typed view: reads every part file of the table, or is empty (typed) when there is none."""
     root = Path(results).resolve() / "tables" / table
     cols = SCHEMAS[table]
@@ -180,22 +180,26 @@ def view_sql(results: str | Path, table: str) -> str:
     if any(root.rglob("part-*.parquet")):
         glob = str(root / "**" / "part-*.parquet").replace("'", "''")
         src = f"read_parquet('{glob}', union_by_name = true, hive_partitioning = false)"
-        return f"CREATE OR REPLACE VIEW {table} AS SELECT {select} FROM {src}"
+        return f"CREATE OR REPLACE VIEW {table} AS SELECT {select} FROM {src}" + (f" WHERE {where}" if where else "")
     empty = ", ".join(f"CAST(NULL AS {_duck_type(t)}) AS {c}" for c, t in cols.items())
     return f"CREATE OR REPLACE VIEW {table} AS SELECT {empty} WHERE false"
 
 
-def connect(results: str | Path = "results", confine: bool = True):
+def connect(results: str | Path = "results", confine: bool = True, runs: list[str] | None = None):
     """An in-memory DuckDB connection with one view per table.
 
     With ``confine`` the connection can read only below ``results`` and cannot write files
-    (COPY/ATTACH outside it fail) and the settings are locked.
+    (COPY/ATTACH outside it fail) and the settings are locked. With ``runs``, the ``runs`` view holds
+    only those runs, so that queries joining it ignore runs an earlier configuration left behind.
     """
     import duckdb
 
     con = duckdb.connect(":memory:")
     for table in SCHEMAS:
-        con.execute(view_sql(results, table))
+        where = ""
+        if table == "runs" and runs is not None:
+            where = "run IN (" + ", ".join("'" + r.replace("'", "''") + "'" for r in runs) + ")" if runs else "false"
+        con.execute(view_sql(results, table, where))
     if confine:
         root = str(Path(results).resolve()) + os.sep
         con.execute(f"SET allowed_directories = ['{root}']")

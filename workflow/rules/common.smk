@@ -70,6 +70,10 @@ def get_conditions_settings(wildcards):
     return STUDY.experiments[wildcards.experiment].conditions
 
 
+def get_run_names(wildcards):
+    return [r.run for r in get_experiment_runs(wildcards.experiment)]
+
+
 def get_experiment_title(wildcards):
     return STUDY.experiments[wildcards.experiment].title
 

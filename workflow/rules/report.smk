@@ -6,6 +6,7 @@ rule report:
         "reports/{experiment}.html",
     params:
         title=get_experiment_title,
+        runs=get_run_names,
         results=get_results_dir_of_input,
     log:
         "logs/report/{experiment}.log",
