@@ -134,6 +134,9 @@ def _step(problem: Problem, opt: torch.optim.Optimizer, step: int, hook=None) ->
     loss.backward()
     if hook is not None:
         hook(idx, xb, yb, loss)
+    set_info = getattr(opt, "set_batch_info", None)
+    if set_info is not None:  # Polyak-type step sizes need f_{i_k}(x_k) and f_{i_k}*
+        set_info(loss.detach(), problem.batch_star(idx))
     opt.step()
     return loss.detach()
 
