@@ -37,8 +37,8 @@ def full_loss_and_grad(problem, model: nn.Module) -> tuple[float, list[torch.Ten
     was = model.training
     model.eval()
     total, correct = 0.0, 0
-    classify = not y.is_floating_point()
-    signs = (not classify) and bool(((y == 1) | (y == -1)).all())
+    classify = False
+    signs = bool(((y == 1) | (y == -1)).all()) if y.is_floating_point() else False
     for a in range(0, n, chunk):
         out = model(x[a:a + chunk])
         losses = problem.loss_fn(model, out, y[a:a + chunk])
@@ -46,8 +46,10 @@ def full_loss_and_grad(problem, model: nn.Module) -> tuple[float, list[torch.Ten
         for acc, g in zip(grads, gs):
             acc += g.double()
         total += losses.detach().double().sum().item()
-        if classify:
-            correct += (out.argmax(1) == y[a:a + chunk]).sum().item()
+        yb = y[a:a + chunk]
+        if not yb.is_floating_point() and out.dim() == yb.dim() + 1:  # classes (or tokens): last dim
+            classify = True
+            correct += (out.argmax(-1) == yb).double().reshape(len(yb), -1).mean(1).sum().item()
         elif signs and out.dim() == 1:  # +-1 labels with a score (half-space)
             correct += ((out > 0).float() * 2 - 1 == y[a:a + chunk]).sum().item()
     model.train(was)
@@ -103,12 +105,12 @@ def select_minimizer(spec, ckpt_dir: str | Path, snapshots_path: str | Path, out
     from landscope.trajectory import checkpoint_path, load_checkpoint
 
     snaps = pq.read_table(snapshots_path).to_pydict()
-    if spec.minimizer == "last":
+    if spec.minimizer in ("last", "projection"):  # projection: x_K per step; the file holds x_last
         i = snaps["step"].index(max(snaps["step"]))
     elif spec.minimizer == "best":
         i = min(range(len(snaps["step"])), key=lambda j: (snaps["full_loss"][j], -snaps["step"][j]))
     else:
-        raise ValueError(f"unknown minimizer method {spec.minimizer!r}; use last or best")
+        raise ValueError(f"unknown minimizer method {spec.minimizer!r}; use last, best or projection")
     step = snaps["step"][i]
     state = load_checkpoint(checkpoint_path(ckpt_dir, step), spec.config_hash())
     out_pt = Path(out_pt)

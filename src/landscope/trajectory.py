@@ -8,6 +8,7 @@ taken between the backward pass and the optimizer step, without touching the tra
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -348,6 +349,18 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
     params = _flat_params(problem.model)
     params_k = _flat_params(model_k)
     separate = has_stochastic_layers(problem.model)
+    projecting = spec.minimizer == "projection"
+    if projecting and not hasattr(problem.model, "project"):
+        raise ValueError(f"experiment {spec.experiment}: minimizer: projection needs a model that knows "
+                         f"its set of minimizers (a 'project' method), which {type(problem.model).__name__} "
+                         "has not; use minimizer: last or best")
+
+    def sync_reference():
+        """With minimizer: projection, the reference point is Proj(x_k, S), step by step."""
+        if projecting:
+            with torch.no_grad():
+                for q, v in zip(params_k, problem.model.project(params)):
+                    q.copy_(v)
 
     n_steps = hi - lo
     dev, f64 = problem.device, torch.float64
@@ -357,12 +370,12 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
 
     def hook(idx, xb, yb, loss):
         i = state["i"]
-        if separate:  # dropout/batch-norm: measure the deterministic (eval-mode) loss and gradient
-            problem.model.eval()
-            out = problem.model(xb)
-            mloss = problem.loss_fn(problem.model, out, yb).mean()
-            grads = torch.autograd.grad(mloss, params)
-            problem.model.train()
+        sync_reference()
+        if separate:  # dropout off, batch-norm on this batch's statistics, running stats untouched
+            with measurement_mode(problem.model):
+                out = problem.model(xb)
+                mloss = problem.loss_fn(problem.model, out, yb).mean()
+                grads = torch.autograd.grad(mloss, params)
         else:
             mloss, grads = loss, [p.grad for p in params]
         with torch.no_grad():
@@ -370,7 +383,8 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
             dot = torch.stack([(g.double() * d.double()).sum() for g, d in zip(grads, diffs)]).sum()
             gn = torch.stack([g.double().pow(2).sum() for g in grads]).sum().sqrt()
             dist = torch.stack([d.double().pow(2).sum() for d in diffs]).sum().sqrt()
-            lk = problem.loss_fn(model_k, model_k(xb), yb).mean()
+            with measurement_mode(model_k):
+                lk = problem.loss_fn(model_k, model_k(xb), yb).mean()
             buf["batch_loss"][i] = mloss.detach().double()
             buf["batch_loss_at_min"][i] = lk.double()
             buf["batch_loss_star"][i] = problem.batch_star(idx)
@@ -380,6 +394,7 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
         state["i"] = i + 1
 
     meta = store.provenance(chash, str(problem.device))
+    sync_reference()
     directions = [measure.direction_row(problem, model_k, lo)]
     bar = _progress(progress, n_steps, 0, f"replay {spec.run} [{lo},{hi})")
     for step in range(lo, hi):
@@ -402,6 +417,7 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
             f"{tol:.1e}. Training is not reproducible here (nondeterministic kernels?); raise "
             "drift_tolerance only if you accept approximate measurements")
     if hi == spec.steps:
+        sync_reference()
         directions.append(measure.direction_row(problem, model_k, hi))
     cols = {k: v.cpu().tolist() for k, v in buf.items()}
     steps = list(range(lo, hi))
@@ -414,6 +430,27 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
                       "directions", {"experiment": [spec.experiment] * len(directions),
                                      "run": [spec.run] * len(directions), **dcols}, meta)
     return {"segment": segment, "drift": drift, "wall_s": wall}
+
+
+@contextlib.contextmanager
+def measurement_mode(model: nn.Module):
+    """Measure f_{i_k} as the paper does: dropout off; batch-norm normalises with the statistics of
+    the batch itself (train mode) but its running statistics are restored afterwards, so measuring
+    never changes the model or the trajectory."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [{k: b.detach().clone() for k, b in m.named_buffers(recurse=False)} for m in norms]
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    for m in norms:
+        m.train()
+    try:
+        yield model
+    finally:
+        for m, buffers in zip(norms, saved):
+            for k, b in m.named_buffers(recurse=False):
+                b.copy_(buffers[k])
+        for m, was in modes:
+            m.training = was
 
 
 def parameter_drift(model: nn.Module, reference: dict) -> float:
