@@ -171,3 +171,45 @@ def test_best_minimizer_is_the_lowest_full_loss_checkpoint(tmp_path, spec_factor
     # the distance to x_K vanishes exactly at the chosen checkpoint
     d = read(results, "directions").filter(pl.col("dist_to_min") == 0.0)["step"].to_list()
     assert d == [best["step"]]
+
+
+BN_MODULE = '''
+import torch
+from torch import nn
+
+
+def make(in_features, n_classes, width=16, **_):
+    return nn.Sequential(nn.Linear(in_features, width), nn.BatchNorm1d(width), nn.ReLU(),
+                         nn.Dropout(0.5), nn.Linear(width, n_classes))
+'''
+
+
+def test_batchnorm_and_dropout_measurement_semantics(tmp_path, spec_factory, monkeypatch):
+    """Measured losses: dropout off, batch-norm on the batch's own statistics, running stats untouched;
+    the trajectory (with dropout on) is still replayed bit for bit."""
+    (tmp_path / "bnmodel.py").write_text(BN_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = spec_factory(model={"name": "bnmodel:make"}, steps=6, snapshot_every=1,
+                        optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.9})
+    results, ckpt, drifts = run_pipeline(spec, tmp_path / "run")
+    assert drifts == [0.0] * 6
+    steps = read(results, "steps")
+    data = digits(n_train=200)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
+                                torch.nn.Dropout(0.5), torch.nn.Linear(16, 10))
+    final = trajectory.load_checkpoint(trajectory.checkpoint_path(ckpt, 6))["model"]
+    for k, row in enumerate(steps.iter_rows(named=True)):
+        idx = trajectory.batch_indices(200, 16, 0, k)
+        xb, yb = data.x[idx], data.y[idx]
+        expected = []
+        for state in (trajectory.load_checkpoint(trajectory.checkpoint_path(ckpt, k))["model"], final):
+            model.load_state_dict(state)
+            model.train()
+            model[3].eval()  # dropout off
+            with torch.no_grad():
+                expected.append(torch.nn.functional.cross_entropy(model(xb), yb).item())
+        assert row["batch_loss"] == pytest.approx(expected[0], rel=1e-6)
+        assert row["batch_loss_at_min"] == pytest.approx(expected[1], rel=1e-6)
+    # the training loss (dropout on) differs from the measured one, as it should
+    train = read(results, "train")
+    assert not np.allclose(train["batch_loss"].to_numpy(), steps["batch_loss"].to_numpy())
