@@ -213,3 +213,18 @@ def test_batchnorm_and_dropout_measurement_semantics(tmp_path, spec_factory, mon
     # the training loss (dropout on) differs from the measured one, as it should
     train = read(results, "train")
     assert not np.allclose(train["batch_loss"].to_numpy(), steps["batch_loss"].to_numpy())
+
+
+def test_tail_average_minimizer(tmp_path, spec_factory):
+    spec = spec_factory(steps=40, snapshot_every=5, minimizer="tail_average")
+    results, ckpt, drifts = run_pipeline(spec, tmp_path)
+    assert drifts == [0.0] * 8
+    xk = torch.load(ckpt / "minimizer.pt", weights_only=True)
+    assert xk["averaged_steps"] == [30, 35, 40]  # the last quarter of 40 steps
+    states = [trajectory.load_checkpoint(trajectory.checkpoint_path(ckpt, s))["model"] for s in (30, 35, 40)]
+    mean_w = (states[0]["linear.weight"].double() + states[1]["linear.weight"].double()
+              + states[2]["linear.weight"].double()) / 3
+    assert torch.allclose(xk["model"]["linear.weight"].double(), mean_w, atol=1e-7)
+    # f(x_K) recorded by the replay is the full loss at the averaged point, not at any checkpoint
+    d = read(results, "directions")
+    assert (d["dist_to_min"] > 0).all()

@@ -107,10 +107,14 @@ def select_minimizer(spec, ckpt_dir: str | Path, snapshots_path: str | Path, out
     snaps = pq.read_table(snapshots_path).to_pydict()
     if spec.minimizer in ("last", "projection"):  # projection: x_K per step; the file holds x_last
         i = snaps["step"].index(max(snaps["step"]))
+    elif spec.minimizer == "tail_average":
+        i = None
     elif spec.minimizer == "best":
         i = min(range(len(snaps["step"])), key=lambda j: (snaps["full_loss"][j], -snaps["step"][j]))
     else:
-        raise ValueError(f"unknown minimizer method {spec.minimizer!r}; use last, best or projection")
+        raise ValueError(f"unknown minimizer method {spec.minimizer!r}; use last, best, tail_average or projection")
+    if spec.minimizer == "tail_average":
+        return _tail_average(spec, ckpt_dir, snaps, out_pt, results)
     step = snaps["step"][i]
     state = load_checkpoint(checkpoint_path(ckpt_dir, step), spec.config_hash())
     out_pt = Path(out_pt)
@@ -123,5 +127,39 @@ def select_minimizer(spec, ckpt_dir: str | Path, snapshots_path: str | Path, out
         "experiment": [spec.experiment], "run": [spec.run], "method": [spec.minimizer],
         "step": [step], "full_loss": [snaps["full_loss"][i]]}, meta)
     out = {"step": step, "method": spec.minimizer, "full_loss": snaps["full_loss"][i]}
+    out_pt.with_suffix(".json").write_text(json.dumps(out))
+    return out
+
+
+TAIL_FRACTION = 0.25
+
+
+def tail_steps(checkpoints: list[int], steps: int) -> list[int]:
+    """Checkpoints in the last quarter of training (at least the last two)."""
+    tail = [s for s in checkpoints if s >= (1 - TAIL_FRACTION) * steps]
+    return tail if len(tail) >= 2 else sorted(checkpoints)[-2:]
+
+
+def _tail_average(spec, ckpt_dir, snaps, out_pt, results) -> dict:
+    """x_K = mean of the parameters of the tail checkpoints (integer buffers: from the last one)."""
+    from landscope.trajectory import checkpoint_path, load_checkpoint
+
+    chosen = tail_steps(sorted(snaps["step"]), spec.steps)
+    states = [load_checkpoint(checkpoint_path(ckpt_dir, s), spec.config_hash())["model"] for s in chosen]
+    avg = {}
+    for k, last in states[-1].items():
+        if last.is_floating_point():
+            avg[k] = (sum(st[k].double() for st in states) / len(states)).to(last.dtype)
+        else:
+            avg[k] = last.clone()
+    out_pt = Path(out_pt)
+    out_pt.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_pt.with_suffix(".tmp")
+    torch.save({"model": avg, "step": chosen[-1], "method": "tail_average", "averaged_steps": chosen}, tmp)
+    tmp.replace(out_pt)
+    store.write_table(store.part_path(results, "minimizers", spec.experiment, spec.run), "minimizers", {
+        "experiment": [spec.experiment], "run": [spec.run], "method": ["tail_average"],
+        "step": [chosen[-1]], "full_loss": [None]}, store.provenance(spec.config_hash()))
+    out = {"step": chosen[-1], "method": "tail_average", "full_loss": float("nan"), "averaged_steps": chosen}
     out_pt.with_suffix(".json").write_text(json.dumps(out))
     return out
