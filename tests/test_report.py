@@ -36,7 +36,7 @@ def _write_run(results, exp: str, point: str, seed: int, steps: np.ndarray, loss
     store.write_table(store.part_path(results, "runs", exp, run), "runs", {
         "experiment": [exp], "run": [run], "point": [point], "seed": [seed], "sweep_json": ["{}"],
         "model": ["mlp"], "dataset": ["digits"], "optimizer": ["sgd"], "lr": [0.1], "batch_size": [8],
-        "steps": [n], "snapshot_every": [100], "n_params": [10], "n_train": [100], "status": ["completed"],
+        "steps": [n], "snapshot_every": [100], "n_params": [10], "n_train": [100], "status": ["completed"], "diverged_step": [None],
         "train_wall_s": [1.0], "device": ["cpu"], "config_hash": ["h"]}, meta)
     store.write_table(store.part_path(results, "train", exp, run), "train", {
         "experiment": [exp] * n, "run": [run] * n, "step": steps.tolist(), "epoch": (steps // 12).tolist(),

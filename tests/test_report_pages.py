@@ -19,7 +19,7 @@ def _write_fixture(results, experiment="ex<b>"):
                 "experiment": [experiment], "run": [run], "point": [point], "seed": [seed],
                 "sweep_json": ["{}"], "model": ["{}"], "dataset": ["digits"], "optimizer": ["sgd"],
                 "lr": [0.1], "batch_size": [8], "steps": [200_000], "snapshot_every": [100_000],
-                "n_params": [10], "n_train": [100], "status": ["completed"], "train_wall_s": [1.0],
+                "n_params": [10], "n_train": [100], "status": ["completed"], "diverged_step": [None], "train_wall_s": [1.0],
                 "device": ["cpu"], "config_hash": ["x"]})
             steps = np.arange(200_000)
             loss = 1.0 / (1 + steps / 1000) * (1 + seed)

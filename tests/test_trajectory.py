@@ -1,6 +1,7 @@
 """Training, checkpoints, replay: exact T quantities, bitwise replay, resume after SIGKILL."""
 
 import json
+import math
 import signal
 import subprocess
 import textwrap
@@ -228,3 +229,57 @@ def test_tail_average_minimizer(tmp_path, spec_factory):
     # f(x_K) recorded by the replay is the full loss at the averaged point, not at any checkpoint
     d = read(results, "directions")
     assert (d["dist_to_min"] > 0).all()
+
+
+EXPLODING_MODULE = '''
+import torch
+from torch import nn
+
+
+class Exploding(nn.Module):
+    """Logits exp(w x): a large step size makes them overflow to inf, and the loss NaN."""
+
+    def __init__(self, in_features, n_classes, **_):
+        super().__init__()
+        self.linear = nn.Linear(in_features, n_classes)
+
+    def forward(self, x):
+        return torch.exp(self.linear(x))
+
+
+def make(**kw):
+    return Exploding(**kw)
+'''
+
+
+def test_divergence_marks_the_run_and_the_rest_goes_on(tmp_path, spec_factory, monkeypatch):
+    import glob
+
+    from landscope import conditions
+    from landscope.config import ExperimentSpec
+
+    (tmp_path / "exploding.py").write_text(EXPLODING_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = spec_factory(model={"name": "exploding:make"}, steps=40, snapshot_every=10,
+                        optimizer={"name": "sgd", "lr": 50.0})
+    results, ckpt, drifts = run_pipeline(spec, tmp_path / "run")
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    train = read(results, "train")
+    bad = train.filter(~pl.col("batch_loss").is_finite())
+    assert manifest["status"] == "diverged" and len(bad) == 1
+    first_bad = bad["step"][0]
+    assert manifest["diverged_step"] == first_bad and train["step"].max() == first_bad
+    assert [c["step"] for c in manifest["checkpoints"]] == [s for s in (0, 10, 20, 30) if s <= first_bad]
+    runs = pl.read_parquet(f"{results}/tables/runs/experiment=t/run=seed-0/*.parquet").row(0, named=True)
+    assert runs["status"] == "diverged" and runs["diverged_step"] == first_bad
+    assert len(read(results, "steps")) == 0  # every segment part exists and is empty
+    # conditions: no verdict for a point whose only run diverged
+    g = lambda t: sorted(glob.glob(f"{results}/tables/{t}/experiment=t/*/*.parquet"))
+    exp = ExperimentSpec(name="t", title="t", runs=[spec], conditions={"margin": 0.1, "pl_delta": 2.0,
+                                                                       "grid_size": 5, "alpha_max": "auto"})
+    out = conditions.experiment_conditions(exp, results, g("steps"), g("directions"), g("drift"))
+    row = out["points"][0]
+    assert row["feasible"] is False and row["n_runs"] == 0 and math.isnan(row["alpha_min"])
+    # re-running training is a no-op that keeps the verdict
+    again = trajectory.train_run(spec, ckpt, results)
+    assert again["status"] == "diverged" and again["diverged_step"] == first_bad

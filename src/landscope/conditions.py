@@ -147,7 +147,11 @@ def analyze_region(u, v, a, margin: float = 0.1, alpha_max: float | str = "auto"
     u, v, a = (np.asarray(x, dtype=np.float64) for x in (u, v, a))
     keep = np.isfinite(u) & np.isfinite(v) & np.isfinite(a)
     u, v, a = u[keep], v[keep], a[keep]
-    idx = hull_reduce(u, v, a) if len(u) else np.array([], dtype=int)
+    if len(u) == 0:  # nothing measured (e.g. every run diverged): no verdict, not "feasible"
+        nan = math.nan
+        box = 10.0 if alpha_max == "auto" else float(alpha_max)
+        return Region(False, nan, nan, nan, nan, [], box, box, 0, np.array([], dtype=int))
+    idx = hull_reduce(u, v, a)
     hu, hv, ha = u[idx], v[idx], a[idx]
     best = lp_min(hu, hv, ha, margin, (1.0, 1e-9))
     if alpha_max == "auto":
@@ -279,7 +283,7 @@ def experiment_conditions(exp, results: str | Path, steps_files, directions_file
         aim_i = int(np.nanargmin(aim)) if np.isfinite(aim).any() else None
         row = dict(
             experiment=exp.name, point=point, sweep_json=json.dumps(runs[0].sweep, sort_keys=True),
-            n_runs=len(runs), n_steps=int(len(u)), feasible=reg.feasible, alpha_min=reg.alpha_min,
+            n_runs=_scalar(con, f"SELECT count(DISTINCT run) FROM steps WHERE run IN {in_runs}"), n_steps=int(len(u)), feasible=reg.feasible, alpha_min=reg.alpha_min,
             beta_at_alpha_min=reg.beta_at_alpha_min, beta_min=reg.beta_min,
             alpha_at_beta_min=reg.alpha_at_beta_min, margin=margin, alpha_box=reg.alpha_box,
             beta_box=reg.beta_box, hull_points=reg.hull_points, f_star_est=f_star,

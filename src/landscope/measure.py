@@ -83,7 +83,8 @@ def snapshot_run(spec, ckpt_dir: str | Path, results: str | Path) -> Path:
 
     problem = build_problem(spec)
     rows = {k: [] for k in store.SCHEMAS["snapshots"]}
-    for step in spec.checkpoint_steps:
+    manifest = json.loads((Path(ckpt_dir) / "manifest.json").read_text())
+    for step in [c["step"] for c in manifest["checkpoints"]]:  # fewer when the run diverged
         state = load_checkpoint(checkpoint_path(ckpt_dir, step), spec.config_hash(), problem.device)
         problem.model.load_state_dict(state["model"])
         f, grads, acc = full_loss_and_grad(problem, problem.model)

@@ -515,7 +515,7 @@ def write_experiment_report(results: str | Path, experiment: str, out_html: str 
 
 # ----------------------------------------------------------------------------------- index page
 VERDICT_COLUMNS = [
-    ("point", "sweep point"), ("feasible", "some (α, β) works"), ("alpha_min", "smallest α"),
+    ("point", "sweep point"), ("ab", "some (α, β) works"), ("alpha_min", "smallest α"),
     ("beta_at_alpha_min", "β there"), ("beta_min", "smallest β"), ("pl_log10_mu_min", "log10 PL μ (min)"),
     ("aiming_min", "Aiming min"), ("aiming", "Aiming"), ("final_full_loss_mean", "final loss")]
 
@@ -525,7 +525,9 @@ def verdicts(con, experiment: str) -> pl.DataFrame:
     df = condition_summary(con, experiment)
     if df.is_empty():
         return df
-    return df.with_columns(aiming=pl.when(pl.col("aiming_min").is_null()).then(pl.lit(None, dtype=pl.String))
+    return df.with_columns(ab=pl.when(pl.col("n_runs") == 0).then(pl.lit("no measured run (diverged?)"))
+                           .when(pl.col("feasible")).then(pl.lit("yes")).otherwise(pl.lit("no")),
+                           aiming=pl.when(pl.col("aiming_min").is_null()).then(pl.lit(None, dtype=pl.String))
                            .when(pl.col("aiming_min") < 0).then(pl.lit("fails somewhere"))
                            .otherwise(pl.lit("holds")))
 

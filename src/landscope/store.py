@@ -26,7 +26,7 @@ SCHEMAS: dict[str, dict[str, pa.DataType]] = {
         "experiment": STR, "run": STR, "point": STR, "seed": I64, "sweep_json": STR,
         "model": STR, "dataset": STR, "optimizer": STR, "lr": F64, "batch_size": I64,
         "steps": I64, "snapshot_every": I64, "n_params": I64, "n_train": I64, "status": STR,
-        "train_wall_s": F64, "device": STR, "config_hash": STR,
+        "diverged_step": I64, "train_wall_s": F64, "device": STR, "config_hash": STR,
     },
     "train": {
         "experiment": STR, "run": STR, "step": I64, "epoch": I64, "lr": F64, "batch_loss": F64,

@@ -39,10 +39,6 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, or does not match its recorded hash."""
 
 
-class DivergedError(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
 # ----------------------------------------------------------------------------------- setup
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -247,6 +243,10 @@ def train_run(spec: RunSpec, ckpt_dir: str | Path, results: str | Path, progress
             break
         good = j
     start_j = max(good, 0)
+    diverged = read_divergence(ckpt_dir, chash)
+    if diverged is not None:  # deterministic: it would diverge again at the same step
+        return _finish_train(spec, problem, ckpt_dir, results, time.perf_counter() - t0, diverged)
+    _diverged_path(ckpt_dir).unlink(missing_ok=True)
     if good >= 0:
         _restore(problem, opt, load_checkpoint(checkpoint_path(ckpt_dir, marks[good]), chash))
         if good > 0:
@@ -262,30 +262,54 @@ def train_run(spec: RunSpec, ckpt_dir: str | Path, results: str | Path, progress
             losses[step - lo] = _step(problem, opt, step)
         losses_cpu = losses.cpu().tolist()
         bad = [lo + i for i, v in enumerate(losses_cpu) if not math.isfinite(v)]
-        if bad:
-            raise DivergedError(f"run {spec.experiment}/{spec.run} diverged: loss is {losses_cpu[bad[0] - lo]} "
-                                f"at step {bad[0]}; lower the learning rate")
-        steps = list(range(lo, hi))
+        end = bad[0] + 1 if bad else hi
+        steps = list(range(lo, end))
         store.write_table(_segment_rows_path(ckpt_dir, j), "train", {
             "experiment": [spec.experiment] * len(steps), "run": [spec.run] * len(steps),
             "step": steps, "epoch": [epoch_of(n, spec.batch_size, s) for s in steps],
             "lr": [lr_at(spec.optimizer, spec.schedule, spec.steps, s) for s in steps],
-            "batch_loss": losses_cpu})
+            "batch_loss": losses_cpu[:len(steps)]})
+        if bad:
+            log.warning("run %s/%s diverged: loss %s at step %d; the run is marked diverged and left "
+                        "out of the conditions; the rest of the study goes on", spec.experiment,
+                        spec.run, losses_cpu[bad[0] - lo], bad[0])
+            store.atomic_write_bytes(_diverged_path(ckpt_dir), json.dumps(
+                {"step": bad[0], "segment": j, "config_hash": chash}).encode())
+            break
         save_checkpoint(ckpt_dir, hi, problem, opt)
         if bar is not None:
             bar.update(hi - lo)
     if bar is not None:
         bar.close()
-    return _finish_train(spec, problem, ckpt_dir, results, time.perf_counter() - t0)
+    return _finish_train(spec, problem, ckpt_dir, results, time.perf_counter() - t0,
+                         read_divergence(ckpt_dir, chash))
 
 
-def _finish_train(spec: RunSpec, problem: Problem, ckpt_dir: Path, results, wall_s: float) -> dict:
+def _diverged_path(ckpt_dir) -> Path:
+    return Path(ckpt_dir) / "diverged.json"
+
+
+def read_divergence(ckpt_dir, config_hash: str) -> dict | None:
+    """{'step': first non-finite loss, 'segment': j} when this configuration's run diverged."""
+    path = _diverged_path(ckpt_dir)
+    if not path.is_file():
+        return None
+    info = json.loads(path.read_text())
+    return info if info.get("config_hash") == config_hash else None
+
+
+def _finish_train(spec: RunSpec, problem: Problem, ckpt_dir: Path, results, wall_s: float,
+                  diverged: dict | None = None) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     marks = spec.checkpoint_steps
+    if diverged is not None:  # checkpoints up to the start of the segment that diverged
+        marks = marks[:diverged["segment"] + 1]
+    n_parts = len(marks) - 1 + (diverged is not None)
+    status = "completed" if diverged is None else "diverged"
     meta = store.provenance(spec.config_hash(), str(problem.device))
-    parts = [pq.read_table(_segment_rows_path(ckpt_dir, j)) for j in range(len(marks) - 1)]
+    parts = [pq.read_table(_segment_rows_path(ckpt_dir, j)) for j in range(n_parts)]
     rows = pa.concat_tables(parts).to_pydict()
     store.write_table(store.part_path(results, "train", spec.experiment, spec.run), "train", rows, meta)
     opt_name = spec.optimizer["name"] + (f"(momentum={spec.optimizer['momentum']})"
@@ -296,11 +320,13 @@ def _finish_train(spec: RunSpec, problem: Problem, ckpt_dir: Path, results, wall
         "model": [json.dumps(spec.model, sort_keys=True)], "dataset": [spec.dataset["name"]],
         "optimizer": [opt_name], "lr": [float(spec.optimizer["lr"])], "batch_size": [spec.batch_size],
         "steps": [spec.steps], "snapshot_every": [spec.snapshot_every], "n_params": [problem.n_params],
-        "n_train": [len(problem.data)], "status": ["completed"], "train_wall_s": [wall_s],
+        "n_train": [len(problem.data)], "status": [status],
+        "diverged_step": [None if diverged is None else diverged["step"]], "train_wall_s": [wall_s],
         "device": [str(problem.device)], "config_hash": [spec.config_hash()]}, meta)
     manifest = {
         "experiment": spec.experiment, "run": spec.run, "config_hash": spec.config_hash(),
-        "n_params": problem.n_params, "status": "completed", "train_wall_s": wall_s,
+        "n_params": problem.n_params, "status": status, "train_wall_s": wall_s,
+        "diverged_step": None if diverged is None else diverged["step"],
         "checkpoints": [{"step": s, "file": checkpoint_path(ckpt_dir, s).name,
                          "sha256": json.loads(checkpoint_path(ckpt_dir, s).with_suffix(".json").read_text())["sha256"]}
                         for s in marks],
@@ -337,6 +363,8 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
         raise ValueError(f"run {spec.run} has segments 0..{len(marks) - 2}, not {segment}")
     lo, hi = marks[segment], marks[segment + 1]
     chash = spec.config_hash()
+    if read_divergence(ckpt_dir, chash) is not None:
+        return _empty_segment(spec, segment, results, chash)
     problem = build_problem(spec)
     opt = make_optimizer(spec.optimizer, problem.model.parameters())
     _restore(problem, opt, load_checkpoint(checkpoint_path(ckpt_dir, lo), chash))
@@ -451,6 +479,16 @@ def measurement_mode(model: nn.Module):
                 b.copy_(buffers[k])
         for m, was in modes:
             m.training = was
+
+
+def _empty_segment(spec: RunSpec, segment: int, results, chash: str) -> dict:
+    """A diverged run has no trajectory to measure: its parts exist (the DAG is static) but are empty."""
+    meta = {**store.provenance(chash), "status": "diverged"}
+    for table in ("steps", "directions", "drift"):
+        cols = {c: [] for c in store.SCHEMAS[table]}
+        store.write_table(store.part_path(results, table, spec.experiment, spec.run, segment), table, cols, meta)
+    log.info("run %s/%s diverged during training: segment %d left empty", spec.experiment, spec.run, segment)
+    return {"segment": segment, "drift": 0.0, "wall_s": 0.0, "status": "diverged"}
 
 
 def parameter_drift(model: nn.Module, reference: dict) -> float:
