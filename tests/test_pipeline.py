@@ -120,3 +120,12 @@ def test_parquet_files_carry_provenance(study):
     for key in ("git_sha", "config_hash", "torch_version", "landscope_version", "device"):
         assert meta.get(key), key
     assert meta["device"] == "cpu" and len(meta["config_hash"]) == 16
+
+
+def test_runs_command(study):
+    out = subprocess.run([*LANDSCOPE, "runs", "--results", str(study / "results"), "--format", "json"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"completed"}
+    assert all(r["max_drift"] == 0.0 and r["minimizer"] == "last" for r in rows)

@@ -11,6 +11,7 @@ from pathlib import Path
 EXAMPLES = """examples:
   landscope sql "SELECT experiment, run, count(*) AS steps FROM steps GROUP BY ALL ORDER BY ALL"
   landscope sql --format csv "SELECT * FROM condition_summary"
+  landscope runs
   landscope tables
   landscope validate config/config.yaml
 """
@@ -85,6 +86,18 @@ def cmd_sql(args) -> int:
     return 0
 
 
+RUNS_QUERY = """SELECT r.experiment, r.run, r.point, r.seed, r.status, r.diverged_step, r.steps, r.n_params,
+       m.method AS minimizer, m.step AS minimizer_step, d.max_drift, round(r.train_wall_s, 2) AS train_s
+FROM runs r LEFT JOIN minimizers m USING (experiment, run)
+LEFT JOIN (SELECT experiment, run, max(max_abs_drift) AS max_drift FROM drift GROUP BY ALL) d USING (experiment, run)
+ORDER BY r.experiment, r.point, r.seed"""
+
+
+def cmd_runs(args) -> int:
+    args.query = RUNS_QUERY
+    return cmd_sql(args)
+
+
 def cmd_tables(args) -> int:
     from landscope.store import SCHEMAS, _duck_type
 
@@ -127,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--format", choices=["table", "csv", "json"], default="table")
     s.add_argument("--limit", type=int, default=200, help="rows shown in table format")
     s.set_defaults(fn=cmd_sql)
+    r = sub.add_parser("runs", help="one line per run: status, divergence, x_K choice, replay drift")
+    r.add_argument("--results", default="results")
+    r.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    r.add_argument("--limit", type=int, default=200)
+    r.set_defaults(fn=cmd_runs)
     t = sub.add_parser("tables", help="list the tables and their typed columns")
     t.set_defaults(fn=cmd_tables)
     d = sub.add_parser("db", help="(re)write results/landscope.duckdb with a view per table")
@@ -136,7 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("config")
     v.set_defaults(fn=cmd_validate)
     args = p.parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except BrokenPipeError:  # `landscope sql ... | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

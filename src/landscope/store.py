@@ -172,14 +172,22 @@ def _duck_type(t: pa.DataType) -> str:
     return {I64: "BIGINT", F64: "DOUBLE", STR: "VARCHAR", BOOL: "BOOLEAN"}[t]
 
 
-def view_sql(results: str | Path, table: str, where: str = "") -> str:
-    """A typed view: reads every part file of the table, or is empty (typed) when there is none."""
+def view_sql(results: str | Path, table: str, where: str = "", con=None) -> str:
+    """A typed view: reads every part file of the table, or is empty (typed) when there is none.
+
+    Columns that no file has yet (results written by an older landscope) read as typed NULLs; the
+    present columns are looked up with ``con`` (a DuckDB connection) when one is given.
+    """
     root = Path(results).resolve() / "tables" / table
     cols = SCHEMAS[table]
-    select = ", ".join(f"CAST({c} AS {_duck_type(t)}) AS {c}" for c, t in cols.items())
     if any(root.rglob("part-*.parquet")):
         glob = str(root / "**" / "part-*.parquet").replace("'", "''")
         src = f"read_parquet('{glob}', union_by_name = true, hive_partitioning = false)"
+        present = set(cols)
+        if con is not None:
+            present = {r[0] for r in con.sql(f"DESCRIBE SELECT * FROM {src}").fetchall()}
+        select = ", ".join(f"CAST({c if c in present else 'NULL'} AS {_duck_type(t)}) AS {c}"
+                           for c, t in cols.items())
         return f"CREATE OR REPLACE VIEW {table} AS SELECT {select} FROM {src}" + (f" WHERE {where}" if where else "")
     empty = ", ".join(f"CAST(NULL AS {_duck_type(t)}) AS {c}" for c, t in cols.items())
     return f"CREATE OR REPLACE VIEW {table} AS SELECT {empty} WHERE false"
@@ -199,7 +207,7 @@ def connect(results: str | Path = "results", confine: bool = True, runs: list[st
         where = ""
         if table == "runs" and runs is not None:
             where = "run IN (" + ", ".join("'" + r.replace("'", "''") + "'" for r in runs) + ")" if runs else "false"
-        con.execute(view_sql(results, table, where))
+        con.execute(view_sql(results, table, where, con))
     if confine:
         root = str(Path(results).resolve()) + os.sep
         con.execute(f"SET allowed_directories = ['{root}']")
@@ -221,7 +229,7 @@ def write_database(results: str | Path = "results", path: str | Path | None = No
     con = duckdb.connect(str(tmp))
     try:
         for table in SCHEMAS:
-            con.execute(view_sql(results, table))
+            con.execute(view_sql(results, table, con=con))
     finally:
         con.close()
     os.replace(tmp, path)
