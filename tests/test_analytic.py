@@ -34,16 +34,7 @@ def test_projections():
     np.testing.assert_allclose(p2.numpy(), analytic.minimizers(2)[1])
 
 
-@pytest.fixture
-def registered(monkeypatch):
-    from landscope import data, models
-
-    monkeypatch.setitem(data.BUILTIN, "analytic", analytic.analytic_dataset)
-    monkeypatch.setitem(models.BUILTIN, "analytic", analytic.AnalyticExample)
-    monkeypatch.setitem(models.LOSSES, "identity", analytic.identity_loss)
-
-
-def test_example1_proven_region_is_feasible_with_exact_projection(tmp_path, registered):
+def test_example1_proven_region_is_feasible_with_exact_projection(tmp_path):
     study = make_study({"model": {"name": "analytic", "example": 1, "init_scale": 3.0},
                         "dataset": {"name": "analytic", "example": 1}, "batch_size": 1,
                         "optimizer": {"name": "sgd", "lr": 0.5}, "steps": 300, "snapshot_every": 100,

@@ -168,7 +168,15 @@ def fashion_mnist(split: str = "train", n_train: int | None = None, data_dir: st
 
 
 # ----------------------------------------------------------------------------------- registry
+def analytic(example: int = 1) -> Dataset:
+    """The two 'samples' of the paper's analytic Example 1, 2 or 3 (see landscope.analytic)."""
+    from landscope.analytic import analytic_dataset
+
+    return analytic_dataset(example)
+
+
 BUILTIN: dict[str, Callable[..., Dataset]] = {
+    "analytic": analytic,
     "halfspace": halfspace,
     "digits": digits,
     "fashion_mnist": fashion_mnist,

@@ -64,7 +64,14 @@ class LogisticRegression(nn.Module):
         return self.linear(x.flatten(1))
 
 
+def _analytic(**kw):
+    from landscope.analytic import AnalyticExample
+
+    return AnalyticExample(**kw)
+
+
 BUILTIN: dict[str, Callable[..., nn.Module]] = {
+    "analytic": _analytic,
     "halfspace_logistic": HalfSpace,
     "mlp": MLP,
     "logistic_regression": LogisticRegression,
@@ -99,7 +106,12 @@ def _mse(model, out, y):
     return ((out - y) ** 2).reshape(len(out), -1).mean(1)
 
 
-LOSSES = {"cross_entropy": _cross_entropy, "halfspace_sigmoid": _halfspace_sigmoid, "mse": _mse}
+def _identity(model, out, y):
+    return out
+
+
+LOSSES = {"cross_entropy": _cross_entropy, "halfspace_sigmoid": _halfspace_sigmoid, "mse": _mse,
+          "identity": _identity}
 
 
 def loss_for(model: nn.Module, name: str | None) -> Callable:
