@@ -83,7 +83,7 @@ def build_problem(spec: RunSpec) -> Problem:
     if spec.batch_size > len(data):
         raise ValueError(f"run {spec.experiment}/{spec.run}: batch_size {spec.batch_size} exceeds "
                          f"the dataset size {len(data)}")
-    n_classes = int(data.y.max().item()) + 1 if not data.y.is_floating_point() else 1
+    n_classes = data.meta.get("n_classes") or (int(data.y.max().item()) + 1 if not data.y.is_floating_point() else 1)
     torch.manual_seed(spec.seed)
     model = build_model(spec.model, int(data.x[0].numel()), n_classes).to(device)
     fstar = None
