@@ -59,12 +59,17 @@ class Problem:
     device: torch.device
     fstar: torch.Tensor | None  # per-sample minima (float64) or None for a constant
 
+    def __post_init__(self):
+        if self.fstar is None:  # built once: batch_star runs inside the per-step loops
+            self._const_star = torch.tensor(float(self.spec.f_i_star), dtype=torch.float64,
+                                            device=self.device)
+
     def batch(self, step: int) -> torch.Tensor:
         return batch_indices(len(self.data), self.spec.batch_size, self.spec.seed, step)
 
     def batch_star(self, idx: torch.Tensor) -> torch.Tensor:
         if self.fstar is None:
-            return torch.tensor(float(self.spec.f_i_star), dtype=torch.float64)
+            return self._const_star
         return self.fstar[idx].mean()
 
     @property
@@ -411,7 +416,10 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
             dot = torch.stack([(g.double() * d.double()).sum() for g, d in zip(grads, diffs)]).sum()
             gn = torch.stack([g.double().pow(2).sum() for g in grads]).sum().sqrt()
             dist = torch.stack([d.double().pow(2).sum() for d in diffs]).sum().sqrt()
-            with measurement_mode(model_k):
+            if separate:
+                with measurement_mode(model_k):
+                    lk = problem.loss_fn(model_k, model_k(xb), yb).mean()
+            else:  # no dropout or batch-norm: model_k (eval mode) already measures as the paper does
                 lk = problem.loss_fn(model_k, model_k(xb), yb).mean()
             buf["batch_loss"][i] = mloss.detach().double()
             buf["batch_loss_at_min"][i] = lk.double()
