@@ -83,6 +83,14 @@ def _sq_norm(tensors) -> float:
     return float(torch.stack([t.detach().to(dtype).square().sum() for t in tensors]).sum())
 
 
+def _run_closure(closure):
+    """torch's optimizer protocol: re-evaluate the loss with gradients when a closure is given."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class NAdamW(torch.optim.Optimizer):
     """NAdam with decoupled weight decay, as AlgoPerf's NAdamW baseline (the paper's Fig. 7a-d).
 
@@ -101,10 +109,7 @@ class NAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _run_closure(closure)
         for group in self.param_groups:
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for p in group["params"]:
@@ -155,10 +160,7 @@ class _ScalarStep(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _run_closure(closure)
         group = self.param_groups[0]
         params = [p for p in group["params"] if p.grad is not None]
         wd = group.get("weight_decay", 0.0)
