@@ -42,12 +42,42 @@ def test_defaults_are_filled_and_runs_expanded():
     assert len({x.run for x in runs}) == 8
 
 
+def test_mapping_sweep_values_replace_a_whole_section():
+    opts = [{"label": "sgdm", "name": "sgd", "lr": 0.01, "momentum": 0.9}, {"name": "adam", "lr": 1e-4}]
+    study = make_study({**BASE, "sweep": {"optimizer": opts, "batch_size": [32, 64]}})
+    runs = {r.run: r for r in study.experiments["t"].runs}
+    assert sorted(runs) == ["optimizer-adam_batch_size-32_seed-0", "optimizer-adam_batch_size-64_seed-0",
+                            "optimizer-sgdm_batch_size-32_seed-0", "optimizer-sgdm_batch_size-64_seed-0"]
+    sgdm = runs["optimizer-sgdm_batch_size-32_seed-0"]
+    assert sgdm.point == "optimizer=sgdm,batch_size=32" and sgdm.sweep == {"optimizer": "sgdm", "batch_size": 32}
+    assert sgdm.optimizer["name"] == "sgd" and sgdm.optimizer["momentum"] == 0.9 and "label" not in sgdm.optimizer
+    adam = runs["optimizer-adam_batch_size-64_seed-0"].optimizer
+    assert adam["name"] == "adam" and adam["lr"] == 1e-4 and adam["betas"] == [0.9, 0.999]  # schema defaults filled
+    assert runs["optimizer-adam_batch_size-64_seed-0"].batch_size == 64
+
+
+@pytest.mark.parametrize("sweep, needles", [
+    ({"optimizer": [{"name": "sgd"}, {"name": "sgd", "lr": 0.5}]}, ["not unique", "'label'"]),
+    ({"optimizer": [{"name": "sgdd"}]}, ["sweep.optimizer[0]", "sgdd", "allowed values"]),
+    ({"optimizer": [{"lr": 0.1}]}, ["sweep.optimizer[0]", "needs a 'label'"]),
+    ({"optimizer": [{"name": "sgd"}, 0.1]}, ["mix of mappings"]),
+    ({"model.width": [{"name": "x"}]}, ["'model.width' is not a section"]),
+    ({"model": [{"name": "resnet999"}]}, ["sweep.model.name", "resnet999", "mlp"]),
+    ({"optimizer": [{"label": "../x", "name": "sgd"}]}, ["cannot name a run directory"]),
+])
+def test_bad_mapping_sweeps_are_named(sweep, needles):
+    msg = bad({"sweep": sweep})
+    for n in needles:
+        assert n in msg, (n, msg)
+
+
 def test_schema_defaults_reach_the_run_spec():
     """Every experiment-level default of the schema is a RunSpec field (or a known non-run key)."""
     schema = load_schema()
     exp_props = schema["$defs"]["experiment"]["properties"]
     fields = set(RunSpec.__dataclass_fields__)
-    not_per_run = {"title", "enabled", "if_data_missing", "seeds", "sweep", "conditions"}
+    not_per_run = {"title", "figure", "scale_note", "enabled", "if_data_missing", "seeds", "sweep",
+                   "conditions", "curvature"}
     assert set(exp_props) - not_per_run <= fields
     for key in ("device", "data_dir", "torch_threads"):
         assert key in schema["properties"] and key in fields

@@ -135,9 +135,48 @@ def validate(config: dict, schema: dict | None = None) -> dict:
         lines = [_explain(e) for e in errors]
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(lines))
     full = fill_defaults(config, schema, schema)
+    exp_schema = _resolve(schema["properties"]["experiments"]["additionalProperties"], schema)
     for name, exp in full["experiments"].items():
+        for key, values in exp["sweep"].items():
+            exp["sweep"][key] = _section_values(name, exp, key, values, exp_schema, schema)
         _check_semantics(name, exp)
     return full
+
+
+def _section_values(name: str, exp: dict, key: str, values: list, exp_schema: dict, root: dict) -> list:
+    """Sweep values that are mappings replace a whole section: validate each one as that section of
+    the experiment, fill its defaults, and keep its point label under ``label``."""
+    if not any(isinstance(v, dict) for v in values):
+        return values
+    where = f"experiments.{name}.sweep.{key}"
+    if not all(isinstance(v, dict) for v in values):
+        raise ConfigError(f"config key '{where}': mix of mappings and plain values; use one kind per axis")
+    parent, leaf = _walk(exp, key, f"experiments.{name}.sweep")
+    if not isinstance(parent.get(leaf), dict):
+        raise ConfigError(f"config key '{where}': mapping values replace a section, but '{key}' is not a "
+                          "section of the experiment (sweep plain values for single keys)")
+    validator = jsonschema.Draft202012Validator({**exp_schema, "$defs": root.get("$defs", {})})
+    out, labels = [], []
+    for i, value in enumerate(values):
+        section = {k: v for k, v in value.items() if k != "label"}
+        label = value.get("label", section.get("name"))
+        if not isinstance(label, str) or not label:
+            raise ConfigError(f"config key '{where}[{i}]': a mapping value needs a 'label' (or a 'name') "
+                              "to name its sweep point")
+        trial = copy.deepcopy(exp)
+        del trial["sweep"]
+        parent_t, _ = _walk(trial, key, where)
+        parent_t[leaf] = section
+        errors = sorted(validator.iter_errors(trial), key=lambda e: list(map(str, e.absolute_path)))
+        if errors:
+            raise ConfigError(f"invalid sweep value {where}[{i}] (label {label!r}):\n  - " +
+                              "\n  - ".join(_explain(e) for e in errors))
+        filled, _ = _walk(fill_defaults(trial, exp_schema, root), key, where)
+        out.append({"label": label, **filled[leaf]})
+        labels.append(label)
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"config key '{where}': labels {labels} are not unique; give each mapping a distinct 'label'")
+    return out
 
 
 def _check_semantics(name: str, exp: dict) -> None:
@@ -164,6 +203,9 @@ def _check_semantics(name: str, exp: dict) -> None:
     for key, values in exp["sweep"].items():
         parent, leaf = _walk(exp, key, f"{where}.sweep")
         for v in values:
+            if isinstance(v, dict) and key in ("model", "dataset"):
+                (models if key == "model" else data).check_name(v["name"], f"{where}.sweep.{key}.name")
+        for v in map(_point_value, values):
             if not SAFE_VALUE.match(_fmt(v)):
                 raise ConfigError(
                     f"config key '{where}.sweep.{key}': value {v!r} cannot name a run directory; "
@@ -180,6 +222,11 @@ def _walk(exp: dict, dotted: str, where: str):
     if parts[0] in ("sweep", "seeds"):
         raise ConfigError(f"config key '{where}.{dotted}': cannot sweep over '{parts[0]}'; list seeds under 'seeds'")
     return node, parts[-1]
+
+
+def _point_value(v):
+    """What names a sweep value in points and run directories: the label of a mapping, else itself."""
+    return v["label"] if isinstance(v, dict) else v
 
 
 def _fmt(v) -> str:
@@ -271,16 +318,17 @@ def expand_experiment(name: str, exp: dict, top: dict) -> ExperimentSpec:
     runs = []
     for combo in combos:
         concrete = copy.deepcopy(exp)
+        shown = [_point_value(v) for v in combo]
         for k, v in zip(keys, combo):
             parent, leaf = _walk(concrete, k, f"experiments.{name}.sweep")
-            parent[leaf] = v
-        point = ",".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in zip(keys, combo)) or "all"
+            parent[leaf] = {a: b for a, b in v.items() if a != "label"} if isinstance(v, dict) else v
+        point = ",".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in zip(keys, shown)) or "all"
         for seed in exp["seeds"]:
-            label = "_".join(f"{k.split('.')[-1]}-{_fmt(v)}" for k, v in zip(keys, combo))
+            label = "_".join(f"{k.split('.')[-1]}-{_fmt(v)}" for k, v in zip(keys, shown))
             run = f"{label}_seed-{seed}" if label else f"seed-{seed}"
             runs.append(RunSpec(
                 experiment=name, run=run, point=point,
-                sweep={k: v for k, v in zip(keys, combo)}, seed=seed,
+                sweep={k: v for k, v in zip(keys, shown)}, seed=seed,
                 model=concrete["model"], dataset=concrete["dataset"], loss=concrete["loss"],
                 optimizer=concrete["optimizer"], schedule=concrete["schedule"],
                 batch_size=concrete["batch_size"], steps=concrete["steps"],
