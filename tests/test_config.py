@@ -113,7 +113,7 @@ def test_bad_experiment_name():
         load_study({"experiments": {"index": BASE}})
 
 
-def test_missing_dataset_is_an_error_or_a_skip(tmp_path, monkeypatch):
+def test_missing_dataset_is_an_error_a_skip_or_deferred(tmp_path, monkeypatch):
     monkeypatch.setenv("LANDSCOPE_DATA", str(tmp_path))
     monkeypatch.setattr("landscope.data.FASHION_SYSTEM_DIR", str(tmp_path / "none"))
     exp = {"model": {"name": "mlp"}, "dataset": {"name": "fashion_mnist"}}
@@ -121,6 +121,9 @@ def test_missing_dataset_is_an_error_or_a_skip(tmp_path, monkeypatch):
         load_study({"experiments": {"f": exp, "d": BASE}})
     study = load_study({"experiments": {"f": {**exp, "if_data_missing": "skip"}, "d": BASE}})
     assert list(study.experiments) == ["d"] and "not installed" in study.skipped["f"]
+    study = load_study({"experiments": {"f": {**exp, "if_data_missing": "defer"}, "d": BASE}})
+    assert list(study.experiments) == ["f", "d"] and not study.skipped
+    assert "apt-get install -y dataset-fashion-mnist" in study.deferred["f"]
 
 
 def test_snakemake_stops_before_any_job_on_a_bad_config(tmp_path):

@@ -301,6 +301,7 @@ class ExperimentSpec:
 class Study:
     experiments: dict[str, ExperimentSpec]
     skipped: dict[str, str]
+    deferred: dict[str, str] = field(default_factory=dict)
 
     def runs(self) -> list[RunSpec]:
         return [r for e in self.experiments.values() for r in e.runs]
@@ -344,7 +345,7 @@ def load_study(config: dict | str | Path) -> Study:
     """Validate a config (dict or YAML path) and expand it into a Study.
 
     Experiments with ``if_data_missing: skip`` whose dataset is not available are left out and
-    listed in ``Study.skipped`` with the reason.
+    listed in ``Study.skipped`` with the reason; with ``defer`` they stay, listed in ``Study.deferred``.
     """
     from landscope import data
 
@@ -352,7 +353,7 @@ def load_study(config: dict | str | Path) -> Study:
         with open(config) as fh:
             config = yaml.safe_load(fh)
     full = validate(config)
-    experiments, skipped = {}, {}
+    experiments, skipped, deferred = {}, {}, {}
     for name, exp in full["experiments"].items():
         if not exp["enabled"]:
             skipped[name] = "enabled: false"
@@ -362,8 +363,11 @@ def load_study(config: dict | str | Path) -> Study:
             if exp["if_data_missing"] == "skip":
                 skipped[name] = problem
                 continue
-            raise ConfigError(f"experiment '{name}': {problem}")
+            if exp["if_data_missing"] == "defer":
+                deferred[name] = problem
+            else:
+                raise ConfigError(f"experiment '{name}': {problem}")
         experiments[name] = expand_experiment(name, exp, full)
     if not experiments:
         raise ConfigError("no experiment left to run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
-    return Study(experiments=experiments, skipped=skipped)
+    return Study(experiments=experiments, skipped=skipped, deferred=deferred)

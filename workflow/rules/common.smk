@@ -11,6 +11,8 @@ except ConfigError as err:
 
 for _name, _why in STUDY.skipped.items():
     print(f"landscope: skipping experiment '{_name}': {_why}", file=sys.stderr)
+for _name, _why in STUDY.deferred.items():
+    print(f"landscope: experiment '{_name}' stays in the DAG but its train jobs will fail: {_why}", file=sys.stderr)
 
 CKPT = "results/checkpoints/experiment={experiment}/run={run}"
 TABLE = "results/tables/{table}/experiment={experiment}"
