@@ -283,3 +283,20 @@ def test_divergence_marks_the_run_and_the_rest_goes_on(tmp_path, spec_factory, m
     # re-running training is a no-op that keeps the verdict
     again = trajectory.train_run(spec, ckpt, results)
     assert again["status"] == "diverged" and again["diverged_step"] == first_bad
+
+
+def test_directions_between_checkpoints_equal_those_at_checkpoints(spec_factory, tmp_path):
+    """directions_every=2 with checkpoints every 4 gives the same full-batch rows as checkpoints every 2."""
+    import polars as pl
+
+    fine = spec_factory(snapshot_every=4, directions_every=2)
+    coarse = spec_factory(snapshot_every=2)
+    rows = {}
+    for name, spec in (("fine", fine), ("coarse", coarse)):
+        results, _, drifts = run_pipeline(spec, tmp_path / name)
+        assert drifts == [0.0] * spec.n_segments
+        rows[name] = pl.read_parquet(results / "tables/directions/**/*.parquet").sort("step")
+    assert rows["fine"]["step"].to_list() == list(range(0, 13, 2)) == rows["coarse"]["step"].to_list()
+    for col in ("full_loss", "full_loss_at_min", "full_grad_norm", "full_grad_dot_dir", "cos_angle", "aiming_coef"):
+        a, b = rows["fine"][col].to_numpy(), rows["coarse"][col].to_numpy()
+        assert np.allclose(a, b, rtol=1e-12, atol=1e-15, equal_nan=True), col

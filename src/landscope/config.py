@@ -20,7 +20,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-SAFE_VALUE = re.compile(r"^[A-Za-z0-9.+-]{1,64}$")
+SAFE_VALUE = re.compile(r"^[A-Za-z0-9.+_-]{1,64}$")
 
 
 class ConfigError(ValueError):
@@ -209,7 +209,7 @@ def _check_semantics(name: str, exp: dict) -> None:
             if not SAFE_VALUE.match(_fmt(v)):
                 raise ConfigError(
                     f"config key '{where}.sweep.{key}': value {v!r} cannot name a run directory; "
-                    "use letters, digits, '.', '+', '-' only")
+                    "use letters, digits, '.', '+', '_', '-' only")
 
 
 def _walk(exp: dict, dotted: str, where: str):
@@ -258,6 +258,7 @@ class RunSpec:
     minimizer: str
     drift_tolerance: float | str
     eval_batch_size: int
+    directions_every: int | None = None
     device: str = "auto"
     data_dir: str | None = None
     torch_threads: int = 1
@@ -335,8 +336,14 @@ def expand_experiment(name: str, exp: dict, top: dict) -> ExperimentSpec:
                 batch_size=concrete["batch_size"], steps=concrete["steps"],
                 snapshot_every=concrete["snapshot_every"], f_i_star=concrete["f_i_star"],
                 minimizer=concrete["minimizer"], drift_tolerance=concrete["drift_tolerance"],
-                eval_batch_size=concrete["eval_batch_size"], device=top["device"],
+                eval_batch_size=concrete["eval_batch_size"],
+                directions_every=concrete["directions_every"], device=top["device"],
                 data_dir=top["data_dir"], torch_threads=top["torch_threads"]))
+    names = [r.run for r in runs]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(f"experiments.{name}.sweep: sweep values give the same run name twice ({', '.join(dup)}); "
+                          "make the values (or labels) distinct")
     return ExperimentSpec(name=name, title=exp["title"] or name, runs=runs,
                           conditions=exp["conditions"], sweep_keys=keys, raw=exp)
 

@@ -61,11 +61,12 @@ def _norm(tensors) -> float:
     return math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors))
 
 
-def direction_row(problem, model_k: nn.Module, step: int) -> dict:
-    """Full-batch quantities at the current parameters x_k that need x_K."""
+def direction_row(problem, model_k: nn.Module, step: int, f_k: float | None = None) -> dict:
+    """Full-batch quantities at the current parameters x_k that need x_K (``f_k`` = f(x_K) when known)."""
     model = problem.model
     f, grads, _ = full_loss_and_grad(problem, model)
-    f_k = full_loss(problem, model_k)
+    if f_k is None:
+        f_k = full_loss(problem, model_k)
     params = [p for p in model.parameters() if p.requires_grad]
     params_k = [p for p in model_k.parameters()]
     diffs = [(p.detach().double() - q.double()) for p, q in zip(params, params_k)]

@@ -432,8 +432,13 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
     meta = store.provenance(chash, str(problem.device))
     sync_reference()
     directions = [measure.direction_row(problem, model_k, lo)]
+    f_at_min = None if projecting else directions[0]["full_loss_at_min"]  # x_K fixed: f(x_K) once
     bar = _progress(progress, n_steps, 0, f"replay {spec.run} [{lo},{hi})")
+    every = spec.directions_every
     for step in range(lo, hi):
+        if every and step > lo and (step - lo) % every == 0:  # full-batch rows between checkpoints
+            sync_reference()
+            directions.append(measure.direction_row(problem, model_k, step, f_at_min))
         _step(problem, opt, step, hook)
         if bar is not None:
             bar.update(1)
@@ -454,7 +459,7 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
             "drift_tolerance only if you accept approximate measurements")
     if hi == spec.steps:
         sync_reference()
-        directions.append(measure.direction_row(problem, model_k, hi))
+        directions.append(measure.direction_row(problem, model_k, hi, f_at_min))
     cols = {k: v.cpu().tolist() for k, v in buf.items()}
     steps = list(range(lo, hi))
     cols["lr"] = [lr_at(spec.optimizer, spec.schedule, spec.steps, s) for s in steps]

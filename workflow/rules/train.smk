@@ -1,9 +1,14 @@
 rule train:
-    """Deterministic training of one run; checkpoints every snapshot_every steps; resumes."""
+    """Deterministic training of one run (checkpoints every snapshot_every steps; resumes), then in
+    the same process the full-batch snapshot of every checkpoint and the choice of x_K: one job
+    instead of three saves two interpreter and torch start-ups per run."""
     output:
         manifest=f"{CKPT}/manifest.json",
         train="results/tables/train/experiment={experiment}/run={run}/part-00000.parquet",
         runs="results/tables/runs/experiment={experiment}/run={run}/part-00000.parquet",
+        snapshots="results/tables/snapshots/experiment={experiment}/run={run}/part-00000.parquet",
+        minimizer=f"{CKPT}/minimizer.pt",
+        minimizers="results/tables/minimizers/experiment={experiment}/run={run}/part-00000.parquet",
     params:
         spec=get_run_spec,
         results=get_results_dir_of_output,
