@@ -52,6 +52,19 @@ def check_component(name: str, builtin, kind: str, where: str) -> None:
                           f"{', '.join(sorted(builtin))}, or a factory 'package.module:function'")
 
 
+def check_keywords(section: dict, factory, kind: str, where: str, implicit: tuple[str, ...] = ()) -> None:
+    """The keys of a built-in component section must be keyword arguments of its factory: a typo
+    (``seq_len`` for ``bptt``) is an error naming the allowed keys, not a silently ignored option."""
+    import inspect
+
+    params = inspect.signature(factory).parameters.values()
+    allowed = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - set(implicit)
+    unknown = sorted(set(section) - {"name"} - allowed)
+    if unknown:
+        raise ConfigError(f"config key '{where}': unknown option(s) {', '.join(map(repr, unknown))} for {kind} "
+                          f"{section['name']!r}; its options: {', '.join(sorted(allowed)) or '(none)'}")
+
+
 def load_schema() -> dict:
     text = resources.files("landscope").joinpath("schemas/config.schema.yaml").read_text()
     return yaml.safe_load(text)
@@ -185,6 +198,11 @@ def _check_semantics(name: str, exp: dict) -> None:
     where = f"experiments.{name}"
     models.check_name(exp["model"]["name"], f"{where}.model.name")
     data.check_name(exp["dataset"]["name"], f"{where}.dataset.name")
+    if ":" not in exp["dataset"]["name"]:
+        check_keywords(exp["dataset"], data.BUILTIN[exp["dataset"]["name"]], "dataset", f"{where}.dataset")
+    if ":" not in exp["model"]["name"] and "model.name" not in exp["sweep"]:
+        check_keywords(exp["model"], models.keywords_of(exp["model"]["name"]), "model", f"{where}.model",
+                       implicit=("in_features", "n_classes"))
     fstar = exp["f_i_star"]
     if isinstance(fstar, str) and fstar != "exact":
         raise ConfigError(f"config key '{where}.f_i_star': got {fstar!r}; allowed: a number or 'exact'")

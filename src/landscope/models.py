@@ -409,6 +409,14 @@ def check_name(name: str, where: str) -> None:
     check_component(name, BUILTIN, "model", where)
 
 
+def keywords_of(name: str) -> Callable:
+    """The callable whose signature lists the options of built-in model ``name`` (factories that
+    forward ``**kw`` name the class they build)."""
+    from landscope.analytic import AnalyticExample
+
+    return {"analytic": AnalyticExample, "resnet18": ResNet, "resnet34": ResNet}.get(name, BUILTIN[name])
+
+
 def build_model(spec: dict, in_features: int, n_classes: int) -> nn.Module:
     kwargs = {k: v for k, v in spec.items() if k != "name"}
     kwargs.setdefault("in_features", in_features)
