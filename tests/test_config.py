@@ -1,5 +1,6 @@
 """Config validation: every mistake names the key, the bad value and what is allowed."""
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -140,3 +141,19 @@ def test_snakemake_stops_before_any_job_on_a_bad_config(tmp_path):
     text = out.stdout + out.stderr
     assert "experiments.digits_mlp.optimizer.lr" in text and "-0.5" in text and "> 0" in text
     assert "Job stats" not in text and "rule train" not in text
+
+
+def test_paper_config_builds_the_whole_dag_without_its_data(tmp_path):
+    """`snakemake -n --configfile config/paper.yaml` plans every run and segment, data or not."""
+    study = load_study(ROOT / "config" / "paper.yaml")
+    figures = {e.raw["figure"] for e in study.experiments.values()}
+    for fig in ("2, 9", "4, 11, 12", "5, 13, 14", "6, 15", "16", "17", "7a-d, 18", "19"):
+        assert any(fig in f for f in figures), fig
+    out = subprocess.run([*SNAKEMAKE, "-n", "--cores", "1", "--configfile", str(ROOT / "config" / "paper.yaml"),
+                          "-d", str(tmp_path), "-s", str(ROOT / "Snakefile")],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout + out.stderr, flags=re.M))
+    assert int(jobs["train"]) == len(study.runs())
+    assert int(jobs["evaluate"]) == sum(r.n_segments for r in study.runs())
+    assert int(jobs["report"]) == len(study.experiments) == 14
