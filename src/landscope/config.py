@@ -28,9 +28,17 @@ class ConfigError(ValueError):
 
 
 def import_factory(path: str, where: str):
-    """Resolve a factory named 'package.module:function'; errors name the config key."""
-    import importlib
+    """Resolve a factory named 'package.module:function'; errors name the config key.
 
+    The working directory is importable (as with ``python -m``), so a study folder's own modules
+    resolve in every job process without setting PYTHONPATH.
+    """
+    import importlib
+    import os
+    import sys
+
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     module, _, attr = path.partition(":")
     try:
         mod = importlib.import_module(module)
