@@ -216,6 +216,44 @@ def test_batchnorm_and_dropout_measurement_semantics(tmp_path, spec_factory, mon
     assert not np.allclose(train["batch_loss"].to_numpy(), steps["batch_loss"].to_numpy())
 
 
+BN_ONLY_MODULE = BN_MODULE.replace("nn.Dropout(0.5), ", "").replace("def make(", "def make_bn_only(")
+
+
+def test_batchnorm_without_dropout_reuses_the_training_forward(tmp_path, spec_factory, monkeypatch):
+    """Without dropout the replay measures with the training forward itself: the same numbers as a
+    separate batch-statistics forward at x_k and x_K, and exactly the training loss."""
+    (tmp_path / "bnonly.py").write_text(BN_ONLY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = spec_factory(model={"name": "bnonly:make_bn_only"}, steps=6, snapshot_every=3,
+                        optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.9})
+    results, ckpt, drifts = run_pipeline(spec, tmp_path / "run")
+    assert drifts == [0.0, 0.0]
+    steps, train = read(results, "steps"), read(results, "train")
+    assert steps["batch_loss"].to_list() == train["batch_loss"].to_list()
+    data = digits(n_train=200)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
+                                torch.nn.Linear(16, 10))
+    final = trajectory.load_checkpoint(trajectory.checkpoint_path(ckpt, 6))["model"]
+    model.load_state_dict(final)
+    w_k = [p.detach().clone() for p in model.parameters()]
+    model.train()
+    for k in (0, 3):  # checkpoints: x_k known exactly
+        row = steps.row(k, named=True)
+        idx = trajectory.batch_indices(200, 16, 0, k)
+        xb, yb = data.x[idx], data.y[idx]
+        model.load_state_dict(final)
+        with torch.no_grad():
+            at_min = torch.nn.functional.cross_entropy(model(xb), yb).item()
+        model.load_state_dict(trajectory.load_checkpoint(trajectory.checkpoint_path(ckpt, k))["model"])
+        loss = torch.nn.functional.cross_entropy(model(xb), yb)
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        dot = sum(float((g.double() * (p.detach().double() - q.double())).sum())
+                  for g, p, q in zip(grads, model.parameters(), w_k))
+        assert row["batch_loss"] == pytest.approx(loss.item(), rel=1e-6)
+        assert row["batch_loss_at_min"] == pytest.approx(at_min, rel=1e-6)
+        assert row["grad_dot_dir"] == pytest.approx(dot, rel=1e-5)
+
+
 def test_tail_average_minimizer(tmp_path, spec_factory):
     spec = spec_factory(steps=40, snapshot_every=5, minimizer="tail_average")
     results, ckpt, drifts = run_pipeline(spec, tmp_path)

@@ -475,6 +475,12 @@ def _drops(m: nn.Module) -> bool:
     return False
 
 
+def has_dropout(model: nn.Module) -> bool:
+    """Any dropout with p > 0: the training forward then differs from the measurement forward
+    (BatchNorm alone does not: in train mode it already normalises with the batch's statistics)."""
+    return any(_drops(m) for m in model.modules())
+
+
 def has_stochastic_layers(model: nn.Module) -> bool:
     """Dropout with p > 0, or any BatchNorm: train-mode and eval-mode losses differ."""
     return bool(batchnorm_modules(model)) or any(_drops(m) for m in model.modules())

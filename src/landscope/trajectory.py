@@ -25,7 +25,7 @@ from torch import nn
 from landscope import measure, store
 from landscope.config import RunSpec
 from landscope.data import Dataset, load_dataset
-from landscope.models import build_model, has_stochastic_layers, loss_for
+from landscope.models import batchnorm_modules, build_model, has_dropout, loss_for
 from landscope.optim import lr_at, make_optimizer
 
 log = logging.getLogger("landscope")
@@ -381,7 +381,10 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
         p.requires_grad_(False)
     params = _flat_params(problem.model)
     params_k = _flat_params(model_k)
-    separate = has_stochastic_layers(problem.model)
+    # With dropout the measurement needs its own forward (dropout off). Without it, the training
+    # forward (batch-norm on this batch's statistics) already gives f_{i_k}(x_k) and its gradient.
+    separate = has_dropout(problem.model)
+    batchnorm = bool(batchnorm_modules(model_k))
     projecting = spec.minimizer == "projection"
     if projecting and not hasattr(problem.model, "project"):
         raise ValueError(f"experiment {spec.experiment}: minimizer: projection needs a model that knows "
@@ -416,7 +419,7 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
             dot = torch.stack([(g.double() * d.double()).sum() for g, d in zip(grads, diffs)]).sum()
             gn = torch.stack([g.double().pow(2).sum() for g in grads]).sum().sqrt()
             dist = torch.stack([d.double().pow(2).sum() for d in diffs]).sum().sqrt()
-            if separate:
+            if separate or batchnorm:  # batch statistics of this batch; running statistics untouched
                 with measurement_mode(model_k):
                     lk = problem.loss_fn(model_k, model_k(xb), yb).mean()
             else:  # no dropout or batch-norm: model_k (eval mode) already measures as the paper does
