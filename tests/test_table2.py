@@ -1,0 +1,164 @@
+"""The Table 2 page: direction classifier on hand-made sequences, sequences from a config, and the
+page on a synthetic condition_summary whose numbers are chosen by hand."""
+
+import json
+import re
+
+import polars as pl
+import pytest
+
+from conftest import make_study
+from landscope import report_table2 as t2
+from landscope import store
+
+
+@pytest.mark.parametrize("values, expected", [
+    ([1, 2, 3], "rises"),
+    ([3, 2, 1], "falls"),
+    ([1, 3, 2], "rises then falls"),
+    ([1, 3, 3, 2], "rises then falls"),
+    ([3, 1, 2], "falls then rises"),
+    ([1, 3, 1, 3], "mixed"),
+    ([2, 2, 2], "flat"),
+    ([1.0, 1.01, 0.99], "flat"),  # within 5% of max|value| = 1.01
+    ([1.0, 1.2, 0.99], "rises then falls"),  # +0.2 and -0.21 exceed 0.06
+    ([1, None, float("nan"), 3], "rises"),  # missing values dropped
+    ([None, 4.0], "n/a"),
+    ([], "n/a"),
+    ([-3, -2, -1], "rises"),
+])
+def test_classify_direction(values, expected):
+    assert t2.classify_direction(values) == expected
+
+
+def test_classify_direction_tolerance():
+    assert t2.classify_direction([1.0, 1.04, 1.08], rtol=0.05) == "flat"  # each step 0.04 < 0.054
+    assert t2.classify_direction([1.0, 1.04, 1.08], rtol=0.01) == "rises"
+    with pytest.raises(ValueError, match="rtol"):
+        t2.classify_direction([1, 2], rtol=-1)
+
+
+def test_optimizer_ordering_and_agreement():
+    assert t2.optimizer_ordering(["sgd", "sgdm", "adam"], [3.0, 2.0, 1.0]) == "adam < sgdm < sgd"
+    assert t2.optimizer_ordering(["sgd", "sgdm", "adam"], [3.0, 1.02, 1.0]) == "adam ≈ sgdm < sgd"
+    assert t2.ordering_agrees(["sgd", "sgdm", "adam"], [3.0, 2.0, 1.0]) == "yes"
+    assert t2.ordering_agrees(["sgd", "sgdm", "adam"], [1.0, 2.0, 3.0]) == "no"
+    assert t2.ordering_agrees(["sgdm", "adam"], [2.0, 1.0]) == "yes"
+    assert t2.ordering_agrees(["sgd", "lion"], [2.0, 1.0]) is None  # one claimed kind only
+    assert t2.optimizer_kind({"name": "sgd", "momentum": 0.9}) == "sgdm"
+    assert t2.optimizer_kind({"name": "sgd", "momentum": 0.0}) == "sgd"
+    assert t2.optimizer_kind({"name": "nadamw"}) == "adam"
+    assert t2.agreement("rises", "rises then falls") == "partly"
+    assert t2.agreement("falls", "falls") == "yes" and t2.agreement("flat", "falls") == "no"
+    assert t2.agreement("n/a", "falls") is None
+
+
+BASE = {"model": {"name": "mlp", "depth": 3, "width": 8}, "dataset": {"name": "digits", "n_train": 64},
+        "optimizer": {"name": "sgd", "lr": 0.1}, "batch_size": 8, "steps": 4, "snapshot_every": 2,
+        "seeds": [0, 1]}
+
+
+def test_sweep_sequences_from_config():
+    exp = make_study({**BASE, "figure": "4, 11", "sweep": {
+        "optimizer": [{"label": "plain", "name": "sgd", "lr": 0.1},
+                      {"label": "adam", "name": "adam", "lr": 1e-3},
+                      {"label": "mom", "name": "sgd", "lr": 0.1, "momentum": 0.9}],
+        "batch_size": [16, 8]}}).experiments["t"]
+    seqs = t2.sweep_sequences(exp)
+    by = {(s["key"], s["fixed"]): s for s in seqs}
+    assert sorted(by) == [("batch_size", "optimizer=adam"), ("batch_size", "optimizer=mom"),
+                          ("batch_size", "optimizer=plain"), ("optimizer", "batch_size=16"),
+                          ("optimizer", "batch_size=8")]
+    s = by[("optimizer", "batch_size=8")]
+    assert s["values"] == ["plain", "adam", "mom"] and s["kinds"] == ["sgd", "adam", "sgdm"]
+    assert s["points"] == ["optimizer=plain,batch_size=8", "optimizer=adam,batch_size=8",
+                           "optimizer=mom,batch_size=8"]
+    assert by[("batch_size", "optimizer=adam")]["values"] == ["16", "8"]  # config order, not sorted
+    assert s["figure"] == "4, 11"
+    plain = make_study({**BASE, "sweep": {"minimizer": ["last", "best"]}}).experiments["t"]
+    assert t2.sweep_sequences(plain) == []  # minimizer is not a Table 2 axis
+
+
+def _summary(results, exp, rows):
+    cols = {c: [] for c in store.SCHEMAS["condition_summary"]}
+    for point, vals in rows.items():
+        row = {c: None for c in cols}
+        row.update(experiment=exp, point=point, sweep_json="{}", n_runs=2, feasible=True, **vals)
+        for c in cols:
+            cols[c].append(row[c])
+    store.write_table(store.part_path(results, "condition_summary", exp), "condition_summary", cols)
+
+
+def _row(amin, bmin, term, loss=0.1):
+    return {"alpha_min": amin, "beta_at_alpha_min": bmin, "beta_min": bmin, "sigma_int_sq": 0.5,
+            "nonvanishing_term": term, "final_full_loss_mean": loss}
+
+
+@pytest.fixture
+def table2_results(tmp_path):
+    results = tmp_path / "results"
+    # width: beta 1 -> 3 -> 2 (rises then falls), term 0.8 -> 0.4 -> 0.1 (falls)
+    _summary(results, "wide<x>", {"width=16": _row(2, 1, 0.8), "width=64": _row(4, 3, 0.4),
+                                  "width=256": _row(3, 2, 0.1)})
+    # optimizers: beta sgd 3 > adam 2 > sgdm 1: the paper's Adam < SGDM < SGD does not hold
+    _summary(results, "opt", {"optimizer=sgd": _row(4, 3, 0.5), "optimizer=sgdm": _row(2, 1, 0.5),
+                              "optimizer=adam": _row(3, 2, 0.5)})
+    # resnet18 -> resnet34: higher final loss and larger beta (follows the loss), term rises
+    _summary(results, "res", {"name=resnet18": _row(2, 1, 0.1, loss=0.2),
+                              "name=resnet34": _row(3, 2, 0.3, loss=0.5)})
+    seqs = [
+        {"experiment": "wide<x>", "title": "<script>alert(1)</script>", "figure": "4 <i>", "key": "model.width",
+         "fixed": "", "values": ["16", "64", "256"], "points": ["width=16", "width=64", "width=256"],
+         "kinds": ["16", "64", "256"]},
+        {"experiment": "opt", "title": "optimizers", "figure": None, "key": "optimizer", "fixed": "",
+         "values": ["sgd", "sgdm", "adam"], "points": ["optimizer=sgd", "optimizer=sgdm", "optimizer=adam"],
+         "kinds": ["sgd", "sgdm", "adam"]},
+        {"experiment": "res", "title": "resnets", "figure": "17", "key": "model.name", "fixed": "batch_size=64",
+         "values": ["resnet18", "resnet34"], "points": ["name=resnet18", "name=resnet34"],
+         "kinds": ["resnet18", "resnet34"]},
+        {"experiment": "missing", "title": "not run yet", "figure": None, "key": "batch_size", "fixed": "",
+         "values": ["8"], "points": ["batch_size=8"], "kinds": ["8"]},
+    ]
+    return results, seqs
+
+
+def _direction_rows(page: str, quantity: str) -> list[list[str]]:
+    pat = rf"<tr><td class=l>{re.escape(quantity)}</td><td>(.*?)</td><td>(.*?)</td><td>(.*?)</td></tr>"
+    return [list(m) for m in re.findall(pat, page)]
+
+
+def test_table2_page(table2_results, tmp_path):
+    results, seqs = table2_results
+    page = t2.write_table2(results, seqs, tmp_path / "table2.html").read_text()
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "4 &lt;i&gt;" in page and 'href="wide&lt;x&gt;.html"' in page
+    beta = _direction_rows(page, "smallest β")
+    assert beta == [["rises then falls", "rises then falls", "yes"],
+                    ["sgdm &lt; adam &lt; sgd", "Adam &lt; SGDM &lt; SGD", "no"],
+                    ["rises", "rises (as the final loss)", "yes"]]
+    term = _direction_rows(page, "2βσ²/(α−β) at smallest α")
+    assert term == [["falls", "falls", "yes"], ["flat", "n/a", "—"], ["rises", "falls", "no"]]
+    # the width table lists values in config order with their numbers
+    assert re.search(r"<td class=l>16</td><td>2</td><td>1</td><td>1</td><td>0.5</td><td>0.8</td>", page)
+    assert page.index("<td class=l>64</td>") < page.index("<td class=l>256</td>")
+    assert "No condition summary yet" in page  # the experiment that has not run
+    specs = [json.loads(m) for m in re.findall(r"^vegaEmbed\('#table[a-z]+', (.*), \{actions: false\}\);$",
+                                                page, re.M)]
+    assert len(specs) == 3
+    data = list(specs[0]["datasets"].values())
+    assert sorted(len(d) for d in data) == [3, 3]  # beta_min and the term, three widths each
+    assert specs[0]["hconcat"][0]["encoding"]["x"]["sort"] == ["16", "64", "256"]
+
+
+def test_table2_page_without_sequences(tmp_path):
+    (tmp_path / "results").mkdir()
+    page = t2.write_table2(tmp_path / "results", [], tmp_path / "t.html").read_text()
+    assert "No experiment of this study varies" in page and "<script" not in page
+
+
+def test_sequence_rows_order(table2_results):
+    results, seqs = table2_results
+    with store.connect(results) as con:
+        rows = t2.sequence_rows(con, seqs[0])
+    assert rows["value"].to_list() == ["16", "64", "256"] and rows["beta_min"].to_list() == [1, 3, 2]
+    assert isinstance(rows, pl.DataFrame)
