@@ -336,7 +336,9 @@ table{border-collapse:collapse;margin:1em 0;font-size:0.9em}
 th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}td.l,th.l{text-align:left}
 .note{color:#555;max-width:62em}.chart{margin:1em 0 2em}.nodata{color:#999;font-style:italic}
 code{background:#f5f5f5;padding:0 3px}
-td.small{font-size:0.8em;color:#555;max-width:28em;text-align:left}"""
+td.small{font-size:0.8em;color:#555;max-width:28em;text-align:left}
+.semantics{background:#f7f9fc;border:1px solid #d5deea;padding:0.2em 1em;max-width:62em}
+.semantics h2{font-size:1.1em}.figure{font-size:1.05em}"""
 
 
 def _cell(x, fmt: str = ".4g") -> str:
@@ -438,6 +440,189 @@ SUMMARY_COLUMNS = [
     ("max_abs_drift", "replay drift (max)")]
 
 
+MINIMIZER_TEXT = {
+    "last": "x<sub>K</sub> = the last iterate (the paper's choice)",
+    "best": "x<sub>K</sub> = the checkpoint with the lowest full-batch loss",
+    "tail_average": "x<sub>K</sub> = the mean of the parameters of the checkpoints in the last quarter of training",
+    "projection": ("x<sub>K</sub> = the exact projection Proj(x<sub>k</sub>, S) of every iterate onto the set "
+                   "of minimizers (known for the analytic examples)"),
+}
+LANGUAGE_MODELS = ("lstm_lm", "transformer_lm")
+
+
+def model_names(runs: pl.DataFrame) -> list[str]:
+    """The distinct model names of a run table (its ``model`` column holds the model's JSON)."""
+    names = set()
+    for text in runs["model"].to_list() if "model" in runs.columns else []:
+        try:
+            spec = json.loads(text or "")
+        except json.JSONDecodeError:
+            spec = text
+        names.add(str(spec.get("name")) if isinstance(spec, dict) else str(spec))
+    return sorted(n for n in names if n and n != "None")
+
+
+def has_batchnorm(name: str) -> bool:
+    """Whether a built-in model normalises with BatchNorm (the ResNets of landscope.models)."""
+    return name.startswith("resnet")
+
+
+def _f_i_star_text(value) -> str:
+    if value == "exact":
+        return "f<sub>i</sub>* = the exact per-sample minimum of the loss, computed from the data"
+    return (f"f<sub>i</sub>* = {html.escape(str(value))} for every sample (a constant from the configuration; "
+            "the paper takes 0 for non-negative losses)")
+
+
+def semantics_items(models: list[str], minimizers: list[str], f_i_star: list, f_i_star_mean=None) -> list[str]:
+    """The measurement conventions that hold for this experiment, one HTML sentence each."""
+    items = [MINIMIZER_TEXT.get(m, f"x<sub>K</sub> method <code>{html.escape(str(m))}</code>") + "."
+             for m in minimizers] or ["x<sub>K</sub> choice not recorded."]
+    if f_i_star:
+        items += [_f_i_star_text(v) + "." for v in f_i_star]
+    else:
+        mean = f" (mean over the replayed steps: {_cell(f_i_star_mean)})" if f_i_star_mean is not None else ""
+        items.append(f"f<sub>i</sub>* choice not recorded in the results{mean}.")
+    items.append("Dropout is switched off while measuring (the trajectory itself trained with it, if any).")
+    if any(has_batchnorm(m) for m in models):
+        items.append("BatchNorm: the per-step f<sub>i<sub>k</sub></sub>(x<sub>k</sub>) and "
+                     "f<sub>i<sub>k</sub></sub>(x<sub>K</sub>) normalise with the statistics of that same "
+                     "batch i<sub>k</sub> and never touch the running statistics; the full-batch quantities "
+                     "(loss, gradient, angle, Aiming, PL) use evaluation mode, i.e. the running statistics.")
+    if any(m in LANGUAGE_MODELS for m in models):
+        items.append("Language model: f<sub>i<sub>k</sub></sub>(x<sub>k</sub>) and "
+                     "f<sub>i<sub>k</sub></sub>(x<sub>K</sub>) are measured on the same token windows "
+                     "(the mini-batch i<sub>k</sub> of step k), the loss being the mean next-token "
+                     "cross-entropy of each window.")
+    return items
+
+
+def semantics_html(items: list[str]) -> str:
+    """The "Measurement semantics" box."""
+    lis = "".join(f"<li>{i}</li>" for i in items)
+    return f"<div class=semantics><h2>Measurement semantics</h2><ul>{lis}</ul></div>"
+
+
+def figure_html(figure: str | None, scale_note: str | None) -> str:
+    """The paper figure group and the scale note, escaped."""
+    parts = []
+    if figure:
+        parts.append(f"<p class=figure>Paper figure group: <b>{html.escape(str(figure))}</b></p>")
+    if scale_note:
+        parts.append(f"<p class=note><b>Scale.</b> {html.escape(str(scale_note))}</p>")
+    return "".join(parts)
+
+
+# ----------------------------------------------------------------------------------- x_K comparison
+def minimizer_points(summary: pl.DataFrame) -> dict[str, str]:
+    """{point: x_K choice} when the experiment sweeps ``minimizer`` (else {})."""
+    out = {}
+    for point, text in zip(summary["point"].to_list(), summary["sweep_json"].to_list()) if not summary.is_empty() else []:
+        try:
+            sweep = json.loads(text or "{}")
+        except json.JSONDecodeError:
+            continue
+        if isinstance(sweep, dict) and "minimizer" in sweep:
+            out[point] = str(sweep["minimizer"])
+    return out
+
+
+def _reference(choices: dict[str, str]) -> str:
+    """The point the others are compared with: the projection if swept, else the last iterate, else the first."""
+    for want in ("projection", "last"):
+        for point, choice in choices.items():
+            if choice == want:
+                return point
+    return next(iter(choices))
+
+
+def region_shift_text(summary: pl.DataFrame, choices: dict[str, str]) -> list[str]:
+    """One sentence per choice: how its smallest alpha and beta differ from the reference choice."""
+    rows = {r["point"]: r for r in summary.iter_rows(named=True)}
+    ref = _reference(choices)
+    base = rows[ref]
+    out = []
+    for point, choice in choices.items():
+        if point == ref:
+            continue
+        r = rows[point]
+        if not (r["feasible"] and base["feasible"]):
+            out.append(f"{choice}: {'feasible' if r['feasible'] else 'no feasible pair'} "
+                       f"(vs {choices[ref]}: {'feasible' if base['feasible'] else 'none'})")
+            continue
+        da, db = r["alpha_min"] - base["alpha_min"], r["beta_min"] - base["beta_min"]
+        out.append(f"{choice} vs {choices[ref]}: smallest α {da:+.3g}, smallest β {db:+.3g}")
+    return out
+
+
+def minimizer_region_chart(region: pl.DataFrame, summary: pl.DataFrame, choices: dict[str, str]) -> alt.LayerChart:
+    """The exact feasible polygons of all x_K choices overlaid, the smallest-alpha corner marked."""
+    r = region.filter(pl.col("point").is_in(list(choices))).sort("point", "vertex")
+    closed = pl.concat([r, r.group_by("point", maintain_order=True).first()
+                        .with_columns(vertex=pl.lit(10**9, dtype=r["vertex"].dtype)).select(r.columns)])
+    closed = closed.with_columns(choice=pl.col("point").replace_strict(choices, return_dtype=pl.String))
+    order = [choices[p] for p in choices]
+    color = alt.Color("choice:N", title="x_K choice", sort=order, scale=alt.Scale(domain=order))
+    corner = summary.filter(pl.col("point").is_in(list(choices)) & pl.col("feasible")).select(
+        "point", "alpha_min", "beta_at_alpha_min").with_columns(
+        choice=pl.col("point").replace_strict(choices, return_dtype=pl.String))
+    layers = [alt.Chart(closed).mark_line(strokeWidth=2, clip=True).encode(
+        x=alt.X("alpha:Q", title="α"), y=alt.Y("beta:Q", title="β"), color=color, detail="point:N", order="vertex:Q")]
+    if not corner.is_empty():
+        layers.append(alt.Chart(corner).mark_point(size=90, filled=True).encode(
+            x="alpha_min:Q", y="beta_at_alpha_min:Q", color=color,
+            tooltip=["choice:N", alt.Tooltip("alpha_min:Q", format=".4g"),
+                     alt.Tooltip("beta_at_alpha_min:Q", format=".4g")]))
+    title = alt.TitleParams("How the feasible (α, β) region moves with the choice of x_K",
+                            subtitle=region_shift_text(summary, choices) or None)
+    return alt.layer(*layers).properties(title=title, width=420, height=320)
+
+
+MINIMIZER_COLUMNS = [("choice", "x_K choice"), ("point", "sweep point"), ("feasible", "some pair works"),
+                     ("alpha_min", "smallest α"), ("beta_at_alpha_min", "β at smallest α"),
+                     ("beta_min", "smallest β"), ("nonvanishing_term", "2βσ²/(α−β) at smallest α")]
+
+
+def minimizer_comparison(summary: pl.DataFrame, region: pl.DataFrame):
+    """(table HTML, chart) comparing the x_K choices of a minimizer sweep, or None without one."""
+    choices = minimizer_points(summary)
+    if len(choices) < 2:
+        return None
+    table = summary.filter(pl.col("point").is_in(list(choices))).with_columns(
+        choice=pl.col("point").replace_strict(choices, return_dtype=pl.String))
+    chart = minimizer_region_chart(region, summary, choices) if not region.is_empty() else None
+    return html_table(table, MINIMIZER_COLUMNS), chart
+
+
+# ----------------------------------------------------------------------------------- extra sections
+def curvature_sections(con, experiment: str) -> list[tuple[str, str, object | None]]:
+    """(id, heading, chart) from landscope.report_curvature when that module exists and the
+    curvature table has rows for the experiment (else [])."""
+    import importlib.util
+
+    if importlib.util.find_spec("landscope.report_curvature") is None:
+        return []
+    views = {r[0] for r in con.sql("SELECT view_name FROM duckdb_views()").fetchall()}
+    if "curvature" not in views:
+        return []
+    n = con.sql("SELECT count(*) FROM curvature WHERE experiment = $e", params={"e": experiment}).fetchall()[0][0]
+    if not n:
+        return []
+    from landscope.report_curvature import curvature_charts
+
+    return [(f"curv{_letters(i)}", f"{title}: {caption}" if caption else title, chart)
+            for i, (title, caption, chart) in enumerate(curvature_charts(con, experiment))]
+
+
+def _letters(i: int) -> str:
+    """0 -> a, 25 -> z, 26 -> aa: chart ids made of letters only."""
+    s, i = "", i + 1
+    while i:
+        i, r = divmod(i - 1, 26)
+        s = chr(97 + r) + s
+    return s
+
+
 def experiment_charts(con, experiment: str) -> list[tuple[str, str, object | None]]:
     """(id, heading, chart or None) for every chart of an experiment page, in page order."""
     grid, region = heatmap_grid(con, experiment), region_vertices(con, experiment)
@@ -476,18 +661,63 @@ def _chart_sections(charts: list[tuple[str, str, object | None]]) -> str:
     return "".join(parts)
 
 
+def _paper_sections(con, results, experiment: str, summary: pl.DataFrame):
+    """(HTML, [(id, chart)]) of the page's optional parts: the x_K comparison of a minimizer sweep,
+    the surfaces of analytic examples, and the curvature charts."""
+    from landscope.report_analytic import surface_charts
+
+    parts, charts = [], []
+    comparison = minimizer_comparison(summary, region_vertices(con, experiment))
+    if comparison:
+        table, chart = comparison
+        parts.append("<h2>Choice of x<sub>K</sub></h2><p class=note>The exact feasible region of every "
+                     "x<sub>K</sub> choice of this sweep, overlaid (dots: the smallest feasible &alpha;).</p>")
+        parts.append(("<div class=chart id='xkregion'></div>" if chart is not None else NO_DATA) + table)
+        charts += [("xkregion", chart)] if chart is not None else []
+    surfaces = surface_charts(con, results, experiment)
+    if surfaces:
+        parts.append("<h2>Surface</h2><p class=note>f(x, y) around the trajectories (as the paper's "
+                     "Figure 3): the set of minimizers S in red, each seed's checkpoints joined in step "
+                     "order, x<sub>K</sub> as a cross. Between checkpoints the path is drawn straight.</p>")
+        for i, (point, chart) in enumerate(surfaces):
+            parts.append(f"<h3>{html.escape(point)}</h3><div class=chart id='surface{_letters(i)}'></div>")
+            charts.append((f"surface{_letters(i)}", chart))
+    curvature = curvature_sections(con, experiment)
+    if curvature:
+        parts.append("<h2>Curvature</h2>" + _chart_sections(curvature))
+        charts += [(cid, ch) for cid, _, ch in curvature if ch is not None]
+    return "".join(parts), charts
+
+
+def _setup(setup: dict | None, runs: pl.DataFrame, summary: pl.DataFrame) -> list[str]:
+    """Measurement-semantics sentences from the config's ``setup`` (models, minimizers, f_i_star),
+    falling back on what the results record."""
+    setup = setup or {}
+    models = setup.get("models") or model_names(runs)
+    minimizers = setup.get("minimizers") or (sorted({m for m in runs["x_k_method"].to_list() if m})
+                                             if not runs.is_empty() else [])
+    fmean = summary["f_i_star_mean"].drop_nulls() if "f_i_star_mean" in summary.columns else pl.Series([])
+    return semantics_items(models, minimizers, setup.get("f_i_star") or [],
+                           fmean.mean() if len(fmean) else None)
+
+
 def write_experiment_report(results: str | Path, experiment: str, out_html: str | Path,
                             title: str | None = None, notes: str | None = None,
-                            runs: list[str] | None = None) -> Path:
-    """Write one experiment's self-contained HTML page (summary, charts, runs, provenance).
+                            runs: list[str] | None = None, figure: str | None = None,
+                            scale_note: str | None = None, setup: dict | None = None) -> Path:
+    """Write one experiment's self-contained HTML page (paper figure and scale, measurement
+    semantics, summary, charts, runs, provenance).
 
-    ``runs`` restricts the page to those runs (the pipeline passes the runs of the current config).
+    ``runs`` restricts the page to those runs (the pipeline passes the runs of the current config);
+    ``setup`` ({"models": [...], "minimizers": [...], "f_i_star": [...]}) states the config's choices
+    for the measurement-semantics box (what it leaves out is read from the results).
     """
     con = store.connect(results, runs=runs)
     try:
         summary = condition_summary(con, experiment)
         runs = run_table(con, experiment)
         charts = experiment_charts(con, experiment)
+        extra_html, extra_charts = _paper_sections(con, results, experiment, summary)
     finally:
         con.close()
     source, prov = _provenance(results, experiment)
@@ -503,13 +733,15 @@ def write_experiment_report(results: str | Path, experiment: str, out_html: str 
         "<p><a href='index.html'>&larr; all experiments</a></p>",
         f"<h1>{html.escape(title or experiment)}</h1>",
         f"<p class=note>experiment <code>{html.escape(experiment)}</code></p>",
+        figure_html(figure, scale_note),
         f"<p>{html.escape(notes)}</p>" if notes else "",
+        semantics_html(_setup(setup, runs, summary)),
         HOW_TO_READ.format(x_k=_x_k_methods(runs)),
         f"<h2>Summary</h2>{summary_html}<p class=note>One row per sweep point, all seeds together.{margin_txt}</p>",
-        "<h2>Charts</h2>", _chart_sections(charts),
+        "<h2>Charts</h2>", _chart_sections(charts), extra_html,
         f"<h2>Runs</h2>{runs_html}",
         f"<h2>Provenance</h2>{prov_html}"])
-    embedded = [(cid, ch) for cid, _, ch in charts if ch is not None]
+    embedded = [(cid, ch) for cid, _, ch in charts if ch is not None] + extra_charts
     return _write(out_html, html_page(title or experiment, body, embedded))
 
 
@@ -540,14 +772,19 @@ constant (very negative: PL says little). Each experiment's page has the heatmap
 
 
 def write_index(results: str | Path, experiments: list[str], out_html: str | Path,
-                skipped: dict[str, str] | None = None) -> Path:
-    """The index page (plain HTML, no JavaScript): every experiment linked, with its verdicts."""
+                skipped: dict[str, str] | None = None, links: dict[str, str] | None = None) -> Path:
+    """The index page (plain HTML, no JavaScript): every experiment linked, with its verdicts;
+    ``links`` ({relative href: text}) lists study-wide pages such as table2.html first."""
     con = store.connect(results)
     try:
         tables = {exp: verdicts(con, exp) for exp in experiments}
     finally:
         con.close()
     parts = ["<h1>landscope reports</h1>", INDEX_INTRO]
+    if links:
+        items = "".join(f"<li><a href=\"{html.escape(href)}\">{html.escape(text)}</a></li>"
+                        for href, text in links.items())
+        parts.append(f"<ul class=pages>{items}</ul>")
     for exp, df in tables.items():
         parts.append(f"<h2><a href=\"{html.escape(_href(exp))}\">{html.escape(exp)}</a></h2>")
         parts.append(html_table(df, VERDICT_COLUMNS) if not df.is_empty()

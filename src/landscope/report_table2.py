@@ -231,16 +231,6 @@ def _section(seq: dict, rows: pl.DataFrame, cid: str) -> str:
             + f"<div class=chart id='{cid}'></div>")
 
 
-def _chart_id(i: int) -> str:
-    """tablea, tableb, ..., tableaa: letters only."""
-    s = ""
-    i += 1
-    while i:
-        i, r = divmod(i - 1, 26)
-        s = chr(97 + r) + s
-    return "table" + s
-
-
 def write_table2(results: str | Path, sequences: list[dict], out_html: str | Path,
                  rtol: float = RTOL) -> Path:
     """Write reports/table2.html: one table, directions and chart per sweep sequence."""
@@ -254,7 +244,7 @@ def write_table2(results: str | Path, sequences: list[dict], out_html: str | Pat
              INTRO.format(rtol=rtol)]
     charts = []
     for i, (seq, rows) in enumerate(data):
-        cid = _chart_id(i)
+        cid = "table" + report._letters(i)
         parts.append(_section(seq, rows, cid))
         if not rows.is_empty():
             charts.append((cid, sequence_chart(seq, rows)))
