@@ -157,3 +157,17 @@ def test_paper_config_builds_the_whole_dag_without_its_data(tmp_path):
     assert int(jobs["train"]) == len(study.runs())
     assert int(jobs["evaluate"]) == sum(r.n_segments for r in study.runs())
     assert int(jobs["report"]) == len(study.experiments) == 14
+
+
+def test_docs_config_reference_is_generated_from_the_schema():
+    """docs/config.md must equal `python -m landscope.config` (regenerate it after a schema change)."""
+    from landscope.config import config_reference
+
+    text = config_reference()
+    assert (ROOT / "docs" / "config.md").read_text() == text, "run: python -m landscope.config > docs/config.md"
+    schema = load_schema()
+    for key in schema["$defs"]["experiment"]["properties"]:
+        assert f"| `{key}` |" in text
+    assert "| `optimizer.momentum` |" in text and "| `conditions.margin` |" in text
+    assert "`bptt`=35" in text and "| `resnet9` |" in text  # factory options from their signatures
+    assert "|  |" not in text, "every key needs a description in the schema"

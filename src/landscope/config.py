@@ -404,3 +404,93 @@ def load_study(config: dict | str | Path) -> Study:
     if not experiments:
         raise ConfigError("no experiment left to run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     return Study(experiments=experiments, skipped=skipped, deferred=deferred)
+
+
+# ----------------------------------------------------------------------------------- reference
+def _type_text(sub: dict) -> str:
+    t = sub.get("type", "object" if "properties" in sub else "")
+    text = " or ".join(t) if isinstance(t, list) else str(t)
+    if "enum" in sub:
+        text = " \\| ".join(f"`{v}`" if v is not None else "`null`" for v in sub["enum"])
+    bounds = [f"{op} {sub[k]}" for k, op in (("minimum", "≥"), ("exclusiveMinimum", ">"),
+                                              ("maximum", "≤"), ("exclusiveMaximum", "<")) if k in sub]
+    return text + (f" ({', '.join(bounds)})" if bounds else "")
+
+
+def _cell_text(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _schema_rows(props: dict, prefix: str, root: dict) -> list[str]:
+    rows, nested = [], []
+    for key, sub in props.items():
+        sub = _resolve(sub, root)
+        default = json.dumps(sub["default"]) if "default" in sub else "required"
+        rows.append(f"| `{prefix}{key}` | {_type_text(sub)} | `{default}` | {_cell_text(sub.get('description', ''))} |")
+        if sub.get("properties") and key not in ("model", "dataset"):
+            nested.append((f"{prefix}{key}.", sub["properties"]))
+    for pre, sub_props in nested:
+        rows += _schema_rows(sub_props, pre, root)
+    return rows
+
+
+def _factory_rows(builtin: dict, keywords_of) -> list[str]:
+    import inspect
+
+    rows = []
+    for name in sorted(builtin):
+        fn = keywords_of(name)
+        params = [p for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                  and p.name not in ("in_features", "n_classes", "self")]
+        opts = ", ".join(f"`{p.name}`" + (f"={p.default!r}" if p.default is not inspect.Parameter.empty else "")
+                         for p in params)
+        doc = (inspect.getdoc(fn) or "").split("\n\n")[0]
+        rows.append(f"| `{name}` | {_cell_text(doc)} | {opts or '—'} |")
+    return rows
+
+
+def config_reference() -> str:
+    """The config reference in Markdown, generated from the schema and the built-in factories'
+    signatures (docs/config.md is this text; a test keeps them equal)."""
+    from landscope import data, models
+
+    schema = load_schema()
+    exp = _resolve(schema["$defs"]["experiment"], schema)
+    head = "| key | type | default | meaning |\n|---|---|---|---|"
+    parts = [
+        "# Config reference",
+        "",
+        "Generated from `src/landscope/schemas/config.schema.yaml` and the built-in factories by",
+        "`python -m landscope.config > docs/config.md`; do not edit by hand.",
+        "",
+        _cell_text(schema.get("description", "")),
+        "",
+        "## Study (top level)",
+        "",
+        head,
+        *_schema_rows({k: v for k, v in schema["properties"].items() if k != "experiments"}, "", schema),
+        "",
+        "## Experiment (`experiments.<name>.…`)",
+        "",
+        head,
+        *_schema_rows(exp["properties"], "", schema),
+        "",
+        "## Built-in models (`model: {name: …, options}`)",
+        "",
+        "Every model also receives `in_features` and `n_classes` from the data.",
+        "",
+        "| name | what | options (default) |\n|---|---|---|",
+        *_factory_rows(models.BUILTIN, models.keywords_of),
+        "",
+        "## Built-in datasets (`dataset: {name: …, options}`)",
+        "",
+        "| name | what | options (default) |\n|---|---|---|",
+        *_factory_rows(data.BUILTIN, lambda n: data.BUILTIN[n]),
+        "",
+    ]
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    print(config_reference(), end="")
