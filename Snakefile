@@ -18,5 +18,6 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         "reports/index.html",
+        "reports/table2.html",
         "results/landscope.duckdb",
     default_target: True

@@ -120,3 +120,136 @@ def test_report_keeps_to_the_runs_of_the_current_config(fixture_results, tmp_pat
     assert "width-16_seed-0" in page and "width-128_seed-0" not in page
     full = report.write_experiment_report(results, exp, tmp_path / "f.html").read_text()
     assert "width-128_seed-0" in full
+
+
+# ----------------------------------------------------------------------------------- paper pages
+import json  # noqa: E402
+
+import torch  # noqa: E402
+
+from landscope import report_analytic  # noqa: E402
+from landscope.trajectory import checkpoint_path  # noqa: E402
+
+XK_EXP = "example1"
+XK_POINTS = {  # point: (x_K choice, region vertices, alpha_min, beta_at_alpha_min, beta_min)
+    "minimizer=projection": ("projection", [(2.5, 2.0), (10.0, 8.0), (10.0, 9.9)], 2.5, 2.0, 2.0),
+    "minimizer=<last>": ("<last>", [(3.0, 0.0), (10.0, 0.0), (10.0, 6.0)], 3.0, 0.0, 0.0),
+}
+PATHS = {0: [(1.0, 1.0), (0.5, 0.0), (0.0, -0.4)], 1: [(-2.0, -1.0), (-1.0, -0.5), (-0.5, -0.25)]}
+
+
+def _write_analytic(results):
+    """Example 1 with a two-choice minimizer sweep; seed s walks PATHS[s] at steps 0, 5, 10."""
+    region = {c: [] for c in store.SCHEMAS["ab_region"]}
+    summ = {c: [] for c in store.SCHEMAS["condition_summary"]}
+    for point, (choice, poly, amin, bat, bmin) in XK_POINTS.items():
+        for seed, path in PATHS.items():
+            run = f"{'proj' if choice == 'projection' else 'last'}_seed-{seed}"
+            store.write_table(store.part_path(results, "runs", XK_EXP, run), "runs", {
+                "experiment": [XK_EXP], "run": [run], "point": [point], "seed": [seed],
+                "sweep_json": [json.dumps({"minimizer": choice})],
+                "model": [json.dumps({"name": "analytic", "example": 1})], "dataset": ["analytic"],
+                "optimizer": ["sgd"], "lr": [0.5], "batch_size": [1], "steps": [10], "snapshot_every": [5],
+                "n_params": [2], "n_train": [2], "status": ["completed"], "diverged_step": [None],
+                "train_wall_s": [0.1], "device": ["cpu"], "config_hash": ["x"]})
+            folder = results / "checkpoints" / f"experiment={XK_EXP}" / f"run={run}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for step, w in zip((0, 5, 10), path):
+                torch.save({"step": step, "model": {"w": torch.tensor(w)}}, checkpoint_path(folder, step))
+            torch.save({"model": {"w": torch.tensor(path[-1])}, "step": 10,
+                        "method": "projection" if choice == "projection" else "last"}, folder / "minimizer.pt")
+        for i, (a, b) in enumerate(poly):
+            for c, v in (("experiment", XK_EXP), ("point", point), ("vertex", i), ("alpha", a), ("beta", b),
+                         ("on_box_edge", i > 0)):
+                region[c].append(v)
+        row = {c: None for c in summ}
+        row.update(experiment=XK_EXP, point=point, sweep_json=json.dumps({"minimizer": choice}), n_runs=2,
+                   feasible=True, alpha_min=amin, beta_at_alpha_min=bat, beta_min=bmin, margin=0.1,
+                   sigma_int_sq=0.25, nonvanishing_term=2 * bat * 0.25 / (amin - bat))
+        for c in summ:
+            summ[c].append(row[c])
+    store.write_table(store.part_path(results, "ab_region", XK_EXP), "ab_region", region)
+    store.write_table(store.part_path(results, "condition_summary", XK_EXP), "condition_summary", summ)
+
+
+@pytest.fixture(scope="module")
+def analytic_results(tmp_path_factory):
+    results = tmp_path_factory.mktemp("analytic") / "results"
+    _write_analytic(results)
+    return results
+
+
+def test_checkpoints_and_x_k_of_analytic_runs(analytic_results):
+    with store.connect(analytic_results) as con:
+        runs = report_analytic.analytic_runs(con, XK_EXP)
+    assert runs.height == 4 and set(runs["example"].to_list()) == {1}
+    cps, xks = report_analytic.checkpoint_points(analytic_results, XK_EXP, runs)
+    assert cps.height == 12
+    r = cps.filter((pl.col("run") == "proj_seed-0") & (pl.col("step") == 5)).row(0, named=True)
+    assert (r["x"], r["y"]) == (0.5, 0.0)
+    # projection: x_K = Proj((0, -0.4), x + y = -1/2) = (0, -0.4) - 0.05 (1, 1)
+    p = xks.filter(pl.col("run") == "proj_seed-0").row(0, named=True)
+    assert (p["x"], p["y"]) == pytest.approx((-0.05, -0.45)) and "Proj" in p["label"]
+    last = xks.filter(pl.col("run") == "last_seed-1").row(0, named=True)
+    assert (last["x"], last["y"]) == pytest.approx((-0.5, -0.25)) and last["label"] == "x_K (last)"
+
+
+def test_surface_grid_and_minimizer_set():
+    assert report_analytic.plot_box([0, 2], [0, 1]) == ((-0.5, 2.5), (-1.0, 2.0))
+    g = report_analytic.surface_grid(1, (-1.0, 1.0), (-1.0, 1.0), n=2)  # cell centres +-0.5
+    # u = x + y: at (-0.5, -0.5) u = -1: f = (1/2 + 0)/2; at (0.5, 0.5) u = 1: f = (1/2 + 4/5)/2
+    at = {(r["x"], r["y"]): r["f"] for r in g.iter_rows(named=True)}
+    assert at[(-0.5, -0.5)] == pytest.approx(0.25) and at[(0.5, 0.5)] == pytest.approx(0.65)
+    assert at[(-0.5, 0.5)] == pytest.approx(0.25)  # u = 0: f1 = 0, f2 = 1/2
+    line = report_analytic.minimizer_set(1, (-1.0, 1.0), (-1.0, 1.0))
+    assert (line["x"] + line["y"]).to_list() == pytest.approx([-0.5, -0.5])
+    assert line["x"].to_list() == pytest.approx([-1.0, 0.5])  # clipped to the box: y = 0.5 at x = -1, y = -1 at x = 0.5
+    pts = report_analytic.minimizer_set(2, (-1.0, 3.0), (-1.0, 3.0))
+    assert pts.height == 2 and pts["x"].to_list() == pytest.approx([0.0, 2.0], abs=1e-2)
+    assert report_analytic.minimizer_set(2, (1.0, 3.0), (1.0, 3.0)).height == 1  # (0, 0) lies outside
+
+
+def test_minimizer_comparison(analytic_results):
+    with store.connect(analytic_results) as con:
+        summary = report.condition_summary(con, XK_EXP)
+        region = report.region_vertices(con, XK_EXP)
+    choices = report.minimizer_points(summary)
+    assert sorted(choices.values()) == ["<last>", "projection"]
+    assert report.region_shift_text(summary, choices) == ["<last> vs projection: smallest α +0.5, smallest β -2"]
+    spec = report.minimizer_region_chart(region, summary, choices).to_dict()
+    assert spec["title"]["text"] == "How the feasible (α, β) region moves with the choice of x_K"
+    sizes = sorted(len(d) for d in spec["datasets"].values())
+    assert sizes == [2, 8]  # two closed triangles (4 vertices each), two smallest-alpha corners
+    assert report.minimizer_comparison(summary.head(1), region) is None  # one choice: nothing to compare
+
+
+def test_analytic_page_escapes_every_user_string(analytic_results, tmp_path):
+    evil = "<script>alert(1)</script>"
+    page = report.write_experiment_report(
+        analytic_results, XK_EXP, tmp_path / "e.html", title=evil, figure=f"3 {evil}", scale_note=f"small {evil}",
+        notes=evil, setup={"models": ["analytic"], "minimizers": ["projection", "last"], "f_i_star": ["exact"]}
+    ).read_text()
+    assert evil not in page and page.count("<script") == 2  # the bundle and the embeds only
+    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 5  # <title>, h1, figure, scale note, notes
+    assert "Paper figure group: <b>3 &lt;script&gt;" in page
+    assert "&lt;last&gt;" in page and "<last>" not in page.split("<script>")[0]  # sweep label in the table
+    assert "Measurement semantics" in page and "exact projection Proj" in page and "last iterate" in page
+    assert "BatchNorm" not in page and "token windows" not in page
+    assert "id='xkregion'" in page and "id='surfacea'" in page and "id='surfaceb'" in page
+    specs = re.findall(r"^vegaEmbed\('#(surface[a-z]|xkregion)', (.*), \{actions: false\}\);$", page, re.M)
+    assert len(specs) == 3
+    surface = json.loads(dict(specs)["surfacea"])
+    sizes = sorted(len(d) for d in surface["datasets"].values())
+    assert sizes == [2, 2, 6, 50 * 50]  # x_K per seed, S's end points, 2 seeds x 3 checkpoints, grid
+
+
+def test_semantics_items():
+    bn = report.semantics_items(["resnet18"], ["best"], [0.0])
+    text = " ".join(bn)
+    assert "lowest full-batch loss" in text and "f<sub>i</sub>* = 0.0 for every sample" in text
+    assert "statistics of that same batch" in text and "running statistics" in text
+    assert "Dropout is switched off" in text and "token windows" not in text
+    lm = " ".join(report.semantics_items(["transformer_lm"], ["tail_average"], []))
+    assert "same token windows" in lm and "BatchNorm" not in lm and "last quarter" in lm
+    assert "not recorded" in lm
+    assert report.model_names(pl.DataFrame({"model": ['{"name": "lstm_lm"}', "mlp", None]})) == ["lstm_lm", "mlp"]

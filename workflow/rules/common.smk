@@ -65,6 +65,9 @@ def get_report_inputs(wildcards):
     out = [f"results/tables/{t}/experiment={wildcards.experiment}/part-00000.parquet" for t in tables]
     for t in ("runs", "train", "snapshots", "minimizers"):
         out += get_run_parts(wildcards, t)
+    if is_analytic(wildcards.experiment):  # the surface plot reads checkpoints and x_K
+        out += [f"results/checkpoints/experiment={r.experiment}/run={r.run}/{f}"
+                for r in get_experiment_runs(wildcards.experiment) for f in ("manifest.json", "minimizer.pt")]
     return out
 
 
@@ -114,3 +117,43 @@ def get_results_dir_of_output(wildcards, output):
 
 def get_results_dir_of_input(wildcards, input):
     return _results_dir(input[0])
+
+
+# ----------------------------------------------------------------------------------- report pages
+def is_analytic(experiment):
+    return any(r.model.get("name") == "analytic" for r in get_experiment_runs(experiment))
+
+
+def get_experiment_figure(wildcards):
+    return STUDY.experiments[wildcards.experiment].raw.get("figure")
+
+
+def get_experiment_scale_note(wildcards):
+    return STUDY.experiments[wildcards.experiment].raw.get("scale_note")
+
+
+def get_measurement_setup(wildcards):
+    """The config's measurement choices for the page's semantics box (distinct, in run order)."""
+    runs = get_experiment_runs(wildcards.experiment)
+    return {"models": _distinct(r.model["name"] for r in runs),
+            "minimizers": _distinct(r.minimizer for r in runs),
+            "f_i_star": _distinct(r.f_i_star for r in runs)}
+
+
+def _distinct(values):
+    return list(dict.fromkeys(values))
+
+
+def get_table2_sequences():
+    from landscope.report_table2 import sweep_sequences
+
+    return [s for e in STUDY.experiments.values() for s in sweep_sequences(e)]
+
+
+def get_table2_summaries():
+    names = dict.fromkeys(s["experiment"] for s in get_table2_sequences())
+    return [f"results/tables/condition_summary/experiment={e}/part-00000.parquet" for e in names]
+
+
+def get_table2_results(wildcards, input):
+    return _results_dir(input[0]) if len(input) else "results"

@@ -7,6 +7,9 @@ rule report:
     params:
         title=get_experiment_title,
         runs=get_run_names,
+        figure=get_experiment_figure,
+        scale_note=get_experiment_scale_note,
+        setup=get_measurement_setup,
         results=get_results_dir_of_input,
     log:
         "logs/report/{experiment}.log",
@@ -27,6 +30,7 @@ rule report_index:
     input:
         summaries=get_all_summaries(),
         reports=get_all_reports(),
+        table2="reports/table2.html",
     output:
         "reports/index.html",
     params:
@@ -43,6 +47,28 @@ rule report_index:
         ENV
     script:
         "../scripts/report_index.py"
+
+
+rule table2:
+    """reports/table2.html: constants and non-vanishing term along width, channels, depth, batch
+    size, optimizer and model sweeps, with the measured direction beside the paper's claim."""
+    input:
+        get_table2_summaries(),
+    output:
+        "reports/table2.html",
+    params:
+        sequences=get_table2_sequences(),
+        results=get_table2_results,
+    log:
+        "logs/table2.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../scripts/table2.py"
 
 
 rule database:

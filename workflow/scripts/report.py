@@ -5,4 +5,6 @@ from landscope.report import write_experiment_report
 experiment = snakemake.wildcards.experiment
 with job_logging(snakemake.log[0], f"report {experiment}"):
     write_experiment_report(snakemake.params.results, experiment, snakemake.output[0],
-                            title=snakemake.params.title, runs=snakemake.params.runs)
+                            title=snakemake.params.title, runs=snakemake.params.runs,
+                            figure=snakemake.params.figure, scale_note=snakemake.params.scale_note,
+                            setup=snakemake.params.setup)

@@ -4,4 +4,5 @@ from landscope.report import write_index
 
 with job_logging(snakemake.log[0], "report_index"):
     write_index(snakemake.params.results, snakemake.params.experiments, snakemake.output[0],
-                skipped=snakemake.params.skipped)
+                skipped=snakemake.params.skipped,
+                links={"table2.html": "Table 2: constants along width, depth, batch size, optimizer and model"})
