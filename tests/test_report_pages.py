@@ -253,3 +253,37 @@ def test_semantics_items():
     assert "same token windows" in lm and "BatchNorm" not in lm and "last quarter" in lm
     assert "not recorded" in lm
     assert report.model_names(pl.DataFrame({"model": ['{"name": "lstm_lm"}', "mlp", None]})) == ["lstm_lm", "mlp"]
+
+
+def test_curvature_sections_only_with_module_and_rows(analytic_results, monkeypatch):
+    import importlib.machinery
+    import sys
+    import types
+
+    import altair as alt
+
+    with store.connect(analytic_results) as con:
+        if "landscope.report_curvature" not in sys.modules:
+            try:
+                import landscope.report_curvature  # noqa: F401
+            except ImportError:
+                assert report.curvature_sections(con, XK_EXP) == []  # no module: no section
+        fake = types.ModuleType("landscope.report_curvature")
+        fake.__spec__ = importlib.machinery.ModuleSpec("landscope.report_curvature", None)
+        chart = alt.Chart(pl.DataFrame({"x": [1]})).mark_point().encode(x="x:Q")
+        fake.curvature_charts = lambda con, e: [("Sharpness", "λ_max vs 2/lr", chart), ("Trace", "", None)]
+        monkeypatch.setitem(sys.modules, "landscope.report_curvature", fake)
+        assert report.curvature_sections(con, XK_EXP) == []  # no curvature table: no section
+        con.execute("CREATE TEMP VIEW curvature AS SELECT 'other' AS experiment")
+        assert report.curvature_sections(con, XK_EXP) == []  # no rows for this experiment
+        con.execute(f"CREATE OR REPLACE TEMP VIEW curvature AS SELECT '{XK_EXP}' AS experiment")
+        got = report.curvature_sections(con, XK_EXP)
+    assert [(cid, head) for cid, head, _ in got] == [("curva", "Sharpness: λ_max vs 2/lr"), ("curvb", "Trace")]
+    assert got[0][2] is chart and got[1][2] is None
+
+
+def test_index_links_study_pages(analytic_results, tmp_path):
+    index = report.write_index(analytic_results, [XK_EXP], tmp_path / "index.html",
+                               links={"table2.html": "Table 2 <all sweeps>"}).read_text()
+    assert '<a href="table2.html">Table 2 &lt;all sweeps&gt;</a>' in index
+    assert index.index("table2.html") < index.index('href="example1.html"')
