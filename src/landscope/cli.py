@@ -1,4 +1,5 @@
-"""The ``landscope`` command: query results with SQL, validate configs, rebuild the database file."""
+"""The ``landscope`` command: query results with SQL, validate configs, rebuild the database file,
+find and export reports, and list, check or fetch datasets."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ EXAMPLES = """examples:
   landscope runs
   landscope tables
   landscope validate config/config.yaml
+  landscope report --open halfspace
+  landscope figures --format png --out figs halfspace
+  landscope data list
+  landscope data check fashion_mnist
+  landscope data fetch shakespeare
 """
 
 
@@ -130,6 +136,192 @@ def cmd_validate(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------- reports
+def report_path(reports: Path, experiment: str | None) -> Path:
+    """The page to show: reports/index.html, or reports/<experiment>.html. Raises FileNotFoundError
+    saying how to build it (and which experiment pages exist) when it is not there."""
+    page = reports / (f"{experiment}.html" if experiment else "index.html")
+    if page.is_file():
+        return page
+    if experiment and (reports / "index.html").is_file():
+        built = sorted(p.stem for p in reports.glob("*.html") if p.name != "index.html")
+        raise FileNotFoundError(f"no report for experiment {experiment!r} in {reports}/ (built: "
+                                f"{', '.join(built) or 'none'}); is it in the config? run `snakemake --cores all` "
+                                "to build it")
+    raise FileNotFoundError(f"{page} does not exist: the reports were not built yet; run snakemake --cores all "
+                            "first (or pass --reports DIR)")
+
+
+def cmd_report(args) -> int:
+    import webbrowser
+
+    try:
+        page = report_path(Path(args.reports), args.experiment)
+    except FileNotFoundError as exc:
+        print(f"landscope report: {exc}", file=sys.stderr)
+        return 2
+    print(page)
+    if args.open and not webbrowser.open(page.resolve().as_uri()):
+        print("landscope report: no web browser could be started here; open the file above yourself",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def known_experiments(con) -> list[str]:
+    """Experiments that have any run or condition summary in the results."""
+    rows = con.sql("SELECT experiment FROM runs UNION SELECT experiment FROM condition_summary "
+                   "ORDER BY 1").fetchall()
+    return [r[0] for r in rows if r[0] is not None]
+
+
+def export_figures(results: Path, experiment: str, out: Path, fmt: str = "svg", scale: float = 2.0):
+    """Write every chart of the experiment's page (report.experiment_charts) to ``out`` as
+    ``<experiment>-<chart id>.<fmt>``. Returns (written [(path, heading)], headings with no data).
+    Raises LookupError when the results hold no such experiment."""
+    from landscope import report, store
+
+    con = store.connect(results)
+    try:
+        known = known_experiments(con)
+        if experiment not in known:
+            raise LookupError(f"no experiment {experiment!r} in {results} (known: {', '.join(known) or 'none'})")
+        charts = report.experiment_charts(con, experiment)
+    finally:
+        con.close()
+    out.mkdir(parents=True, exist_ok=True)
+    written, empty = [], []
+    for cid, heading, chart in charts:
+        if chart is None:
+            empty.append(heading)
+            continue
+        path = out / f"{experiment}-{cid}.{fmt}"
+        if fmt == "svg":
+            report.chart_to_svg(chart, path)
+        else:
+            _chart_to_png(chart, path, scale)
+        written.append((path, heading))
+    return written, empty
+
+
+def _chart_to_png(chart, path: Path, scale: float) -> None:
+    """PNG through vl-convert (no browser, no network), written atomically."""
+    import vl_convert
+
+    from landscope.store import atomic_write_bytes
+
+    atomic_write_bytes(path, vl_convert.vegalite_to_png(chart.to_dict(), scale=scale, allowed_base_urls=[]))
+
+
+def cmd_figures(args) -> int:
+    results = Path(args.results)
+    if not (results / "tables").is_dir():
+        print(f"landscope figures: no results in {results}/tables; run `snakemake --cores all` first "
+              "or pass --results DIR", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path("reports") / "figures" / args.experiment
+    try:
+        written, empty = export_figures(results, args.experiment, out, args.format, args.scale)
+    except LookupError as exc:
+        print(f"landscope figures: {exc.args[0]}", file=sys.stderr)
+        return 2
+    for path, heading in written:
+        print(f"{path}\t{heading}")
+    for heading in empty:
+        print(f"(no data, not written)\t{heading}", file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------------- datasets
+CHECK_LOADS = {  # the loader calls that `data check` makes: each reads and verifies one split
+    "fashion_mnist": [{"split": "train"}, {"split": "test"}],
+    "cifar10": [{"split": "train"}, {"split": "test"}],
+    "cifar100": [{"split": "train"}, {"split": "test"}],
+}
+
+
+def _dataset_names(name: str | None) -> list[str]:
+    from landscope.data import SOURCES
+
+    if name is None:
+        return list(SOURCES)
+    if name not in SOURCES:
+        raise LookupError(f"unknown dataset {name!r}; known: {', '.join(SOURCES)}")
+    return [name]
+
+
+def dataset_rows(data_dir: str | None, names: list[str]) -> list[tuple[str, str, str]]:
+    """(name, 'yes'/'no', where it was found, or where we looked and how to get it) per dataset."""
+    from landscope.data import SOURCES, availability_problem
+
+    rows = []
+    for name in names:
+        src = SOURCES[name]
+        problem = availability_problem({"name": name}, data_dir)
+        rows.append((name, "no", problem) if problem else (name, "yes", src.locate(data_dir) or src.howto()))
+    return rows
+
+
+def check_dataset(name: str, data_dir: str | None) -> tuple[str, str]:
+    """('ok' | 'missing' | 'FAILED', detail): load the dataset's splits with verification on."""
+    from landscope.data import SOURCES, load_dataset
+
+    src = SOURCES[name]
+    where = src.locate(data_dir)
+    if where is None:
+        return "missing", src.howto()
+    if name == "mnist1d" and not Path(where).is_file():
+        return "missing", f"{where}; `landscope data fetch mnist1d` generates and caches it"
+    try:
+        for kwargs in CHECK_LOADS.get(name, [{}]):
+            load_dataset({"name": name, **kwargs}, data_dir)
+    except (ValueError, OSError, EOFError) as exc:
+        return "FAILED", f"{where}: {exc}"
+    return "ok", f"{where} (verified: {src.verifies})"
+
+
+def cmd_data(args) -> int:
+    try:
+        names = _dataset_names(args.name)
+    except LookupError as exc:
+        print(f"landscope data: {exc.args[0]}", file=sys.stderr)
+        return 2
+    if args.action == "list":
+        print_table(["dataset", "available", "where / how to get it"], dataset_rows(args.data_dir, names))
+        return 0
+    if args.action == "check":
+        return _data_check(names, args.data_dir, named=args.name is not None)
+    if args.name is None:
+        print("landscope data fetch: name a dataset, e.g. `landscope data fetch shakespeare`", file=sys.stderr)
+        return 2
+    return _data_fetch(args.name, args.dest, args.url)
+
+
+def _data_check(names: list[str], data_dir: str | None, named: bool) -> int:
+    bad = 0
+    for name in names:
+        status, detail = check_dataset(name, data_dir)
+        print(f"{name}: {status}: {detail}")
+        bad += status == "FAILED" or (named and status == "missing")
+    return 1 if bad else 0
+
+
+def _data_fetch(name: str, dest: str | None, url: str | None) -> int:
+    from landscope.data import SOURCES
+
+    src = SOURCES[name]
+    if src.fetch is None:
+        print(f"landscope data fetch: {name} cannot be fetched automatically; {src.howto()}", file=sys.stderr)
+        return 1
+    try:
+        where = src.fetch(Path(dest) if dest else None, url)
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"landscope data fetch {name}: {exc}", file=sys.stderr)
+        return 1
+    print(where)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="landscope", description=__doc__, epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -153,6 +345,25 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("validate", help="validate a study config and list what it would run")
     v.add_argument("config")
     v.set_defaults(fn=cmd_validate)
+    rp = sub.add_parser("report", help="print the path of reports/index.html (or an experiment's page); --open opens it")
+    rp.add_argument("experiment", nargs="?", help="an experiment's page instead of the index")
+    rp.add_argument("--open", action="store_true", help="open it in the web browser")
+    rp.add_argument("--reports", default="reports", help="reports folder (default: reports)")
+    rp.set_defaults(fn=cmd_report)
+    f = sub.add_parser("figures", help="export every chart of an experiment's page as SVG or PNG files")
+    f.add_argument("experiment")
+    f.add_argument("--format", choices=["svg", "png"], default="svg")
+    f.add_argument("--out", help="output folder (default: reports/figures/EXPERIMENT)")
+    f.add_argument("--scale", type=float, default=2.0, help="PNG pixels per chart unit (default: 2)")
+    f.add_argument("--results", default="results")
+    f.set_defaults(fn=cmd_figures)
+    dt = sub.add_parser("data", help="list the datasets (available here or how to get them), check or fetch them")
+    dt.add_argument("action", choices=["list", "check", "fetch"])
+    dt.add_argument("name", nargs="?", help="one dataset (default: all; fetch needs one)")
+    dt.add_argument("--data-dir", help="the config's data_dir (also searched: $LANDSCOPE_DATA and system locations)")
+    dt.add_argument("--dest", help="fetch: where to put the data (default: the place the loader looks first)")
+    dt.add_argument("--url", help="fetch fashion_mnist: base URL of the four .gz files (downloaded only when given)")
+    dt.set_defaults(fn=cmd_data)
     args = p.parse_args(argv)
     try:
         return args.fn(args)

