@@ -129,3 +129,17 @@ def test_runs_command(study):
     rows = json.loads(out.stdout)
     assert len(rows) == 4 and {r["status"] for r in rows} == {"completed"}
     assert all(r["max_drift"] == 0.0 and r["minimizer"] == "last" for r in rows)
+
+
+def test_every_query_of_the_sql_cookbook_runs(study):
+    """docs/sql.md's queries run from the study folder and return rows on the smoke study."""
+    text = (ROOT / "docs" / "sql.md").read_text()
+    queries = re.findall(r"```sql\n(.*?)```", text, flags=re.S)
+    assert len(queries) >= 8
+    empty_ok = {"WHERE status <> 'completed'", "WHERE d.aiming_coef < 0"}
+    for q in queries:
+        out = subprocess.run([*LANDSCOPE, "sql", "--results", "results", "--format", "json", q],
+                             capture_output=True, text=True, timeout=60, cwd=study)
+        assert out.returncode == 0, (q, out.stderr)
+        rows = json.loads(out.stdout)
+        assert rows or any(s in q for s in empty_ok), q
