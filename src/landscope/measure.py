@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -119,18 +120,29 @@ def select_minimizer(spec, ckpt_dir: str | Path, snapshots_path: str | Path, out
         return _tail_average(spec, ckpt_dir, snaps, out_pt, results)
     step = snaps["step"][i]
     state = load_checkpoint(checkpoint_path(ckpt_dir, step), spec.config_hash())
-    out_pt = Path(out_pt)
-    out_pt.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_pt.with_suffix(".tmp")
-    torch.save({"model": state["model"], "step": step, "method": spec.minimizer}, tmp)
-    tmp.replace(out_pt)
+    out = {"step": step, "method": spec.minimizer, "full_loss": snaps["full_loss"][i]}
+    save_minimizer(out_pt, {"model": state["model"], "step": step, "method": spec.minimizer}, out)
     meta = store.provenance(spec.config_hash())
     store.write_table(store.part_path(results, "minimizers", spec.experiment, spec.run), "minimizers", {
         "experiment": [spec.experiment], "run": [spec.run], "method": [spec.minimizer],
         "step": [step], "full_loss": [snaps["full_loss"][i]]}, meta)
-    out = {"step": step, "method": spec.minimizer, "full_loss": snaps["full_loss"][i]}
-    out_pt.with_suffix(".json").write_text(json.dumps(out))
     return out
+
+
+def save_minimizer(out_pt: str | Path, payload: dict, info: dict) -> None:
+    """Write x_K atomically, then its sidecar (``info`` plus the file's SHA-256), so that the
+    replay can tell a truncated or corrupted x_K from a good one."""
+    from landscope.trajectory import _sha256
+
+    out_pt = Path(out_pt)
+    out_pt.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_pt.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    tmp.replace(out_pt)
+    side = {**info, "sha256": _sha256(out_pt)}
+    store.atomic_write_bytes(out_pt.with_suffix(".json"), json.dumps(side).encode())
 
 
 TAIL_FRACTION = 0.25
@@ -154,14 +166,10 @@ def _tail_average(spec, ckpt_dir, snaps, out_pt, results) -> dict:
             avg[k] = (sum(st[k].double() for st in states) / len(states)).to(last.dtype)
         else:
             avg[k] = last.clone()
-    out_pt = Path(out_pt)
-    out_pt.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_pt.with_suffix(".tmp")
-    torch.save({"model": avg, "step": chosen[-1], "method": "tail_average", "averaged_steps": chosen}, tmp)
-    tmp.replace(out_pt)
+    out = {"step": chosen[-1], "method": "tail_average", "full_loss": float("nan"), "averaged_steps": chosen}
+    save_minimizer(out_pt, {"model": avg, "step": chosen[-1], "method": "tail_average",
+                            "averaged_steps": chosen}, out)
     store.write_table(store.part_path(results, "minimizers", spec.experiment, spec.run), "minimizers", {
         "experiment": [spec.experiment], "run": [spec.run], "method": ["tail_average"],
         "step": [chosen[-1]], "full_loss": [None]}, store.provenance(spec.config_hash()))
-    out = {"step": chosen[-1], "method": "tail_average", "full_loss": float("nan"), "averaged_steps": chosen}
-    out_pt.with_suffix(".json").write_text(json.dumps(out))
     return out

@@ -94,11 +94,23 @@ def build_problem(spec: RunSpec) -> Problem:
     fstar = None
     if spec.f_i_star == "exact":
         if data.f_i_star is None:
-            raise ValueError(f"experiment {spec.experiment}: f_i_star: exact, but dataset "
-                             f"{spec.dataset['name']} provides no per-sample minima; give a number")
+            raise ValueError(_no_exact_f_i_star(spec))
         fstar = data.f_i_star.to(device)
     data = Dataset(data.x.to(device), data.y.to(device), data.name, data.f_i_star, data.meta)
     return Problem(spec, data, model, loss_for(model, spec.loss), device, fstar)
+
+
+POLYAK_OPTIMIZERS = ("sps_max", "decsps", "ngn")  # their step sizes use f_{i_k}*
+
+
+def _no_exact_f_i_star(spec: RunSpec) -> str:
+    """The message for f_i_star: exact on a dataset that knows no per-sample minima."""
+    name = spec.optimizer["name"]
+    use = (f"optimizer {name} computes its step size from f_i* and the beta term of T uses it"
+           if name in POLYAK_OPTIMIZERS else "the beta term of T uses it")
+    return (f"run {spec.experiment}/{spec.run}: f_i_star: exact, but dataset "
+            f"{spec.dataset['name']!r} provides no per-sample minima ({use}); give a number "
+            "instead, e.g. f_i_star: 0.0 for a non-negative loss such as cross-entropy")
 
 
 _PERM_CACHE: dict[tuple[int, int, int], torch.Tensor] = {}
@@ -204,6 +216,21 @@ def load_checkpoint(path: Path, config_hash: str | None = None, map_location="cp
                               f"the recorded {str(meta.get('sha256'))[:12]}...; delete it and re-run training")
     if config_hash is not None and meta.get("config_hash") != config_hash:
         raise CheckpointError(f"checkpoint {path} was written by another configuration; re-run training")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def load_minimizer(path: str | Path, map_location="cpu") -> dict:
+    """Load x_K after checking the SHA-256 its sidecar recorded (select_minimizer writes both)."""
+    path = Path(path)
+    side = path.with_suffix(".json")
+    if not path.is_file() or not side.is_file():
+        raise CheckpointError(f"minimizer {path} or its sidecar {side.name} is missing; re-run the "
+                              "train rule for this run")
+    want = json.loads(side.read_text()).get("sha256")
+    got = _sha256(path)
+    if got != want:
+        raise CheckpointError(f"minimizer {path} is corrupted: SHA-256 {got[:12]}... differs from the "
+                              f"recorded {str(want)[:12]}...; delete it and re-run the train rule")
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
@@ -373,7 +400,7 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
     problem = build_problem(spec)
     opt = make_optimizer(spec.optimizer, problem.model.parameters())
     _restore(problem, opt, load_checkpoint(checkpoint_path(ckpt_dir, lo), chash))
-    xk_state = torch.load(minimizer_path, map_location=problem.device, weights_only=True)["model"]
+    xk_state = load_minimizer(minimizer_path, problem.device)["model"]
     model_k = copy.deepcopy(problem.model)
     model_k.load_state_dict(xk_state)
     model_k.eval()
