@@ -34,7 +34,9 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def print_table(columns: list[str], rows: list[tuple], out=sys.stdout, max_rows: int = 200) -> None:
+def print_table(columns: list[str], rows: list[tuple], out=None, max_rows: int = 200) -> None:
+    """Aligned text table (numbers right-aligned) on ``out`` (default: the current sys.stdout)."""
+    out = out or sys.stdout
     cells = [[_fmt(v) for v in r] for r in rows[:max_rows]]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
