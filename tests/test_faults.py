@@ -1,0 +1,163 @@
+"""Faults: killed jobs, truncated files, failed writes and diverging runs cost a re-run, never a
+wrong number. Every test compares the final tables with those of an uninterrupted run.
+
+(test_trajectory.py covers SIGKILL during training, a flipped byte in a checkpoint, divergence in
+the library and the drift error; here: the same faults inside real Snakemake runs and the gaps.)
+"""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from conftest import ROOT, SNAKEMAKE, make_study, run_pipeline
+from landscope import conditions, measure, report, store, trajectory
+from landscope.config import ExperimentSpec
+
+WALL_COLUMNS = ("train_wall_s", "replay_wall_s")
+
+
+def tables(results: Path) -> dict[str, pl.DataFrame]:
+    """Every part file below results/tables, keyed by its relative path, wall times dropped."""
+    out = {}
+    for path in sorted(Path(results, "tables").rglob("part-*.parquet")):
+        df = pl.read_parquet(path)
+        out[str(path.relative_to(results))] = df.drop([c for c in WALL_COLUMNS if c in df.columns])
+    return out
+
+
+def assert_same_tables(got: Path, want: Path) -> None:
+    a, b = tables(got), tables(want)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name].equals(b[name]), name
+
+
+# ----------------------------------------------------------------------------------- atomic writes
+DRIFT_ROW = {"experiment": ["e"], "run": ["r"], "segment": [0], "step": [1], "max_abs_drift": [0.0],
+             "tolerance": [0.0], "replay_wall_s": [1.0]}
+
+
+def test_a_write_that_fails_midway_leaves_the_previous_part(tmp_path, monkeypatch):
+    """The writer dies after half the bytes (disk full): readers still see the old part, whole."""
+    path = store.part_path(tmp_path, "drift", "e", "r")
+    store.write_table(path, "drift", DRIFT_ROW)
+    real = pq.write_table
+
+    def half_then_fail(table, where, **kw):
+        real(table, where, **kw)
+        data = Path(where).read_bytes()
+        Path(where).write_bytes(data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store.pq, "write_table", half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        store.write_table(path, "drift", {**DRIFT_ROW, "step": [2]})
+    monkeypatch.setattr(store.pq, "write_table", real)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+    con = store.connect(tmp_path)
+    assert con.sql("SELECT step FROM drift").fetchall() == [(1,)]
+    # with no previous part, nothing at all becomes visible
+    fresh = store.part_path(tmp_path, "drift", "e", "r2")
+    monkeypatch.setattr(store.pq, "write_table", half_then_fail)
+    with pytest.raises(OSError):
+        store.write_table(fresh, "drift", DRIFT_ROW)
+    assert list(fresh.parent.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------- checkpoints
+@pytest.fixture
+def small_run(tmp_path, spec_factory):
+    spec = spec_factory()
+    clean, _, _ = run_pipeline(spec, tmp_path / "clean")
+    results, ckpt, _ = run_pipeline(spec, tmp_path / "faulty")
+    return spec, clean, results, ckpt
+
+
+def test_truncated_checkpoint_is_detected_and_recomputed(small_run):
+    spec, clean, results, ckpt = small_run
+    path = trajectory.checkpoint_path(ckpt, 8)
+    path.write_bytes(path.read_bytes()[:100])  # a copy cut short
+    with pytest.raises(trajectory.CheckpointError,
+                       match=r"step=0000008.pt is corrupted: SHA-256 .* differs from the recorded .*re-run training"):
+        trajectory.replay_segment(spec, ckpt, ckpt / "minimizer.pt", 1, results)
+    trajectory.train_run(spec, ckpt, results)  # recomputes from step 4
+    snaps = measure.snapshot_run(spec, ckpt, results)
+    measure.select_minimizer(spec, ckpt, snaps, ckpt / "minimizer.pt", results)
+    for j in range(spec.n_segments):
+        assert trajectory.replay_segment(spec, ckpt, ckpt / "minimizer.pt", j, results)["drift"] == 0.0
+    assert_same_tables(results, clean)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "no sidecar"])
+def test_damaged_minimizer_is_reported(small_run, damage):
+    spec, _, results, ckpt = small_run
+    path = ckpt / "minimizer.pt"
+    raw = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(raw[: len(raw) // 3])
+    elif damage == "flip":
+        path.write_bytes(raw[:200] + bytes([raw[200] ^ 1]) + raw[201:])
+    else:
+        path.with_suffix(".json").unlink()
+    needle = "is missing; re-run the train rule" if damage == "no sidecar" else (
+        r"minimizer .*minimizer.pt is corrupted: SHA-256 .* differs from the recorded .* re-run the train rule")
+    with pytest.raises(trajectory.CheckpointError, match=needle):
+        trajectory.replay_segment(spec, ckpt, path, 0, results)
+
+
+# ----------------------------------------------------------------------------------- divergence
+EXPLODING_MODULE = '''
+import torch
+from torch import nn
+
+
+class Exploding(nn.Module):
+    """Logits exp(w x): a large step size makes them overflow to inf, and the loss NaN."""
+
+    def __init__(self, in_features, n_classes, **_):
+        super().__init__()
+        self.linear = nn.Linear(in_features, n_classes)
+
+    def forward(self, x):
+        return torch.exp(self.linear(x))
+
+
+def make(**kw):
+    return Exploding(**kw)
+'''
+
+
+def test_diverged_run_shows_in_the_report_while_the_others_finish(tmp_path, monkeypatch):
+    (tmp_path / "exploding_ls.py").write_text(EXPLODING_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    study = make_study({"model": {"name": "exploding_ls:make"}, "dataset": {"name": "digits", "n_train": 200},
+                        "batch_size": 16, "steps": 40, "snapshot_every": 10, "seeds": [0],
+                        "sweep": {"optimizer.lr": [0.01, 50.0]}})
+    exp = study.experiments["t"]
+    for spec in exp.runs:
+        results, _, _ = run_pipeline(spec, tmp_path)  # one results folder, one checkpoint folder per run
+        os.rename(tmp_path / "ckpt", tmp_path / f"ckpt-{spec.run}")
+    files = {t: sorted(glob.glob(f"{results}/tables/{t}/experiment=t/*/*.parquet")) for t in ("steps", "directions", "drift")}
+    out = conditions.experiment_conditions(exp, results, files["steps"], files["directions"], files["drift"])
+    by_point = {row["point"]: row for row in out["points"]}
+    assert by_point["lr=0.01"]["n_runs"] == 1 and by_point["lr=0.01"]["n_steps"] == 40
+    assert by_point["lr=50.0"]["n_runs"] == 0 and by_point["lr=50.0"]["feasible"] is False
+    runs = pl.read_parquet(f"{results}/tables/runs/**/*.parquet").sort("run")
+    assert runs.select("run", "status").rows() == [("lr-0.01_seed-0", "completed"), ("lr-50.0_seed-0", "diverged")]
+    step = runs["diverged_step"][1]
+    page = report.write_experiment_report(results, "t", tmp_path / "t.html",
+                                          runs=[r.run for r in exp.runs]).read_text()
+    assert "lr-50.0_seed-0" in page and "diverged" in page and "completed" in page
+    index = report.write_index(results, ["t"], tmp_path / "index.html").read_text()
+    assert "no measured run (diverged?)" in index
+    assert index.count("<tr>") >= 3  # header and both points
+    assert step is not None and 0 <= step < 40
