@@ -1,0 +1,259 @@
+"""Curvature of the loss landscape from Hessian-vector products (no Hessian is ever formed).
+
+One primitive, :func:`hessian_operator`, turns a model, its loss and a fixed evaluation subset into
+``v -> H v`` (double backward through the mean loss, evaluation mode: dropout off, BatchNorm on its
+running statistics). Every estimator takes any such callable on float64 vectors, so the same code is
+tested on matrices of known spectrum and used on networks:
+
+- :func:`lanczos` with full reorthogonalisation: Ritz values (top-k, bottom) and Gauss weights;
+- :func:`slq`: stochastic Lanczos quadrature, the spectral density as Ritz nodes and weights per
+  probe, and the fraction of negative eigenvalues with its standard error over probes;
+- :func:`hutchinson`: trace with Rademacher probes and its standard error;
+- :func:`power_iteration`: lambda_max the slow way, as the benchmark's baseline.
+
+Vectors, dot products and the Lanczos basis are float64 whatever the model's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+HVP = Callable[[torch.Tensor], torch.Tensor]
+F64 = torch.float64
+
+
+# ----------------------------------------------------------------------------------- the primitive
+class HessianOperator:
+    """``H v`` of the mean loss over one fixed batch; counts its products in ``n_hvp``.
+
+    The gradient graph is built once (``create_graph=True``) and each product is one more backward
+    pass through it (``retain_graph=True``), so a product costs about two backward passes.
+    """
+
+    def __init__(self, params: list[torch.Tensor], grads: list[torch.Tensor | None]):
+        self.params = params
+        self.grads = grads
+        self.shapes = [p.shape for p in params]
+        self.sizes = [p.numel() for p in params]
+        self.n = sum(self.sizes)
+        self.n_hvp = 0
+        self._live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        """H v for a flat vector v of length n (any float dtype); returns float64."""
+        if v.shape != (self.n,):
+            raise ValueError(f"hessian operator: vector of shape {tuple(v.shape)}, expected ({self.n},)")
+        self.n_hvp += 1
+        out = torch.zeros(self.n, dtype=F64, device=v.device)
+        if not self._live:  # the loss is linear in every parameter: H = 0
+            return out
+        pieces = list(torch.split(v, self.sizes))
+        live_p = [self.params[i] for i in self._live]
+        outs = [pieces[i].to(self.params[i].dtype).reshape(self.shapes[i]) for i in self._live]
+        hv = torch.autograd.grad([self.grads[i] for i in self._live], live_p, grad_outputs=outs,
+                                 retain_graph=True, allow_unused=True)
+        offsets = [0]
+        for s in self.sizes:
+            offsets.append(offsets[-1] + s)
+        for i, h in zip(self._live, hv):
+            if h is not None:
+                out[offsets[i]:offsets[i + 1]] = h.reshape(-1).to(F64)
+        return out
+
+
+def hessian_operator(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor) -> HessianOperator:
+    """``v -> H v`` for f(θ) = mean_i loss_fn(model, model(x), y)_i in evaluation mode.
+
+    ``loss_fn(model, outputs, targets)`` returns per-sample losses (landscope.models.loss_for).
+    The model's train/eval flags are restored before returning; the graph already holds eval mode.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("hessian operator: the model has no parameter with requires_grad=True")
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.enable_grad():
+            loss = loss_fn(model, model(x), y).mean()
+            if not torch.isfinite(loss):
+                raise ValueError(f"hessian operator: the loss is {loss.item()} at this point; "
+                                 "curvature is only defined where the loss is finite")
+            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+    finally:
+        for m, was in modes:
+            m.training = was
+    return HessianOperator(params, list(grads))
+
+
+def flat_parameters(model: nn.Module) -> torch.Tensor:
+    """The trainable parameters as one float64 vector (the operator's coordinate order)."""
+    return torch.cat([p.detach().reshape(-1).to(F64) for p in model.parameters() if p.requires_grad])
+
+
+# ----------------------------------------------------------------------------------- Lanczos
+@dataclass
+class Lanczos:
+    """Ritz values (ascending) and Gauss quadrature weights (squared first components)."""
+    ritz: torch.Tensor
+    weights: torch.Tensor
+    n_hvp: int
+
+    def top(self, k: int) -> list[float]:
+        """The k largest Ritz values, largest first (lower bounds of lambda_1..lambda_k)."""
+        return self.ritz.flip(0)[:k].tolist()
+
+    @property
+    def bottom(self) -> float:
+        """The smallest Ritz value (an upper bound of lambda_min)."""
+        return float(self.ritz[0])
+
+
+def _check_iters(iters: int, n: int) -> int:
+    if iters < 1:
+        raise ValueError(f"lanczos: iters must be >= 1, got {iters}")
+    return min(iters, n)
+
+
+def lanczos(hvp: HVP, v0: torch.Tensor, iters: int) -> Lanczos:
+    """Lanczos tridiagonalisation from ``v0`` with full reorthogonalisation (twice per step).
+
+    Stops early when the Krylov space becomes invariant (then the Ritz values are exact).
+    """
+    n = v0.numel()
+    m = _check_iters(iters, n)
+    basis = torch.zeros(m, n, dtype=F64, device=v0.device)
+    q = v0.to(F64) / torch.linalg.vector_norm(v0.to(F64))
+    alphas, betas = [], []
+    for j in range(m):
+        basis[j] = q
+        w = hvp(q).to(F64)
+        alphas.append(float(w @ q))
+        for _ in range(2):  # "twice is enough" (Kahan-Parlett)
+            w = w - basis[:j + 1].T @ (basis[:j + 1] @ w)
+        b = float(torch.linalg.vector_norm(w))
+        scale = max(max(abs(a) for a in alphas), max(betas, default=0.0), 1e-300)
+        if j == m - 1 or b <= 1e-10 * scale:
+            break
+        betas.append(b)
+        q = w / b
+    t = torch.diag(torch.tensor(alphas, dtype=F64))
+    if betas:
+        off = torch.tensor(betas, dtype=F64)
+        t += torch.diag(off, 1) + torch.diag(off, -1)
+    ritz, vecs = torch.linalg.eigh(t)
+    return Lanczos(ritz, vecs[0] ** 2, len(alphas))
+
+
+def _generator(seed: int, device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g
+
+
+def rademacher(n: int, gen: torch.Generator, device="cpu") -> torch.Tensor:
+    """A vector of independent ±1 entries (float64)."""
+    return torch.randint(0, 2, (n,), generator=gen, device=device).to(F64) * 2 - 1
+
+
+def top_eigenvalues(hvp: HVP, n: int, k: int = 3, iters: int = 20, seed: int = 0,
+                    device="cpu") -> tuple[list[float], float, int]:
+    """(k largest eigenvalues, lambda_min, Hessian-vector products) from one Lanczos run."""
+    if k < 1:
+        raise ValueError(f"top_eigenvalues: k must be >= 1, got {k}")
+    v0 = torch.randn(n, dtype=F64, generator=_generator(seed, device), device=device)
+    run = lanczos(hvp, v0, iters)
+    return run.top(k), run.bottom, run.n_hvp
+
+
+# ----------------------------------------------------------------------------------- SLQ
+@dataclass
+class SpectralDensity:
+    """Stochastic Lanczos quadrature: per probe, Ritz nodes and weights (each probe's sum to 1)."""
+    probes: list[Lanczos] = field(default_factory=list)
+
+    @property
+    def n_hvp(self) -> int:
+        return sum(p.n_hvp for p in self.probes)
+
+    def negative_fraction(self, rel_tol: float = 1e-6) -> tuple[float, float]:
+        """Mean and standard error over probes of the weight on negative nodes.
+
+        Each probe's value is a quadrature of v^T 1{H<0} v / n, unbiased for the fraction of negative
+        eigenvalues when the quadrature is exact; the SE covers the probe variance only, not the
+        quadrature error of the step function near zero (it shrinks as iters grows). A node counts
+        as negative below -rel_tol * max|node|: networks have exact null directions (e.g. a shift of
+        all logits) whose Ritz node is rounding noise of either sign (float32 products: ~1e-7).
+        """
+        vals = torch.tensor([float(p.weights[p.ritz < -rel_tol * p.ritz.abs().max()].sum())
+                             for p in self.probes], dtype=F64)
+        return _mean_se(vals)
+
+    def top(self, k: int) -> list[float]:
+        """Per rank, the largest i-th Ritz value over probes: still a lower bound of lambda_i."""
+        tops = [p.top(k) for p in self.probes]
+        width = min(len(t) for t in tops)
+        return [max(t[i] for t in tops) for i in range(width)]
+
+    @property
+    def bottom(self) -> float:
+        """The smallest Ritz value over probes: still an upper bound of lambda_min."""
+        return min(p.bottom for p in self.probes)
+
+
+def _mean_se(vals: torch.Tensor) -> tuple[float, float]:
+    mean = float(vals.mean())
+    se = float(vals.std(correction=1) / math.sqrt(len(vals))) if len(vals) > 1 else float("nan")
+    return mean, se
+
+
+def slq(hvp: HVP, n: int, probes: int = 4, iters: int = 20, seed: int = 0, device="cpu") -> SpectralDensity:
+    """Spectral density by stochastic Lanczos quadrature with Rademacher starting vectors."""
+    if probes < 1:
+        raise ValueError(f"slq: probes must be >= 1, got {probes}")
+    gen = _generator(seed, device)
+    return SpectralDensity([lanczos(hvp, rademacher(n, gen, device), iters) for _ in range(probes)])
+
+
+# ----------------------------------------------------------------------------------- trace
+def hutchinson(hvp: HVP, n: int, probes: int = 16, seed: int = 0, device="cpu") -> tuple[float, float, int]:
+    """(trace estimate, its standard error, products): mean of z^T H z over Rademacher z.
+
+    Var(z^T H z) = 2 sum_{i != j} H_ij^2: exact (SE 0) for a diagonal H.
+    """
+    if probes < 2:
+        raise ValueError(f"hutchinson: probes must be >= 2 for a standard error, got {probes}")
+    gen = _generator(seed, device)
+    vals = []
+    for _ in range(probes):
+        z = rademacher(n, gen, device)
+        vals.append(float(z @ hvp(z).to(F64)))
+    mean, se = _mean_se(torch.tensor(vals, dtype=F64))
+    return mean, se, probes
+
+
+# ----------------------------------------------------------------------------------- baseline
+def power_iteration(hvp: HVP, n: int, tol: float = 1e-3, max_iters: int = 1000, seed: int = 0,
+                    device="cpu") -> tuple[float, int]:
+    """(Rayleigh quotient, products) once it changes by less than ``tol`` relative between steps.
+
+    Finds the eigenvalue of largest magnitude: lambda_max only when lambda_max > |lambda_min|.
+    """
+    v = torch.randn(n, dtype=F64, generator=_generator(seed, device), device=device)
+    v /= torch.linalg.vector_norm(v)
+    prev = None
+    for i in range(1, max_iters + 1):
+        w = hvp(v).to(F64)
+        rq = float(v @ w)
+        if prev is not None and abs(rq - prev) <= tol * abs(rq):
+            return rq, i
+        prev = rq
+        norm = torch.linalg.vector_norm(w)
+        if norm == 0:
+            return 0.0, i
+        v = w / norm
+    return rq, max_iters

@@ -1,0 +1,180 @@
+"""Curvature estimators against known spectra: quadratics Q diag(d) Q^T and exact small Hessians."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from landscope import curvature as cv
+
+F64 = torch.float64
+
+
+def quadratic(d: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """A = Q diag(d) Q^T with a random orthogonal Q: the Hessian of f(x) = 0.5 x^T A x."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(len(d), len(d), dtype=F64, generator=g))
+    return q @ torch.diag(d) @ q.T
+
+
+def matvec(a: torch.Tensor):
+    return lambda v: a @ v
+
+
+# spectrum: bulk in [-1, 1.5], three separated top values and a separated bottom value
+SPECTRUM = torch.cat([torch.tensor([12.0, 9.0, 7.0, -4.0], dtype=F64),
+                      torch.linspace(-1.0, 1.5, 116, dtype=F64)])
+
+
+def rel(a, b):
+    return abs(a - b) / abs(b)
+
+
+def test_lanczos_top3_and_bottom_of_known_spectrum():
+    a = quadratic(SPECTRUM)
+    top, bottom, n_hvp = cv.top_eigenvalues(matvec(a), len(SPECTRUM), k=3, iters=40, seed=1)
+    for got, want in zip(top, [12.0, 9.0, 7.0]):
+        assert rel(got, want) < 1e-6
+    assert rel(bottom, -4.0) < 1e-6
+    assert n_hvp == 40
+
+
+def test_lanczos_stops_when_krylov_space_is_invariant():
+    """Four distinct eigenvalues: the Krylov space has dimension 4, so 4 products give them exactly."""
+    d = torch.tensor([5.0] * 10 + [2.0] * 10 + [-1.0] * 10 + [0.5] * 10, dtype=F64)
+    run = cv.lanczos(matvec(quadratic(d)), torch.ones(40, dtype=F64), iters=30)
+    assert run.n_hvp == 4
+    assert torch.allclose(run.ritz, torch.tensor([-1.0, 0.5, 2.0, 5.0], dtype=F64), atol=1e-10)
+    assert math.isclose(float(run.weights.sum()), 1.0, abs_tol=1e-12)
+
+
+def test_slq_negative_fraction_within_3_se_of_truth():
+    """30% negative eigenvalues, separated from the positive ones so the quadrature resolves 0."""
+    d = torch.cat([torch.linspace(-3.0, -1.0, 60, dtype=F64), torch.linspace(1.0, 4.0, 140, dtype=F64)])
+    dens = cv.slq(matvec(quadratic(d, seed=2)), 200, probes=30, iters=20, seed=3)
+    mean, se = dens.negative_fraction()
+    assert 0 < se < 0.05
+    assert abs(mean - 0.3) < 3 * se
+    assert dens.n_hvp == 30 * 20
+    for p in dens.probes:  # each probe's weights are a probability distribution
+        assert math.isclose(float(p.weights.sum()), 1.0, abs_tol=1e-10)
+
+
+def test_slq_pooled_extremes_bound_the_spectrum():
+    a = quadratic(SPECTRUM, seed=4)
+    dens = cv.slq(matvec(a), len(SPECTRUM), probes=3, iters=40, seed=5)
+    top = dens.top(3)
+    assert all(t <= w + 1e-9 for t, w in zip(top, [12.0, 9.0, 7.0]))  # Ritz values interlace
+    assert rel(top[0], 12.0) < 1e-6 and rel(dens.bottom, -4.0) < 1e-6
+
+
+def test_hutchinson_within_4_se_and_se_matches_theory():
+    a = quadratic(SPECTRUM, seed=6)
+    m = 400
+    est, se, n_hvp = cv.hutchinson(matvec(a), len(SPECTRUM), probes=m, seed=7)
+    true = float(SPECTRUM.sum())
+    assert abs(est - true) < 4 * se
+    off = a - torch.diag(torch.diag(a))
+    true_se = math.sqrt(2 * float((off ** 2).sum()) / m)  # Var(z^T A z) = 2 sum_{i!=j} A_ij^2
+    assert 0.8 < se / true_se < 1.25
+    assert n_hvp == m
+
+
+def test_hutchinson_is_exact_on_a_diagonal_matrix():
+    d = torch.arange(1.0, 31.0, dtype=F64)
+    est, se, _ = cv.hutchinson(matvec(torch.diag(d)), 30, probes=5, seed=0)
+    assert est == pytest.approx(465.0, abs=1e-9) and se == pytest.approx(0.0, abs=1e-9)
+
+
+def test_power_iteration_converges_to_lambda_max():
+    d = torch.cat([torch.tensor([10.0], dtype=F64), torch.linspace(0.0, 5.0, 49, dtype=F64)])
+    lam, n_hvp = cv.power_iteration(matvec(quadratic(d)), 50, tol=1e-10, seed=0)
+    assert rel(lam, 10.0) < 1e-8
+    assert 5 < n_hvp < 200
+
+
+@pytest.mark.parametrize("call, needle", [
+    (lambda: cv.top_eigenvalues(lambda v: v, 5, k=0), "k must be >= 1"),
+    (lambda: cv.slq(lambda v: v, 5, probes=0), "probes must be >= 1"),
+    (lambda: cv.hutchinson(lambda v: v, 5, probes=1), "probes must be >= 2"),
+    (lambda: cv.lanczos(lambda v: v, torch.ones(5, dtype=F64), iters=0), "iters must be >= 1"),
+])
+def test_bad_settings_are_named(call, needle):
+    with pytest.raises(ValueError, match=needle):
+        call()
+
+
+# ----------------------------------------------------------------------------------- tiny networks
+def ce(model, out, y):
+    return nn.functional.cross_entropy(out, y, reduction="none")
+
+
+def tiny_problem(extra: nn.Module | None = None):
+    torch.manual_seed(0)
+    layers = [nn.Linear(4, 5), nn.Tanh()] + ([extra] if extra is not None else []) + [nn.Linear(5, 3)]
+    model = nn.Sequential(*layers).double()
+    x = torch.randn(32, 4, dtype=F64)
+    y = torch.randint(0, 3, (32,))
+    return model, x, y
+
+
+def exact_hessian(model, x, y):
+    """torch.autograd.functional.hessian of the mean loss on the flat parameters, in eval mode."""
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    flat = cv.flat_parameters(model)
+    was = model.training
+    model.eval()
+
+    def f(theta):
+        chunks = torch.split(theta, [math.prod(s) for s in shapes])
+        params = {n: c.reshape(s) for n, c, s in zip(names, chunks, shapes)}
+        out = torch.func.functional_call(model, params, (x,))
+        return ce(model, out, y).mean()
+
+    h = torch.autograd.functional.hessian(f, flat)
+    model.train(was)
+    return h
+
+
+@pytest.mark.parametrize("extra", [None, nn.Dropout(0.5), nn.BatchNorm1d(5)], ids=["plain", "dropout", "batchnorm"])
+def test_hvp_matches_exact_hessian_in_eval_mode(extra):
+    model, x, y = tiny_problem(extra)
+    if isinstance(extra, nn.BatchNorm1d):  # non-trivial running statistics
+        extra.running_mean.copy_(torch.linspace(-1, 1, 5))
+        extra.running_var.copy_(torch.linspace(0.5, 2, 5))
+    model.train()
+    h = exact_hessian(model, x, y)
+    op = cv.hessian_operator(model, ce, x, y)
+    assert model.training  # the caller's mode is restored
+    v = torch.randn(op.n, dtype=F64, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(op(v), h @ v, rtol=1e-10, atol=1e-12)
+    assert op.n_hvp == 1
+
+
+def test_estimators_on_tiny_mlp_match_exact_spectrum_and_trace():
+    model, x, y = tiny_problem()
+    h = exact_hessian(model, x, y)
+    evals = torch.linalg.eigvalsh(h)
+    op = cv.hessian_operator(model, ce, x, y)
+    top, bottom, _ = cv.top_eigenvalues(op, op.n, k=3, iters=op.n, seed=0)
+    for got, want in zip(top, evals.flip(0)[:3].tolist()):
+        assert rel(got, want) < 1e-6
+    assert rel(bottom, float(evals[0])) < 1e-6
+    est, se, _ = cv.hutchinson(op, op.n, probes=64, seed=2)
+    assert abs(est - float(torch.trace(h))) < 4 * se
+    # full-length Lanczos resolves every eigenvalue: the negative weight is exactly v^T P_- v / |v|^2
+    got, _ = cv.slq(op, op.n, probes=1, iters=op.n, seed=3).negative_fraction()
+    v = cv.rademacher(op.n, torch.Generator().manual_seed(3))
+    w, q = torch.linalg.eigh(h)
+    want = float(((q[:, w < -1e-6 * w.abs().max()].T @ v) ** 2).sum() / (v @ v))  # null space: zero
+    assert 0.0 < want and got == pytest.approx(want, abs=1e-6)
+
+
+def test_operator_rejects_wrong_length_and_non_finite_loss():
+    model, x, y = tiny_problem()
+    op = cv.hessian_operator(model, ce, x, y)
+    with pytest.raises(ValueError, match="expected"):
+        op(torch.ones(op.n + 1, dtype=F64))
+    with pytest.raises(ValueError, match="finite"):
+        cv.hessian_operator(model, ce, x * float("nan"), y)
