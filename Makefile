@@ -1,7 +1,7 @@
 # landscope — the two commands of the quick start:
 #   make run    set up .venv and run the default study (snakemake --cores all) -> reports/index.html
 #   make test   set up .venv and run the test suite
-# Other targets: make setup | make data (Fashion-MNIST from Debian, needs root) | make lint | make clean
+# Other targets: make setup | make data (Fashion-MNIST from Debian, needs root) | make browser | make lint | make clean
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-all lint data clean
+.PHONY: setup run test test-all browser lint data clean
 
 $(BIN)/landscope: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,14 +25,22 @@ run: setup
 	PATH="$(abspath $(BIN)):$$PATH" snakemake --cores all
 	@echo "open reports/index.html"
 
-test: setup
+test: setup browser
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test-all: setup
+test-all: setup browser
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 
 lint: setup
 	PATH="$(abspath $(BIN)):$$PATH" snakemake --lint
+
+# Headless Chromium for tests/test_browser.py: installed when missing and running as root (CI);
+# otherwise the browser test skips, unless CI=true, where it fails.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "chromium not found: tests/test_browser.py will skip (as root, make test installs it: apt-get install -y chromium)"; fi
 
 data:
 	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
