@@ -178,3 +178,65 @@ def test_operator_rejects_wrong_length_and_non_finite_loss():
         op(torch.ones(op.n + 1, dtype=F64))
     with pytest.raises(ValueError, match="finite"):
         cv.hessian_operator(model, ce, x * float("nan"), y)
+
+
+# ----------------------------------------------------------------------------------- a trained run
+def test_curvature_run_writes_tables_matching_exact_hessian(spec_factory, tmp_path):
+    """Logistic regression on digits: convex, so no negative eigenvalue; λ_max, trace and 2/lr exact."""
+    from conftest import run_pipeline
+    from landscope import store
+    from landscope.trajectory import build_problem, checkpoint_path, load_checkpoint
+
+    spec = spec_factory(steps=8, snapshot_every=4)
+    results, ckpt, _ = run_pipeline(spec, tmp_path)
+    settings = {"eval_samples": 100, "lanczos_iters": 60, "slq_probes": 2, "hutchinson_probes": 32}
+    out = cv.curvature_run(spec, ckpt, ckpt / "minimizer.pt", results, settings)
+    assert out["rows"] == 3
+    con = store.connect(results)
+    rows = con.sql("SELECT * FROM curvature ORDER BY step").pl().to_dicts()
+    assert [r["step"] for r in rows] == [0, 4, 8] and sum(r["is_minimizer"] for r in rows) == 1
+    problem = build_problem(spec)
+    idx = cv.eval_subset(len(problem.data), 100, 0)
+    for r in rows[-1:]:  # exact Hessian at the last checkpoint (x_K); the others share the code path
+        problem.model.load_state_dict(load_checkpoint(checkpoint_path(ckpt, r["step"]))["model"])
+        h = exact_hessian_of(problem, idx)
+        evals = torch.linalg.eigvalsh(h)
+        assert rel(r["lambda_max"], float(evals[-1])) < 1e-4
+        assert rel(r["lambda_2"], float(evals[-2])) < 1e-4
+        assert abs(r["lambda_min"]) < 1e-5 * float(evals[-1])  # PSD with a null space
+        assert r["neg_fraction"] == 0.0
+        assert abs(r["trace"] - float(torch.trace(h))) < 4 * r["trace_se"]
+        assert r["two_over_lr"] == pytest.approx(4.0) and r["above_eos"] == (r["lambda_max"] > 4.0)
+    for r in rows:
+        assert r["n_hvp"] == 2 * 60 + 32 and r["eval_samples"] == 100 and r["neg_fraction"] == 0.0
+    n_nodes = con.sql("SELECT count(*), sum(weight) FROM spectrum WHERE step = 8").fetchall()[0]
+    assert n_nodes[0] == 2 * 60 and n_nodes[1] == pytest.approx(2.0)  # two probes, weights sum to 1
+
+
+def exact_hessian_of(problem, idx):
+    model, x, y = problem.model, problem.data.x[idx], problem.data.y[idx]
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+
+    def f(theta):
+        chunks = torch.split(theta, [math.prod(s) for s in shapes])
+        out = torch.func.functional_call(model, {n: c.reshape(s) for n, c, s in zip(names, chunks, shapes)}, (x,))
+        return problem.loss_fn(model, out, y).double().mean()
+
+    return torch.autograd.functional.hessian(f, cv.flat_parameters(model).float(), vectorize=True).double()
+
+
+@pytest.mark.parametrize("raw, needle", [
+    ({"top_k": 5}, "top_k must be 1..3"),
+    ({"hutchinson_probes": 1}, "hutchinson_probes must be >= 2"),
+    ({"evry": 2}, "unknown setting"),
+    ({"every": 0}, "every must be >= 1"),
+])
+def test_bad_curvature_settings_are_named(raw, needle):
+    with pytest.raises(ValueError, match=needle):
+        cv.settings_of(raw)
+
+
+def test_measured_steps_keep_stride_last_and_minimizer():
+    assert cv.measured_steps([0, 10, 20, 30, 40], 2, 30) == [0, 20, 30, 40]
+    assert cv.measured_steps([0, 10, 20], 5, None) == [0, 20]

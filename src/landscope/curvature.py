@@ -257,3 +257,122 @@ def power_iteration(hvp: HVP, n: int, tol: float = 1e-3, max_iters: int = 1000, 
             return 0.0, i
         v = w / norm
     return rq, max_iters
+
+
+# ----------------------------------------------------------------------------------- per checkpoint
+DEFAULTS = {"enabled": True, "eval_samples": 512, "top_k": 3, "lanczos_iters": 20, "slq_probes": 4,
+            "hutchinson_probes": 16, "every": 1, "seed": 0}
+TOP_COLUMNS = ("lambda_max", "lambda_2", "lambda_3")
+
+
+def settings_of(raw: dict | None) -> dict:
+    """The experiment's ``curvature:`` section over DEFAULTS; unknown keys are named."""
+    raw = dict(raw or {})
+    unknown = sorted(set(raw) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"curvature: unknown setting(s) {unknown}; known: {sorted(DEFAULTS)}")
+    out = {**DEFAULTS, **raw}
+    if not 1 <= out["top_k"] <= len(TOP_COLUMNS):
+        raise ValueError(f"curvature.top_k must be 1..{len(TOP_COLUMNS)} (the columns "
+                         f"{', '.join(TOP_COLUMNS)}), got {out['top_k']}")
+    for key in ("eval_samples", "lanczos_iters", "slq_probes", "every"):
+        if out[key] < 1:
+            raise ValueError(f"curvature.{key} must be >= 1, got {out[key]}")
+    if out["hutchinson_probes"] < 2:
+        raise ValueError(f"curvature.hutchinson_probes must be >= 2 (for a standard error), got "
+                         f"{out['hutchinson_probes']}")
+    return out
+
+
+def eval_subset(n: int, size: int, seed: int) -> torch.Tensor:
+    """Sorted indices of a fixed random subset (the same at every checkpoint of a run)."""
+    if size >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=_generator(seed, "cpu"))[:size].sort().values
+
+
+def measure_operator(op: HessianOperator, settings: dict, device="cpu") -> tuple[dict, list[dict]]:
+    """One checkpoint's curvature row and its SLQ spectrum rows from one Hessian operator.
+
+    The top-k eigenvalues and lambda_min come from the SLQ probes' Lanczos runs themselves
+    (per rank the best Ritz value over probes), so they cost no extra products.
+    """
+    s = settings
+    dens = slq(op, op.n, s["slq_probes"], s["lanczos_iters"], s["seed"], device)
+    top = dens.top(s["top_k"])
+    neg, neg_se = dens.negative_fraction()
+    trace, trace_se, _ = hutchinson(op, op.n, s["hutchinson_probes"], s["seed"] + 1, device)
+    row = {c: (top[i] if i < len(top) else None) for i, c in enumerate(TOP_COLUMNS)}
+    row.update(lambda_min=dens.bottom, neg_fraction=neg, neg_fraction_se=neg_se, trace=trace,
+               trace_se=trace_se, n_hvp=op.n_hvp)
+    spectrum = [{"probe": j, "node": i, "ritz": float(r), "weight": float(w)}
+                for j, p in enumerate(dens.probes) for i, (r, w) in enumerate(zip(p.ritz, p.weights))]
+    return row, spectrum
+
+
+def edge_of_stability(lambda_max: float, lr: float) -> dict:
+    """Sharpness against the stability threshold 2/lr of gradient descent on a quadratic."""
+    two = 2.0 / lr if lr > 0 else float("inf")
+    return {"two_over_lr": two, "above_eos": bool(lambda_max > two)}
+
+
+def measured_steps(steps: list[int], every: int, minimizer_step: int | None) -> list[int]:
+    """Every ``every``-th checkpoint, always the last one and x_K's."""
+    keep = set(steps[::every]) | {steps[-1]}
+    if minimizer_step is not None and minimizer_step in steps:
+        keep.add(minimizer_step)
+    return sorted(keep)
+
+
+# ----------------------------------------------------------------------------------- per run
+def curvature_run(spec, ckpt_dir, minimizer_path, results, settings: dict) -> dict:
+    """Measure the checkpoints of one trained run; write its ``curvature`` and ``spectrum`` parts.
+
+    Each checkpoint's model state is restored into the run's model (as a resumed run would be)
+    and measured on the same evaluation subset. Returns {'rows': n, 'wall_s': s}.
+    """
+    import json
+    import time
+    from pathlib import Path
+
+    from landscope import store
+    from landscope.optim import lr_at
+    from landscope.trajectory import build_problem, checkpoint_path, load_checkpoint, load_minimizer
+
+    s = settings_of(settings)
+    t_run = time.perf_counter()
+    ckpt_dir = Path(ckpt_dir)
+    manifest = json.loads((ckpt_dir / "manifest.json").read_text())
+    chash = spec.config_hash()
+    if manifest.get("config_hash") != chash:
+        raise ValueError(f"curvature {spec.experiment}/{spec.run}: the manifest was written by another "
+                         "configuration; re-run the train rule for this run")
+    x_k = load_minimizer(minimizer_path).get("step") if minimizer_path else None
+    steps = measured_steps([c["step"] for c in manifest["checkpoints"]], s["every"], x_k)
+    problem = build_problem(spec)
+    idx = eval_subset(len(problem.data), s["eval_samples"], s["seed"]).to(problem.device)
+    x, y = problem.data.x[idx], problem.data.y[idx]
+    rows, spec_rows = [], []
+    for step in steps:
+        t0 = time.perf_counter()
+        problem.model.load_state_dict(load_checkpoint(checkpoint_path(ckpt_dir, step), chash)["model"])
+        row, spectrum = measure_operator(hessian_operator(problem.model, problem.loss_fn, x, y), s,
+                                         problem.device)
+        lr = lr_at(spec.optimizer, spec.schedule, spec.steps, step)
+        row.update(step=step, is_minimizer=step == x_k, lr=lr, eval_samples=len(idx),
+                   **edge_of_stability(row["lambda_max"], lr), wall_s=time.perf_counter() - t0)
+        rows.append(row)
+        spec_rows += [{"step": step, **r} for r in spectrum]
+    meta = {**store.provenance(chash, str(problem.device)), "settings": json.dumps(s, sort_keys=True)}
+    _write(results, "curvature", spec, rows, meta)
+    _write(results, "spectrum", spec, spec_rows, meta)
+    return {"rows": len(rows), "wall_s": time.perf_counter() - t_run}
+
+
+def _write(results, table: str, spec, rows: list[dict], meta: dict) -> None:
+    from landscope import store
+
+    cols = [c for c in store.SCHEMAS[table] if c not in ("experiment", "run")]
+    columns = {"experiment": [spec.experiment] * len(rows), "run": [spec.run] * len(rows),
+               **{c: [r[c] for r in rows] for c in cols}}
+    store.write_table(store.part_path(results, table, spec.experiment, spec.run), table, columns, meta)

@@ -234,3 +234,16 @@ def write_database(results: str | Path = "results", path: str | Path | None = No
         con.close()
     os.replace(tmp, path)
     return path
+
+
+# Curvature (landscope.curvature): per checkpoint of a run, and the SLQ nodes behind it.
+SCHEMAS["curvature"] = {
+    "experiment": STR, "run": STR, "step": I64, "is_minimizer": BOOL, "lambda_max": F64,
+    "lambda_2": F64, "lambda_3": F64, "lambda_min": F64, "neg_fraction": F64,
+    "neg_fraction_se": F64, "trace": F64, "trace_se": F64, "lr": F64, "two_over_lr": F64,
+    "above_eos": BOOL, "eval_samples": I64, "n_hvp": I64, "wall_s": F64,
+}
+SCHEMAS["spectrum"] = {
+    "experiment": STR, "run": STR, "step": I64, "probe": I64, "node": I64, "ritz": F64, "weight": F64,
+}
+RUN_TABLES |= {"curvature", "spectrum"}
