@@ -13,6 +13,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/measure.smk"
 include: "workflow/rules/conditions.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/curvature.smk"
 
 
 rule all:
@@ -20,4 +21,5 @@ rule all:
         "reports/index.html",
         "reports/table2.html",
         "results/landscope.duckdb",
+        get_all_curvature_parts(),
     default_target: True

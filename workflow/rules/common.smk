@@ -157,3 +157,22 @@ def get_table2_summaries():
 
 def get_table2_results(wildcards, input):
     return _results_dir(input[0]) if len(input) else "results"
+
+
+# ----------------------------------------------------------------------------------- curvature
+def get_curvature_settings(wildcards):
+    """The experiment's validated, default-filled ``curvature:`` section."""
+    return STUDY.experiments[wildcards.experiment].raw["curvature"]
+
+
+def get_all_curvature_parts():
+    """The curvature part of every run of every experiment whose curvature is enabled."""
+    return [f"results/tables/curvature/experiment={r.experiment}/run={r.run}/part-00000.parquet"
+            for e in STUDY.experiments.values() if e.raw["curvature"]["enabled"] for r in e.runs]
+
+
+def get_curvature_parts(wildcards):
+    """The experiment's curvature parts (none when disabled), for rules that read the table."""
+    if not STUDY.experiments[wildcards.experiment].raw["curvature"]["enabled"]:
+        return []
+    return get_run_parts(wildcards, "curvature")

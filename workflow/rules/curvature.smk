@@ -1,0 +1,26 @@
+rule curvature:
+    """Hessian curvature of every checkpoint of one run (top eigenvalues, lambda_min, SLQ spectral
+    density and negative fraction, Hutchinson trace, sharpness against 2/lr), after train."""
+    input:
+        manifest=f"{CKPT}/manifest.json",
+        minimizer=f"{CKPT}/minimizer.pt",
+    output:
+        curvature="results/tables/curvature/experiment={experiment}/run={run}/part-00000.parquet",
+        spectrum="results/tables/spectrum/experiment={experiment}/run={run}/part-00000.parquet",
+    params:
+        spec=get_run_spec,
+        settings=get_curvature_settings,
+        results=get_results_dir_of_output,
+    log:
+        "logs/curvature/{experiment}/{run}.log",
+    benchmark:
+        "results/benchmarks/curvature/{experiment}/{run}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+        gpu=0,
+    conda:
+        ENV
+    script:
+        "../scripts/curvature.py"

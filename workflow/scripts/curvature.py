@@ -1,0 +1,12 @@
+"""Snakemake adapter: curvature of one run's checkpoints (logic in landscope.curvature)."""
+from pathlib import Path
+
+from landscope.config import RunSpec
+from landscope.curvature import curvature_run
+from landscope.jobs import job_logging
+
+spec = RunSpec.from_dict(snakemake.params.spec)
+with job_logging(snakemake.log[0], f"curvature {spec.experiment}/{spec.run}") as log:
+    out = curvature_run(spec, Path(snakemake.input.manifest).parent, snakemake.input.minimizer,
+                        snakemake.params.results, snakemake.params.settings)
+    log.info("%d checkpoints in %.2f s", out["rows"], out["wall_s"])
