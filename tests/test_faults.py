@@ -8,6 +8,7 @@ the library and the drift error; here: the same faults inside real Snakemake run
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -161,3 +162,82 @@ def test_diverged_run_shows_in_the_report_while_the_others_finish(tmp_path, monk
     assert "no measured run (diverged?)" in index
     assert index.count("<tr>") >= 3  # header and both points
     assert step is not None and 0 <= step < 40
+
+
+# ----------------------------------------------------------------------------------- SIGKILL in Snakemake
+def smoke_subset() -> dict:
+    """config/smoke.yaml's half-space experiment: train, 6 evaluate segments, conditions, reports."""
+    smoke = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    return {**smoke, "experiments": {"halfspace": smoke["experiments"]["halfspace"]}}
+
+
+def snakemake_cmd(work: Path, *args) -> list[str]:
+    return [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work), "--cores", "2",
+            "--configfile", str(work / "smoke.yaml"), *args]
+
+
+def run_snakemake(work: Path, *args) -> str:
+    out = subprocess.run(snakemake_cmd(work, *args), capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
+    return out.stdout + out.stderr
+
+
+def kill_when(work: Path, ready, *args, timeout_s: float = 600) -> None:
+    """Start Snakemake and SIGKILL it with all its jobs (one process group) once ``ready()``."""
+    with open(work / "killed.log", "w") as log:
+        proc = subprocess.Popen(snakemake_cmd(work, *args), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not ready():
+            assert proc.poll() is None, "the run ended before the fault; see killed.log"
+            assert time.monotonic() < deadline, "the fault point was never reached"
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def rerun_after_kill(work: Path) -> str:
+    """What a user does after a killed run: remove the stale lock, then run again."""
+    run_snakemake(work, "--unlock")
+    return run_snakemake(work)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    work = tmp_path_factory.mktemp("clean")
+    (work / "smoke.yaml").write_text(yaml.safe_dump(smoke_subset()))
+    run_snakemake(work)
+    return work
+
+
+@pytest.mark.slow
+def test_sigkill_during_evaluate_then_rerun_equals_uninterrupted(uninterrupted, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "smoke.yaml").write_text(yaml.safe_dump(smoke_subset()))
+    drift_parts = lambda: glob.glob(f"{work}/results/tables/drift/**/part-*.parquet", recursive=True)
+    kill_when(work, lambda: len(drift_parts()) >= 1)
+    assert len(drift_parts()) < 6 and not (work / "reports").exists()  # killed mid-evaluation
+    rerun_after_kill(work)
+    assert_same_tables(work / "results", uninterrupted / "results")
+    for page in ("halfspace.html", "index.html"):
+        assert (work / "reports" / page).read_text() == (uninterrupted / "reports" / page).read_text()
+
+
+@pytest.mark.slow
+def test_sigkill_during_report_then_rerun_equals_uninterrupted(uninterrupted, tmp_path):
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(uninterrupted, work, symlinks=True)  # a finished study whose reports are redone
+    shutil.rmtree(work / "logs")
+    page = work / "reports" / "halfspace.html"
+    kill_when(work, lambda: (work / "logs" / "report" / "halfspace.log").exists(), "--forcerun", "report")
+    # atomic write: the page is the old complete one or absent, never a partial file
+    assert not page.exists() or page.read_text() == (uninterrupted / "reports" / "halfspace.html").read_text()
+    text = rerun_after_kill(work)
+    assert re.search(r"^(local)?rule report:", text, flags=re.M) and not re.search(r"^(local)?rule evaluate:", text, flags=re.M)
+    assert_same_tables(work / "results", uninterrupted / "results")
+    assert page.read_text() == (uninterrupted / "reports" / "halfspace.html").read_text()
