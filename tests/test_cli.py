@@ -115,6 +115,8 @@ def test_figures_of_an_unknown_experiment_names_the_known_ones(tiny_results, tmp
     assert not list(tmp_path.iterdir())
     rc, _, err = run(capsys, "figures", "--results", tmp_path / "none", "tiny")
     assert rc == 2 and "run `snakemake --cores all` first" in err
+    rc, _, err = run(capsys, "figures", "--results", tiny_results, "--format", "png", "--scale", "0", "tiny")
+    assert rc == 2 and "--scale must be a positive number" in err
 
 
 # ----------------------------------------------------------------------------------- data

@@ -221,6 +221,10 @@ def cmd_figures(args) -> int:
         print(f"landscope figures: no results in {results}/tables; run `snakemake --cores all` first "
               "or pass --results DIR", file=sys.stderr)
         return 2
+    if not args.scale > 0:
+        print(f"landscope figures: --scale must be a positive number of pixels per unit, got {args.scale}",
+              file=sys.stderr)
+        return 2
     out = Path(args.out) if args.out else Path("reports") / "figures" / args.experiment
     try:
         written, empty = export_figures(results, args.experiment, out, args.format, args.scale)
