@@ -9,7 +9,6 @@ in-process. Also: the SLURM and Kubernetes profiles hold only options this Snake
 import re
 import subprocess
 from collections import Counter
-from pathlib import Path
 
 import polars as pl
 import pytest
