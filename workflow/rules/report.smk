@@ -4,6 +4,8 @@ rule report:
         get_report_inputs,
     output:
         "reports/{experiment}.html",
+    wildcard_constraints:
+        experiment=r"(?!(?:index|table2)\.html$)[a-z][a-z0-9_-]*",
     params:
         title=get_experiment_title,
         runs=get_run_names,
