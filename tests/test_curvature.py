@@ -240,3 +240,45 @@ def test_bad_curvature_settings_are_named(raw, needle):
 def test_measured_steps_keep_stride_last_and_minimizer():
     assert cv.measured_steps([0, 10, 20, 30, 40], 2, 30) == [0, 20, 30, 40]
     assert cv.measured_steps([0, 10, 20], 5, None) == [0, 20]
+
+
+# ----------------------------------------------------------------------------------- report charts
+def synthetic_results(root):
+    """Two sweep points x two seeds x steps 0, 10: hand-chosen values for the report queries."""
+    from landscope import store
+
+    results = root / "results"
+    for point, lr in (("lr-0.1", 0.1), ("lr-1", 1.0)):
+        for seed in (0, 1):
+            run = f"{point}_seed-{seed}"
+            runs = {c: [None] for c in store.SCHEMAS["runs"]}
+            runs.update(experiment=["e"], run=[run], point=[point], seed=[seed], lr=[lr])
+            store.write_table(store.part_path(results, "runs", "e", run), "runs", runs)
+            lam = [5.0 + seed, 30.0 + seed]  # 2/lr = 20 or 2: above at step 10 (lr 0.1), always (lr 1)
+            rows = {c: [None, None] for c in store.SCHEMAS["curvature"]}
+            rows.update(experiment=["e", "e"], run=[run, run], step=[0, 10], lambda_max=lam,
+                        lambda_min=[-1.0, -0.5], neg_fraction=[0.2 + 0.1 * seed, 0.1],
+                        neg_fraction_se=[0.05, 0.01], trace=[100.0, 50.0], trace_se=[4.0, 2.0],
+                        two_over_lr=[2 / lr] * 2, above_eos=[x > 2 / lr for x in lam])
+            store.write_table(store.part_path(results, "curvature", "e", run), "curvature", rows)
+    return results
+
+
+def test_curvature_charts_on_synthetic_results(tmp_path):
+    from landscope import report_curvature as rc
+    from landscope import store
+
+    con = store.connect(synthetic_results(tmp_path))
+    assert rc.eos_summary(con, "e") == (6, 8)  # lr 1: 4 of 4; lr 0.1: only step 10 (2 of 4)
+    neg = rc.curvature_stat(con, "e", "neg_fraction", "neg_fraction_se").to_dicts()
+    first = next(r for r in neg if r["point"] == "lr-0.1" and r["step"] == 0)
+    assert first["n_runs"] == 2 and first["mean"] == pytest.approx(0.25)
+    assert first["lo"] == pytest.approx(0.15) and first["hi"] == pytest.approx(0.35)  # range ± SE
+    lines = rc.threshold_lines(con, "e").to_dicts()
+    assert sorted({(r["point"], r["two_over_lr"]) for r in lines}) == [("lr-0.1", 20.0), ("lr-1", 2.0)]
+    charts = rc.curvature_charts(con, "e")
+    assert [t for t, _, _ in charts] == ["Edge of stability", "Smallest eigenvalue", "Negative eigenvalues", "Trace"]
+    assert "6 of 8 checkpoints (75%)" in charts[0][1]
+    sharp = charts[0][2].to_dict()
+    assert len(sharp["layer"]) == 3 and sharp["layer"][0]["encoding"]["y"]["scale"]["type"] == "log"
+    assert rc.curvature_charts(con, "other")[0][2] is None  # no rows: no chart, no error
