@@ -46,6 +46,7 @@ def test_lanczos_stops_when_krylov_space_is_invariant():
     assert run.n_hvp == 4
     assert torch.allclose(run.ritz, torch.tensor([-1.0, 0.5, 2.0, 5.0], dtype=F64), atol=1e-10)
     assert math.isclose(float(run.weights.sum()), 1.0, abs_tol=1e-12)
+    assert torch.allclose(run.ritz_after(4), run.ritz) and len(run.ritz_after(2)) == 2
 
 
 def test_slq_negative_fraction_within_3_se_of_truth():
@@ -88,9 +89,12 @@ def test_hutchinson_is_exact_on_a_diagonal_matrix():
 
 def test_power_iteration_converges_to_lambda_max():
     d = torch.cat([torch.tensor([10.0], dtype=F64), torch.linspace(0.0, 5.0, 49, dtype=F64)])
-    lam, n_hvp = cv.power_iteration(matvec(quadratic(d)), 50, tol=1e-10, seed=0)
+    history = []
+    lam, n_hvp = cv.power_iteration(matvec(quadratic(d)), 50, tol=1e-10, seed=0, history=history)
     assert rel(lam, 10.0) < 1e-8
-    assert 5 < n_hvp < 200
+    assert 5 < n_hvp < 200 and len(history) == n_hvp and history[-1] == lam
+    errs = [10.0 - h for h in history]  # Rayleigh quotients rise monotonically to lambda_max (PSD)
+    assert all(e1 >= e2 >= 0 for e1, e2 in zip(errs, errs[1:]))
 
 
 @pytest.mark.parametrize("call, needle", [

@@ -22,6 +22,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 HVP = Callable[[torch.Tensor], torch.Tensor]
 F64 = torch.float64
@@ -78,7 +79,8 @@ def hessian_operator(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: to
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        with torch.enable_grad():
+        # the fused attention kernels have no double backward; the math kernel computes the same
+        with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
             loss = loss_fn(model, model(x), y).mean()
             if not torch.isfinite(loss):
                 raise ValueError(f"hessian operator: the loss is {loss.item()} at this point; "
@@ -102,6 +104,13 @@ class Lanczos:
     ritz: torch.Tensor
     weights: torch.Tensor
     n_hvp: int
+    alpha: torch.Tensor  # diagonal of the tridiagonal matrix T
+    beta: torch.Tensor  # its off-diagonal
+
+    def ritz_after(self, j: int) -> torch.Tensor:
+        """Ritz values after the first j steps (eigenvalues of T's leading j x j block)."""
+        t = torch.diag(self.alpha[:j]) + torch.diag(self.beta[:j - 1], 1) + torch.diag(self.beta[:j - 1], -1)
+        return torch.linalg.eigvalsh(t)
 
     def top(self, k: int) -> list[float]:
         """The k largest Ritz values, largest first (lower bounds of lambda_1..lambda_k)."""
@@ -141,12 +150,9 @@ def lanczos(hvp: HVP, v0: torch.Tensor, iters: int) -> Lanczos:
             break
         betas.append(b)
         q = w / b
-    t = torch.diag(torch.tensor(alphas, dtype=F64))
-    if betas:
-        off = torch.tensor(betas, dtype=F64)
-        t += torch.diag(off, 1) + torch.diag(off, -1)
-    ritz, vecs = torch.linalg.eigh(t)
-    return Lanczos(ritz, vecs[0] ** 2, len(alphas))
+    a, b = torch.tensor(alphas, dtype=F64), torch.tensor(betas, dtype=F64)
+    ritz, vecs = torch.linalg.eigh(torch.diag(a) + torch.diag(b, 1) + torch.diag(b, -1))
+    return Lanczos(ritz, vecs[0] ** 2, len(alphas), a, b)
 
 
 def _generator(seed: int, device) -> torch.Generator:
@@ -238,10 +244,11 @@ def hutchinson(hvp: HVP, n: int, probes: int = 16, seed: int = 0, device="cpu") 
 
 # ----------------------------------------------------------------------------------- baseline
 def power_iteration(hvp: HVP, n: int, tol: float = 1e-3, max_iters: int = 1000, seed: int = 0,
-                    device="cpu") -> tuple[float, int]:
+                    device="cpu", history: list | None = None) -> tuple[float, int]:
     """(Rayleigh quotient, products) once it changes by less than ``tol`` relative between steps.
 
     Finds the eigenvalue of largest magnitude: lambda_max only when lambda_max > |lambda_min|.
+    ``history``, when given, receives the Rayleigh quotient of every product (for benchmarks).
     """
     v = torch.randn(n, dtype=F64, generator=_generator(seed, device), device=device)
     v /= torch.linalg.vector_norm(v)
@@ -249,6 +256,8 @@ def power_iteration(hvp: HVP, n: int, tol: float = 1e-3, max_iters: int = 1000, 
     for i in range(1, max_iters + 1):
         w = hvp(v).to(F64)
         rq = float(v @ w)
+        if history is not None:
+            history.append(rq)
         if prev is not None and abs(rq - prev) <= tol * abs(rq):
             return rq, i
         prev = rq
@@ -260,8 +269,8 @@ def power_iteration(hvp: HVP, n: int, tol: float = 1e-3, max_iters: int = 1000, 
 
 
 # ----------------------------------------------------------------------------------- per checkpoint
-DEFAULTS = {"enabled": True, "eval_samples": 512, "top_k": 3, "lanczos_iters": 20, "slq_probes": 4,
-            "hutchinson_probes": 16, "every": 1, "seed": 0}
+DEFAULTS = {"enabled": True, "eval_samples": 256, "top_k": 3, "lanczos_iters": 16, "slq_probes": 3,
+            "hutchinson_probes": 8, "every": 1, "seed": 0}
 TOP_COLUMNS = ("lambda_max", "lambda_2", "lambda_3")
 
 
