@@ -263,23 +263,20 @@ def test_curvature_sections_only_with_module_and_rows(analytic_results, monkeypa
     import altair as alt
 
     with store.connect(analytic_results) as con:
-        if "landscope.report_curvature" not in sys.modules:
-            try:
-                import landscope.report_curvature  # noqa: F401
-            except ImportError:
-                assert report.curvature_sections(con, XK_EXP) == []  # no module: no section
         fake = types.ModuleType("landscope.report_curvature")
         fake.__spec__ = importlib.machinery.ModuleSpec("landscope.report_curvature", None)
         chart = alt.Chart(pl.DataFrame({"x": [1]})).mark_point().encode(x="x:Q")
         fake.curvature_charts = lambda con, e: [("Sharpness", "λ_max vs 2/lr", chart), ("Trace", "", None)]
         monkeypatch.setitem(sys.modules, "landscope.report_curvature", fake)
-        assert report.curvature_sections(con, XK_EXP) == []  # no curvature table: no section
-        con.execute("CREATE TEMP VIEW curvature AS SELECT 'other' AS experiment")
+        con.execute("CREATE OR REPLACE TEMP VIEW curvature AS SELECT 'other' AS experiment")
         assert report.curvature_sections(con, XK_EXP) == []  # no rows for this experiment
         con.execute(f"CREATE OR REPLACE TEMP VIEW curvature AS SELECT '{XK_EXP}' AS experiment")
         got = report.curvature_sections(con, XK_EXP)
-    assert [(cid, head) for cid, head, _ in got] == [("curva", "Sharpness: λ_max vs 2/lr"), ("curvb", "Trace")]
-    assert got[0][2] is chart and got[1][2] is None
+    assert [s[:3] for s in got] == [("curva", "Sharpness", "λ_max vs 2/lr"), ("curvb", "Trace", "")]
+    assert got[0][3] is chart and got[1][3] is None
+    html_text = report._captioned_sections(got)
+    assert html_text == ("<h3>Sharpness</h3><p class=note>λ_max vs 2/lr</p><div class=chart id='curva'></div>"
+                         "<h3>Trace</h3>" + report.NO_DATA)
 
 
 def test_index_links_study_pages(analytic_results, tmp_path):

@@ -595,9 +595,9 @@ def minimizer_comparison(summary: pl.DataFrame, region: pl.DataFrame):
 
 
 # ----------------------------------------------------------------------------------- extra sections
-def curvature_sections(con, experiment: str) -> list[tuple[str, str, object | None]]:
-    """(id, heading, chart) from landscope.report_curvature when that module exists and the
-    curvature table has rows for the experiment (else [])."""
+def curvature_sections(con, experiment: str) -> list[tuple[str, str, str, object | None]]:
+    """(id, heading, caption, chart) from landscope.report_curvature when that module exists and
+    the curvature table has rows for the experiment (else [])."""
     import importlib.util
 
     if importlib.util.find_spec("landscope.report_curvature") is None:
@@ -610,8 +610,18 @@ def curvature_sections(con, experiment: str) -> list[tuple[str, str, object | No
         return []
     from landscope.report_curvature import curvature_charts
 
-    return [(f"curv{_letters(i)}", f"{title}: {caption}" if caption else title, chart)
+    return [(f"curv{_letters(i)}", title, caption, chart)
             for i, (title, caption, chart) in enumerate(curvature_charts(con, experiment))]
+
+
+def _captioned_sections(sections: list[tuple[str, str, str, object | None]]) -> str:
+    """h3 heading, caption note and chart (or 'no data') per (id, heading, caption, chart)."""
+    parts = []
+    for cid, heading, caption, chart in sections:
+        note = f"<p class=note>{html.escape(caption)}</p>" if caption else ""
+        inner = NO_DATA if chart is None else f"<div class=chart id='{cid}'></div>"
+        parts.append(f"<h3>{html.escape(heading)}</h3>{note}{inner}")
+    return "".join(parts)
 
 
 def _letters(i: int) -> str:
@@ -684,8 +694,8 @@ def _paper_sections(con, results, experiment: str, summary: pl.DataFrame):
             charts.append((f"surface{_letters(i)}", chart))
     curvature = curvature_sections(con, experiment)
     if curvature:
-        parts.append("<h2>Curvature</h2>" + _chart_sections(curvature))
-        charts += [(cid, ch) for cid, _, ch in curvature if ch is not None]
+        parts.append("<h2>Curvature</h2>" + _captioned_sections(curvature))
+        charts += [(cid, ch) for cid, _, _, ch in curvature if ch is not None]
     return "".join(parts), charts
 
 

@@ -65,6 +65,7 @@ def get_report_inputs(wildcards):
     out = [f"results/tables/{t}/experiment={wildcards.experiment}/part-00000.parquet" for t in tables]
     for t in ("runs", "train", "snapshots", "minimizers"):
         out += get_run_parts(wildcards, t)
+    out += get_curvature_parts(wildcards)
     if is_analytic(wildcards.experiment):  # the surface plot reads checkpoints and x_K
         out += [f"results/checkpoints/experiment={r.experiment}/run={r.run}/{f}"
                 for r in get_experiment_runs(wildcards.experiment) for f in ("manifest.json", "minimizer.pt")]
