@@ -170,6 +170,9 @@ def smoke_subset() -> dict:
     return {**smoke, "experiments": {"halfspace": smoke["experiments"]["halfspace"]}}
 
 
+SMOKE_SUBSET = smoke_subset()  # read once: every run of this module sees the same config
+
+
 def snakemake_cmd(work: Path, *args) -> list[str]:
     return [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work), "--cores", "2",
             "--configfile", str(work / "smoke.yaml"), *args]
@@ -206,7 +209,7 @@ def rerun_after_kill(work: Path) -> str:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     work = tmp_path_factory.mktemp("clean")
-    (work / "smoke.yaml").write_text(yaml.safe_dump(smoke_subset()))
+    (work / "smoke.yaml").write_text(yaml.safe_dump(SMOKE_SUBSET))
     run_snakemake(work)
     return work
 
@@ -215,7 +218,7 @@ def uninterrupted(tmp_path_factory):
 def test_sigkill_during_evaluate_then_rerun_equals_uninterrupted(uninterrupted, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
-    (work / "smoke.yaml").write_text(yaml.safe_dump(smoke_subset()))
+    (work / "smoke.yaml").write_text(yaml.safe_dump(SMOKE_SUBSET))
     drift_parts = lambda: glob.glob(f"{work}/results/tables/drift/**/part-*.parquet", recursive=True)
     kill_when(work, lambda: len(drift_parts()) >= 1)
     assert len(drift_parts()) < 6 and not (work / "reports" / "halfspace.html").exists()  # mid-evaluation
