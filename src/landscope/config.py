@@ -11,6 +11,7 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -141,6 +142,18 @@ def _explain(err: jsonschema.ValidationError) -> str:
     return f"config key '{where}': got {got}; {err.message}"
 
 
+def _non_finite(node, path):
+    """(path, value) of every NaN or infinite number in a parsed config (YAML .nan, .inf)."""
+    if isinstance(node, float) and not math.isfinite(node):
+        yield path, node
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from _non_finite(v, (*path, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _non_finite(v, (*path, i))
+
+
 def validate(config: dict, schema: dict | None = None) -> dict:
     """Validate a raw study config and return it with defaults filled in.
 
@@ -151,6 +164,10 @@ def validate(config: dict, schema: dict | None = None) -> dict:
         raise ConfigError(f"the config must be a mapping, got {type(config).__name__}")
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    bad_numbers = list(_non_finite(config, ()))
+    if bad_numbers:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(
+            f"config key '{_where(path)}': got {value}; numbers must be finite" for path, value in bad_numbers))
     if errors:
         # propertyNames errors report the parent; add the offending name itself
         lines = [_explain(e) for e in errors]

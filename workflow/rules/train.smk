@@ -8,6 +8,7 @@ rule train:
         runs="results/tables/runs/experiment={experiment}/run={run}/part-00000.parquet",
         snapshots="results/tables/snapshots/experiment={experiment}/run={run}/part-00000.parquet",
         minimizer=f"{CKPT}/minimizer.pt",
+        minimizer_sidecar=f"{CKPT}/minimizer.json",
         minimizers="results/tables/minimizers/experiment={experiment}/run={run}/part-00000.parquet",
     params:
         spec=get_run_spec,
