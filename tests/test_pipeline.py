@@ -97,6 +97,8 @@ def test_reports_are_self_contained(study):
         assert "vegaEmbed" in page
     con = duckdb.connect(str(study / "results" / "landscope.duckdb"), read_only=True)
     assert con.sql("SELECT count(*) FROM condition_summary").fetchall()[0][0] == 3
+    table2 = (study / "reports" / "table2.html").read_text()
+    assert 'href="table2.html"' in index and 'href="digits_mlp.html"' in table2  # the width sweep is on it
 
 
 def test_nothing_to_redo_and_a_changed_setting_reruns_only_what_depends_on_it(study):

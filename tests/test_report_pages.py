@@ -1,5 +1,6 @@
 """Report pages on a synthetic results folder with hand-known numbers."""
 
+import hashlib
 import re
 
 import numpy as np
@@ -138,6 +139,12 @@ XK_POINTS = {  # point: (x_K choice, region vertices, alpha_min, beta_at_alpha_m
 PATHS = {0: [(1.0, 1.0), (0.5, 0.0), (0.0, -0.4)], 1: [(-2.0, -1.0), (-1.0, -0.5), (-0.5, -0.25)]}
 
 
+def _save_with_sidecar(obj, path):
+    """torch.save plus the SHA-256 sidecar the loaders check (as training writes them)."""
+    torch.save(obj, path)
+    path.with_suffix(".json").write_text(json.dumps({"sha256": hashlib.sha256(path.read_bytes()).hexdigest()}))
+
+
 def _write_analytic(results):
     """Example 1 with a two-choice minimizer sweep; seed s walks PATHS[s] at steps 0, 5, 10."""
     region = {c: [] for c in store.SCHEMAS["ab_region"]}
@@ -155,9 +162,9 @@ def _write_analytic(results):
             folder = results / "checkpoints" / f"experiment={XK_EXP}" / f"run={run}"
             folder.mkdir(parents=True, exist_ok=True)
             for step, w in zip((0, 5, 10), path):
-                torch.save({"step": step, "model": {"w": torch.tensor(w)}}, checkpoint_path(folder, step))
-            torch.save({"model": {"w": torch.tensor(path[-1])}, "step": 10,
-                        "method": "projection" if choice == "projection" else "last"}, folder / "minimizer.pt")
+                _save_with_sidecar({"step": step, "model": {"w": torch.tensor(w)}}, checkpoint_path(folder, step))
+            _save_with_sidecar({"model": {"w": torch.tensor(path[-1])}, "step": 10,
+                                "method": "projection" if choice == "projection" else "last"}, folder / "minimizer.pt")
         for i, (a, b) in enumerate(poly):
             for c, v in (("experiment", XK_EXP), ("point", point), ("vertex", i), ("alpha", a), ("beta", b),
                          ("on_box_edge", i > 0)):

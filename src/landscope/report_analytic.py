@@ -45,22 +45,29 @@ def _w(state: dict) -> tuple[float, float]:
 
 
 def checkpoint_points(results: str | Path, experiment: str, runs: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(checkpoints, x_K): one row per checkpoint (run, point, seed, step, x, y) and one x_K row per run.
+    """(path, x_K): one row per iterate (run, point, seed, step, x, y) and one x_K row per run.
 
-    x_K is read from minimizer.pt; for ``projection`` it is Proj(x_last, S), labelled so.
+    The whole trajectory x_0 .. x_K is replayed from the first checkpoint (exact, and cheap for two
+    parameters); without a replayable manifest only the checkpoints are drawn. Every file is loaded
+    through its SHA-256 check. x_K comes from minimizer.pt; for ``projection`` it is Proj(x_last, S).
     """
     import torch
+
+    from landscope.trajectory import load_checkpoint, load_minimizer, parameter_path
 
     cps, xks = [], []
     for r in runs.iter_rows(named=True):
         folder = Path(results) / "checkpoints" / f"experiment={experiment}" / f"run={r['run']}"
-        steps = sorted(int(p.stem.split("=")[1]) for p in folder.glob("step=*.pt"))
-        for s in steps:
-            x, y = _w(torch.load(checkpoint_path(folder, s), map_location="cpu", weights_only=True))
-            cps.append({"run": r["run"], "point": r["point"], "seed": r["seed"], "step": s, "x": x, "y": y})
+        try:
+            steps, path = parameter_path(folder)
+            pts = [(s, float(w[0]), float(w[1])) for s, w in zip(steps, path)]
+        except (OSError, ValueError, RuntimeError):
+            marks = sorted(int(p.stem.split("=")[1]) for p in folder.glob("step=*.pt"))
+            pts = [(s, *_w(load_checkpoint(checkpoint_path(folder, s)))) for s in marks]
+        cps += [{"run": r["run"], "point": r["point"], "seed": r["seed"], "step": s, "x": x, "y": y} for s, x, y in pts]
         mfile = folder / "minimizer.pt"
         if mfile.is_file():
-            state = torch.load(mfile, map_location="cpu", weights_only=True)
+            state = load_minimizer(mfile)
             x, y = _w(state)
             label = f"x_K ({state.get('method', '?')})"
             if state.get("method") == "projection":
@@ -83,13 +90,16 @@ def plot_box(xs, ys, pad: float = PAD) -> tuple[tuple[float, float], tuple[float
 
 def surface_grid(example: int, xlim, ylim, n: int = GRID_N) -> pl.DataFrame:
     """f(x, y) at the centres of an n x n grid of cells (x0, x1, y0, y1 are the cell edges)."""
+    import torch
+
     ex, ey = np.linspace(*xlim, n + 1), np.linspace(*ylim, n + 1)
-    rows = []
-    for i in range(n):
-        for j in range(n):
-            cx, cy = (ex[i] + ex[i + 1]) / 2, (ey[j] + ey[j + 1]) / 2
-            rows.append((ex[i], ex[i + 1], ey[j], ey[j + 1], cx, cy, analytic.f_value(example, (cx, cy))))
-    return pl.DataFrame(rows, schema=["x0", "x1", "y0", "y1", "x", "y", "f"], orient="row")
+    cx, cy = (ex[:-1] + ex[1:]) / 2, (ey[:-1] + ey[1:]) / 2
+    i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    i, j = i.ravel(), j.ravel()
+    w = torch.tensor(np.stack([cx[i], cy[j]], 1), dtype=torch.float64)  # (n*n, 2): every cell at once
+    f1, f2 = analytic._terms(example, w)
+    return pl.DataFrame({"x0": ex[i], "x1": ex[i + 1], "y0": ey[j], "y1": ey[j + 1], "x": cx[i], "y": cy[j],
+                         "f": ((f1 + f2) / 2).numpy()})
 
 
 def minimizer_set(example: int, xlim, ylim) -> pl.DataFrame:
@@ -119,7 +129,7 @@ def surface_chart(example: int, grid: pl.DataFrame, cps: pl.DataFrame, xks: pl.D
                 else alt.Chart(s_set).mark_point(color="red", shape="diamond", size=120, filled=True))
         layers.append(mark.encode(x=x, y=y, tooltip=[alt.Tooltip("x:Q", format=".4g"), alt.Tooltip("y:Q", format=".4g")]))
     if not cps.is_empty():
-        layers.append(alt.Chart(cps).mark_line(point=True, strokeWidth=1.5, clip=True).encode(
+        layers.append(alt.Chart(cps).mark_line(strokeWidth=1.5, clip=True).encode(
             x=x, y=y, detail="run:N", order="step:Q", stroke=alt.Stroke("seed:N", title="seed", scale=alt.Scale(range=SEED_COLORS)),
             tooltip=["run:N", "step:Q", alt.Tooltip("x:Q", format=".4g"), alt.Tooltip("y:Q", format=".4g")]))
     if not xks.is_empty():
@@ -146,6 +156,6 @@ def surface_charts(con, results: str | Path, experiment: str) -> list[tuple[str,
         ys = np.concatenate([c["y"].to_numpy(), k["y"].to_numpy(), pts[:, 1]])
         xlim, ylim = plot_box(xs, ys)
         chart = surface_chart(example, surface_grid(example, xlim, ylim), c, k, minimizer_set(example, xlim, ylim),
-                              f"Example {example}: f(x, y), S (red), checkpoints per seed, x_K (×) — {point}")
+                              f"Example {example}: f(x, y), S (red), every iterate per seed, x_K (×) — {point}")
         out.append((point, chart))
     return out

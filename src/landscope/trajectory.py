@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -356,7 +357,7 @@ def _finish_train(spec: RunSpec, problem: Problem, ckpt_dir: Path, results, wall
         "diverged_step": [None if diverged is None else diverged["step"]], "train_wall_s": [wall_s],
         "device": [str(problem.device)], "config_hash": [spec.config_hash()]}, meta)
     manifest = {
-        "experiment": spec.experiment, "run": spec.run, "config_hash": spec.config_hash(),
+        "experiment": spec.experiment, "run": spec.run, "config_hash": spec.config_hash(), "spec": spec.to_dict(),
         "n_params": problem.n_params, "status": status, "train_wall_s": wall_s,
         "diverged_step": None if diverged is None else diverged["step"],
         "checkpoints": [{"step": s, "file": checkpoint_path(ckpt_dir, s).name,
@@ -549,3 +550,30 @@ def drift_tolerance(spec: RunSpec, device: torch.device) -> float:
     if spec.drift_tolerance == "auto":
         return 0.0 if device.type == "cpu" else 1e-4
     return float(spec.drift_tolerance)
+
+
+def parameter_path(ckpt_dir: str | Path, max_params: int = 16) -> tuple[list[int], np.ndarray]:
+    """Every iterate x_0 .. x_K of a small model (at most ``max_params`` parameters), replayed from
+    its first checkpoint with the run's own spec (from ``manifest.json``): (steps, array (K+1, d)).
+
+    For drawing whole trajectories of the analytic examples, whose checkpoints are few."""
+    ckpt_dir = Path(ckpt_dir)
+    manifest = json.loads((ckpt_dir / "manifest.json").read_text())
+    if "spec" not in manifest:
+        raise CheckpointError(f"{ckpt_dir}/manifest.json has no run spec (written by an older landscope); re-run training")
+    spec = RunSpec.from_dict(manifest["spec"])
+    problem = build_problem(spec)
+    if problem.n_params > max_params:
+        raise ValueError(f"run {spec.run} has {problem.n_params} parameters; parameter_path is for <= {max_params}")
+    opt = make_optimizer(spec.optimizer, problem.model.parameters())
+    _restore(problem, opt, load_checkpoint(checkpoint_path(ckpt_dir, 0), spec.config_hash()))
+    stop = manifest["diverged_step"] if manifest.get("diverged_step") is not None else spec.steps
+
+    def flat() -> np.ndarray:
+        return torch.cat([p.detach().reshape(-1) for p in problem.model.parameters()]).double().cpu().numpy()
+
+    path = [flat()]
+    for step in range(stop):
+        _step(problem, opt, step)
+        path.append(flat())
+    return list(range(stop + 1)), np.stack(path)
