@@ -1,0 +1,144 @@
+"""Stationarity, eps-sublevel radius and SGLD local learning coefficient against closed forms."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from landscope import flatness as fl
+
+F64 = torch.float64
+
+
+# ----------------------------------------------------------------------------------- stationarity
+def test_stationarity_of_hand_made_checkpoints():
+    steps = [0, 10, 20, 30, 40]
+    pts = [torch.tensor(p, dtype=F64) for p in
+           ([0, 0, 0], [3, 4, 0], [3, 4, 12], [6, 8, 12], [6, 8, 14])]
+    rows, run = fl.stationarity(steps, pts, x_k=pts[-1])
+    assert [(r["step"], r["next_step"]) for r in rows] == [(0, 10), (10, 20), (20, 30), (30, 40)]
+    assert [r["distance"] for r in rows] == pytest.approx([5.0, 12.0, 5.0, 2.0], abs=1e-12)
+    assert [r["mean_step_length"] for r in rows] == pytest.approx([0.5, 1.2, 0.5, 0.2], abs=1e-12)
+    # last quarter: steps >= 30, i.e. (6,8,12) and (6,8,14) around (6,8,13): RMS distance 1
+    assert run["tail_checkpoints"] == 2 and run["tail_spread"] == pytest.approx(1.0, abs=1e-12)
+    assert run["dist_xk_x0"] == pytest.approx(math.sqrt(296), abs=1e-12)
+    assert run["path_length"] == pytest.approx(24.0, abs=1e-12)
+
+
+def test_stationarity_of_one_checkpoint_and_bad_input():
+    rows, run = fl.stationarity([5], [torch.ones(3)], torch.zeros(3))
+    assert rows == [] and run["tail_spread"] == 0.0 and run["dist_xk_x0"] == pytest.approx(math.sqrt(3))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        fl.stationarity([0, 0], [torch.ones(2)] * 2, torch.ones(2))
+    with pytest.raises(ValueError, match="need equal"):
+        fl.stationarity([0, 1], [torch.ones(2)], torch.ones(2))
+
+
+# ----------------------------------------------------------------------------------- radius
+@pytest.mark.parametrize("a, eps", [(1.0, 0.1), (40.0, 0.1), (0.3, 0.02)])
+def test_radius_of_a_parabola_is_sqrt_2eps_over_a(a, eps):
+    r, capped = fl.sublevel_radius(lambda t: 0.5 * a * t * t, eps, t_max=2.0, iters=40)
+    assert not capped
+    assert r == pytest.approx(math.sqrt(2 * eps / a), abs=1e-10)
+    assert 0.5 * a * r * r <= eps  # the lower end of the bracket: inside the sublevel set
+
+
+def test_radius_is_capped_and_stops_at_the_first_crossing():
+    assert fl.sublevel_radius(lambda t: 0.5 * t * t, 10.0, t_max=1.0) == (1.0, True)
+    bump = lambda t: 1.0 if 0.3 < t < 0.6 else 0.0  # noqa: E731 (below again after 0.6)
+    r, capped = fl.sublevel_radius(bump, 0.5, t_max=1.0, iters=40)
+    assert not capped and r == pytest.approx(0.3, abs=1e-10)
+    r, _ = fl.sublevel_radius(lambda t: float("nan") if t > 0.2 else 0.0, 0.5, 1.0, iters=40)
+    assert r == pytest.approx(0.2, abs=1e-10)  # non-finite counts as outside
+    with pytest.raises(ValueError, match="eps and t_max must be > 0"):
+        fl.sublevel_radius(lambda t: t, 0.0, 1.0)
+
+
+def test_filter_normalized_direction_norms():
+    lin = nn.Linear(4, 3)
+    with torch.no_grad():
+        lin.weight[1] = 0.0
+    d = fl.filter_normalized_direction([lin.weight, lin.bias], torch.Generator().manual_seed(0))
+    dw, db = d[:12].reshape(3, 4), d[12:]
+    w = lin.weight.detach().double()
+    assert torch.allclose(dw.norm(dim=1), w.norm(dim=1), rtol=1e-12, atol=0)
+    assert float(dw[1].abs().max()) == 0.0  # a zero filter gets a zero direction
+    assert float(db.norm()) == pytest.approx(float(lin.bias.detach().double().norm()), rel=1e-12)
+
+
+def test_radius_on_linear_regression_matches_closed_form():
+    """L(w) = ½ mean (Xw - y)^2: along d the excess is t g·d + ½ t² dᵀAd, A = XᵀX/m, g = Xᵀ(Xw - y)/m."""
+    torch.manual_seed(0)
+    m, k = 50, 6
+    x = torch.randn(m, k, dtype=F64)
+    y = torch.randn(m, dtype=F64)
+    model = nn.Linear(k, 1, bias=False).double()
+
+    def sq(model, out, y):
+        return 0.5 * (out.squeeze(-1) - y) ** 2
+
+    w0 = model.weight.detach().reshape(-1).clone()
+    gen = torch.Generator().manual_seed(1)
+    dirs = [fl.filter_normalized_direction(fl.trainable(model), gen) for _ in range(5)]
+    eps = 0.05
+    with fl.restoring(model):
+        f0, radii, capped = fl.flatness_radii(fl.model_loss(model, sq, x, y), w0, dirs, eps, 5.0, iters=40)
+    assert torch.equal(model.weight.detach().reshape(-1), w0) and model.training  # restored
+    a = x.T @ x / m
+    g = x.T @ (x @ w0 - y) / m
+    assert f0 == pytest.approx(float(0.5 * ((x @ w0 - y) ** 2).mean()), rel=1e-12)
+    for d, r, c in zip(dirs, radii, capped):
+        gd, q = float(g @ d), float(d @ a @ d)
+        want = (-gd + math.sqrt(gd * gd + 2 * eps * q)) / q
+        assert not c and r == pytest.approx(want, abs=1e-9)
+
+
+def test_log_volume_proxy():
+    v, n = fl.log_volume_proxy([4.0, 1.0, -2.0, None, float("nan")])
+    assert n == 2 and v == pytest.approx(-math.log(2.0), abs=1e-15)
+    v, n = fl.log_volume_proxy([-1.0])
+    assert n == 0 and math.isnan(v)
+
+
+def test_quartiles():
+    assert fl.quartiles([1.0, 2.0, 3.0, 4.0, 5.0]) == (2.0, 3.0, 4.0)
+    assert all(math.isnan(v) for v in fl.quartiles([]))
+
+
+# ----------------------------------------------------------------------------------- LLC
+def test_llc_of_a_regular_quadratic_is_half_the_dimension():
+    """L_n(w) = L* + ½ (w - w*)ᵀ diag(a) (w - w*) in d = 10 parameters: a regular model, λ = d/2.
+
+    Finite gamma and step size shift the SGLD answer by a known amount: per coordinate the chain is
+    an AR(1) process with precision p = nβ a + γ and stationary variance 1 / (p (1 - ε p / 4)), so
+    E[λ̂] = nβ/2 Σ a_i / (p_i (1 - ε p_i / 4)) (here 5.08: gamma alone gives 4.97, the step size +2.3 %). The
+    estimate must be within 4 standard errors over chains of that, and within 10 % of d/2 = 5.
+    """
+    d, n, eps, gamma = 10, 1000, 5e-4, 1.0
+    a = torch.linspace(0.5, 2.0, d, dtype=F64)
+    w_star = torch.linspace(-1.0, 1.0, d, dtype=F64)
+
+    def loss_grad(w):
+        r = w - w_star
+        return 3.0 + 0.5 * float(r @ (a * r)), a * r
+
+    mean, std, per_chain = fl.sgld_llc(loss_grad, w_star, n, chains=6, steps=3000, step_size=eps,
+                                       gamma=gamma, seed=0)
+    nbeta = n / math.log(n)
+    p = nbeta * a + gamma
+    want = float(nbeta / 2 * (a / (p * (1 - eps * p / 4))).sum())
+    assert len(per_chain) == 6 and 0 < std < 1.0
+    assert abs(mean - want) < 4 * std / math.sqrt(6)
+    assert abs(mean - d / 2) < 0.1 * d / 2
+
+
+def test_llc_reproducible_and_bad_settings_named():
+    lg = lambda w: (0.5 * float(w @ w), w)  # noqa: E731
+    one = fl.sgld_llc(lg, torch.zeros(3, dtype=F64), 100, 2, 20, 1e-3, 1.0, seed=4)
+    assert one == fl.sgld_llc(lg, torch.zeros(3, dtype=F64), 100, 2, 20, 1e-3, 1.0, seed=4)
+    blown = fl.sgld_llc(lambda w: (float("inf"), w), torch.zeros(3, dtype=F64), 100, 1, 5, 1e-3, 1.0)
+    assert math.isnan(blown[0]) and math.isnan(blown[1])
+    with pytest.raises(ValueError, match="n must be >= 2"):
+        fl.sgld_llc(lg, torch.zeros(3), 1, 1, 1, 1e-3, 1.0)
+    with pytest.raises(ValueError, match="step_size > 0"):
+        fl.sgld_llc(lg, torch.zeros(3), 10, 1, 1, 0.0, 1.0)
