@@ -142,3 +142,77 @@ def test_llc_reproducible_and_bad_settings_named():
         fl.sgld_llc(lg, torch.zeros(3), 1, 1, 1, 1e-3, 1.0)
     with pytest.raises(ValueError, match="step_size > 0"):
         fl.sgld_llc(lg, torch.zeros(3), 10, 1, 1, 0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------- a trained run
+def test_curvature_run_writes_stationarity_and_flatness(spec_factory, tmp_path):
+    """Logistic regression on digits, checkpoints 0, 4, 8 (stride 2 measures 0 and 8 only)."""
+    from conftest import run_pipeline
+    from landscope import curvature as cv
+    from landscope import store
+    from landscope.trajectory import build_problem, checkpoint_path, load_checkpoint, load_minimizer
+
+    spec = spec_factory(steps=8, snapshot_every=4)
+    results, ckpt, _ = run_pipeline(spec, tmp_path)
+    settings = {"eval_samples": 100, "lanczos_iters": 30, "slq_probes": 1, "hutchinson_probes": 2,
+                "every": 2, "flatness_directions": 4, "llc_chains": 2, "llc_steps": 20}
+    out = cv.curvature_run(spec, ckpt, ckpt / "minimizer.pt", results, settings)
+    assert out["rows"] == 2 and out["llc_s"] > 0
+    con = store.connect(results)
+    rows = con.sql("SELECT * FROM stationarity ORDER BY step").pl().to_dicts()
+    problem = build_problem(spec)
+    pts = {}
+    for step in (0, 4, 8):  # every checkpoint, not only the stride
+        problem.model.load_state_dict(load_checkpoint(checkpoint_path(ckpt, step))["model"])
+        pts[step] = cv.flat_parameters(problem.model)
+    assert [(r["step"], r["next_step"]) for r in rows] == [(0, 4), (4, 8)]
+    for r in rows:
+        want = float((pts[r["next_step"]] - pts[r["step"]]).norm())
+        assert r["distance"] == pytest.approx(want, rel=1e-12)
+        assert r["mean_step_length"] == pytest.approx(want / 4, rel=1e-12)
+        assert r["tail_checkpoints"] == 1 and r["tail_spread"] == 0.0  # steps >= 6: only 8
+    mini = load_minimizer(ckpt / "minimizer.pt")
+    problem.model.load_state_dict(mini["model"])
+    x_k = cv.flat_parameters(problem.model)
+    assert rows[0]["dist_xk_x0"] == pytest.approx(float((x_k - pts[0]).norm()), rel=1e-12)
+
+    (f,) = con.sql("SELECT * FROM flatness").pl().to_dicts()
+    (c,) = con.sql("SELECT * FROM curvature WHERE is_minimizer").pl().to_dicts()
+    assert f["step"] == mini["step"] == c["step"]
+    tops = [c[k] for k in cv.TOP_COLUMNS if c[k] is not None and c[k] > 0]
+    assert f["n_positive_eigs"] == len(tops) == 3
+    assert f["log_volume_proxy"] == pytest.approx(-0.5 * sum(math.log(v) for v in tops), rel=1e-12)
+    idx = cv.eval_subset(len(problem.data), 100, 0)
+    with torch.no_grad():
+        loss = problem.loss_fn(problem.model, problem.model(problem.data.x[idx]), problem.data.y[idx]).mean()
+    assert f["loss_at_xk"] == pytest.approx(float(loss), rel=1e-6) and f["eval_samples"] == 100
+    assert 0 < f["radius_q25"] <= f["radius_median"] <= f["radius_q75"] <= f["t_max"] == 1.0
+    assert f["directions"] == 4 and f["eps"] == 0.1 and math.isfinite(f["llc_mean"]) and f["llc_std"] >= 0
+
+
+def test_flatness_and_llc_can_be_skipped(spec_factory, tmp_path):
+    from conftest import run_pipeline
+    from landscope import curvature as cv
+    from landscope import store
+
+    spec = spec_factory(steps=4, snapshot_every=4)
+    results, ckpt, _ = run_pipeline(spec, tmp_path)
+    settings = {"eval_samples": 50, "lanczos_iters": 5, "slq_probes": 1, "hutchinson_probes": 2,
+                "flatness_directions": 0, "llc_chains": 0}
+    cv.curvature_run(spec, ckpt, ckpt / "minimizer.pt", results, settings)
+    (f,) = store.connect(results).sql("SELECT * FROM flatness").pl().to_dicts()
+    assert math.isnan(f["radius_median"]) and math.isnan(f["llc_mean"]) and math.isnan(f["capped_fraction"])
+    assert math.isfinite(f["loss_at_xk"]) and math.isfinite(f["log_volume_proxy"])
+
+
+@pytest.mark.parametrize("raw, needle", [
+    ({"flatness_directions": -1}, "flatness_directions must be >= 0"),
+    ({"llc_steps": 0}, "llc_steps must be >= 1"),
+    ({"flatness_eps": 0.0}, "flatness_eps must be > 0"),
+    ({"llc_gamma": -1.0}, "llc_gamma must be >= 0"),
+])
+def test_bad_flatness_settings_are_named(raw, needle):
+    from landscope import curvature as cv
+
+    with pytest.raises(ValueError, match=needle):
+        cv.settings_of(raw)

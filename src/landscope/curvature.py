@@ -270,7 +270,10 @@ def power_iteration(hvp: HVP, n: int, tol: float = 1e-3, max_iters: int = 1000, 
 
 # ----------------------------------------------------------------------------------- per checkpoint
 DEFAULTS = {"enabled": True, "eval_samples": 256, "top_k": 3, "lanczos_iters": 16, "slq_probes": 3,
-            "hutchinson_probes": 8, "every": 1, "seed": 0}
+            "hutchinson_probes": 8, "every": 1, "seed": 0,
+            # flatness around x_K and the local learning coefficient (landscope.flatness)
+            "flatness_eps": 0.1, "flatness_directions": 8, "flatness_t_max": 1.0,
+            "llc_chains": 2, "llc_steps": 100, "llc_step_size": 1e-4, "llc_gamma": 100.0}
 TOP_COLUMNS = ("lambda_max", "lambda_2", "lambda_3")
 
 
@@ -287,6 +290,16 @@ def settings_of(raw: dict | None) -> dict:
     for key in ("eval_samples", "lanczos_iters", "slq_probes", "every"):
         if out[key] < 1:
             raise ValueError(f"curvature.{key} must be >= 1, got {out[key]}")
+    for key in ("flatness_directions", "llc_chains"):
+        if out[key] < 0:
+            raise ValueError(f"curvature.{key} must be >= 0 (0 skips it), got {out[key]}")
+    if out["llc_steps"] < 1:
+        raise ValueError(f"curvature.llc_steps must be >= 1, got {out['llc_steps']}")
+    for key in ("flatness_eps", "flatness_t_max", "llc_step_size"):
+        if not out[key] > 0:
+            raise ValueError(f"curvature.{key} must be > 0, got {out[key]}")
+    if out["llc_gamma"] < 0:
+        raise ValueError(f"curvature.llc_gamma must be >= 0, got {out['llc_gamma']}")
     if out["hutchinson_probes"] < 2:
         raise ValueError(f"curvature.hutchinson_probes must be >= 2 (for a standard error), got "
                          f"{out['hutchinson_probes']}")
@@ -335,16 +348,22 @@ def measured_steps(steps: list[int], every: int, minimizer_step: int | None) -> 
 
 # ----------------------------------------------------------------------------------- per run
 def curvature_run(spec, ckpt_dir, minimizer_path, results, settings: dict) -> dict:
-    """Measure the checkpoints of one trained run; write its ``curvature`` and ``spectrum`` parts.
+    """Measure one trained run; write its ``curvature``, ``spectrum``, ``stationarity`` and
+    ``flatness`` parts.
 
-    Each checkpoint's model state is restored into the run's model (as a resumed run would be)
-    and measured on the same evaluation subset. Returns {'rows': n, 'wall_s': s}.
+    Each measured checkpoint's model state is restored into the run's model (as a resumed run would
+    be) and measured on the same evaluation subset. Stationarity reads every checkpoint (not only the
+    ``every`` stride) and x_K from the minimizer file. Flatness (sublevel radius, LLC) is measured at
+    the minimizer file's parameters on the same subset; its log-volume proxy uses the top
+    eigenvalues of the curvature row at x_K's step (NaN when that step has none).
+    Returns {'rows': n, 'wall_s': s, 'stationarity_s': s, 'flatness_s': s, 'llc_s': s}.
     """
     import json
     import time
     from pathlib import Path
 
     from landscope import store
+    from landscope.flatness import flatness_row, stationarity
     from landscope.optim import lr_at
     from landscope.trajectory import build_problem, checkpoint_path, load_checkpoint, load_minimizer
 
@@ -356,8 +375,10 @@ def curvature_run(spec, ckpt_dir, minimizer_path, results, settings: dict) -> di
     if manifest.get("config_hash") != chash:
         raise ValueError(f"curvature {spec.experiment}/{spec.run}: the manifest was written by another "
                          "configuration; re-run the train rule for this run")
-    x_k = load_minimizer(minimizer_path).get("step") if minimizer_path else None
-    steps = measured_steps([c["step"] for c in manifest["checkpoints"]], s["every"], x_k)
+    minimizer = load_minimizer(minimizer_path) if minimizer_path else None
+    x_k = minimizer.get("step") if minimizer else None
+    all_steps = [c["step"] for c in manifest["checkpoints"]]
+    steps = measured_steps(all_steps, s["every"], x_k)
     problem = build_problem(spec)
     idx = eval_subset(len(problem.data), s["eval_samples"], s["seed"]).to(problem.device)
     x, y = problem.data.x[idx], problem.data.y[idx]
@@ -375,7 +396,26 @@ def curvature_run(spec, ckpt_dir, minimizer_path, results, settings: dict) -> di
     meta = {**store.provenance(chash, str(problem.device)), "settings": json.dumps(s, sort_keys=True)}
     _write(results, "curvature", spec, rows, meta)
     _write(results, "spectrum", spec, spec_rows, meta)
-    return {"rows": len(rows), "wall_s": time.perf_counter() - t_run}
+
+    t0 = time.perf_counter()
+    points = []
+    for step in all_steps:
+        problem.model.load_state_dict(load_checkpoint(checkpoint_path(ckpt_dir, step), chash)["model"])
+        points.append(flat_parameters(problem.model))
+    if minimizer is not None:
+        problem.model.load_state_dict(minimizer["model"])
+    pairs, run_level = stationarity(all_steps, points, flat_parameters(problem.model))
+    t_stat = time.perf_counter() - t0
+    _write(results, "stationarity", spec, [{**p, **run_level} for p in pairs], meta)
+
+    at_min = next((r for r in rows if r["step"] == x_k), None)
+    tops = [at_min[c] for c in TOP_COLUMNS] if at_min else []
+    flat = flatness_row(problem.model, problem.loss_fn, x, y, s, tops)
+    flat.update(step=x_k if x_k is not None else all_steps[-1], eval_samples=len(idx),
+                stationarity_wall_s=t_stat)
+    _write(results, "flatness", spec, [flat], meta)
+    return {"rows": len(rows), "wall_s": time.perf_counter() - t_run, "stationarity_s": t_stat,
+            "flatness_s": flat["flatness_wall_s"], "llc_s": flat["llc_wall_s"]}
 
 
 def _write(results, table: str, spec, rows: list[dict], meta: dict) -> None:

@@ -66,7 +66,7 @@ def set_flat(params: list[torch.Tensor], w: torch.Tensor) -> None:
     """Copy the flat float64 vector ``w`` into ``params`` (each in its own dtype)."""
     with torch.no_grad():
         for p, chunk in zip(params, torch.split(w, [p.numel() for p in params])):
-            p.copy_(chunk.reshape(p.shape).to(p.dtype))
+            p.copy_(chunk.reshape(p.shape).to(device=p.device, dtype=p.dtype))
 
 
 def model_loss(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
@@ -84,9 +84,9 @@ def model_loss(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Te
         with torch.enable_grad():
             loss = loss_fn(model, model(x), y).mean()
             gs = torch.autograd.grad(loss, params, allow_unused=True)
-        flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).to(F64)
+        flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).to("cpu", F64)
                           for g, p in zip(gs, params)])
-        return float(loss), flat
+        return float(loss.detach()), flat
 
     return f
 
@@ -235,3 +235,43 @@ def sgld_llc(loss_grad: Callable[[torch.Tensor], tuple[float, torch.Tensor]], w_
     vals = torch.tensor(estimates, dtype=F64)
     std = float(vals.std(correction=1)) if chains > 1 else math.nan
     return float(vals.mean()), std, estimates
+
+
+# ----------------------------------------------------------------------------------- per run
+def flatness_row(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, settings: dict,
+                 top_eigenvalues: list[float | None]) -> dict:
+    """The ``flatness`` table's measured columns at the model's current parameters (x_K).
+
+    ``settings`` is a validated ``curvature:`` section (landscope.curvature.settings_of): the radius
+    uses ``flatness_directions`` directions (seed + 2) and is skipped (NaN) when that is 0; the LLC
+    uses ``llc_chains`` chains (seed + 3) over the n = len(x) evaluation samples, skipped when 0.
+    The model's parameters and train flags are restored before returning.
+    """
+    import time
+
+    s = settings
+    params = trainable(model)
+    x0 = torch.cat([p.detach().reshape(-1).to("cpu", F64) for p in params])
+    row = {"eps": s["flatness_eps"], "t_max": s["flatness_t_max"], "directions": s["flatness_directions"],
+           "llc_chains": s["llc_chains"], "llc_steps": s["llc_steps"], "llc_step_size": s["llc_step_size"],
+           "llc_gamma": s["llc_gamma"]}
+    row["log_volume_proxy"], row["n_positive_eigs"] = log_volume_proxy(top_eigenvalues)
+    t0 = time.perf_counter()
+    with restoring(model):
+        row["loss_at_xk"] = model_loss(model, loss_fn, x, y)(x0)
+        radii, capped = [], []
+        if s["flatness_directions"] > 0:
+            gen = torch.Generator().manual_seed(int(s["seed"]) + 2)
+            dirs = [filter_normalized_direction(params, gen) for _ in range(s["flatness_directions"])]
+            _, radii, capped = flatness_radii(model_loss(model, loss_fn, x, y), x0, dirs,
+                                              s["flatness_eps"], s["flatness_t_max"])
+        row["radius_q25"], row["radius_median"], row["radius_q75"] = quartiles(radii)
+        row["capped_fraction"] = sum(capped) / len(capped) if capped else math.nan
+        t1 = time.perf_counter()
+        llc = (math.nan, math.nan)
+        if s["llc_chains"] > 0:
+            llc = sgld_llc(model_loss(model, loss_fn, x, y, grad=True), x0, len(x), s["llc_chains"],
+                           s["llc_steps"], s["llc_step_size"], s["llc_gamma"], int(s["seed"]) + 3)[:2]
+        row["llc_mean"], row["llc_std"] = llc
+    row.update(flatness_wall_s=t1 - t0, llc_wall_s=time.perf_counter() - t1)
+    return row

@@ -258,3 +258,21 @@ SCHEMAS["spectrum"] = {
     "experiment": STR, "run": STR, "step": I64, "probe": I64, "node": I64, "ritz": F64, "weight": F64,
 }
 RUN_TABLES |= {"curvature", "spectrum"}
+
+# Stationarity and flatness (landscope.flatness, written by the curvature job). stationarity: one
+# row per consecutive checkpoint pair (step -> next_step); the run-level numbers (tail_spread,
+# tail_checkpoints, dist_xk_x0, path_length) are repeated on every row of the run. flatness: one
+# row per run, at x_K (step).
+SCHEMAS["stationarity"] = {
+    "experiment": STR, "run": STR, "step": I64, "next_step": I64, "distance": F64,
+    "mean_step_length": F64, "tail_spread": F64, "tail_checkpoints": I64, "dist_xk_x0": F64,
+    "path_length": F64,
+}
+SCHEMAS["flatness"] = {
+    "experiment": STR, "run": STR, "step": I64, "eval_samples": I64, "loss_at_xk": F64, "eps": F64,
+    "t_max": F64, "directions": I64, "radius_q25": F64, "radius_median": F64, "radius_q75": F64,
+    "capped_fraction": F64, "log_volume_proxy": F64, "n_positive_eigs": I64, "llc_mean": F64,
+    "llc_std": F64, "llc_chains": I64, "llc_steps": I64, "llc_step_size": F64, "llc_gamma": F64,
+    "flatness_wall_s": F64, "llc_wall_s": F64, "stationarity_wall_s": F64,
+}
+RUN_TABLES |= {"stationarity", "flatness"}
