@@ -281,7 +281,9 @@ def test_curvature_charts_on_synthetic_results(tmp_path):
     lines = rc.threshold_lines(con, "e").to_dicts()
     assert sorted({(r["point"], r["two_over_lr"]) for r in lines}) == [("lr-0.1", 20.0), ("lr-1", 2.0)]
     charts = rc.curvature_charts(con, "e")
-    assert [t for t, _, _ in charts] == ["Edge of stability", "Smallest eigenvalue", "Negative eigenvalues", "Trace"]
+    assert [t for t, _, _ in charts] == ["Edge of stability", "Smallest eigenvalue", "Negative eigenvalues", "Trace",
+                                         "Step length", "Sublevel radius", "Local learning coefficient"]
+    assert [c for _, _, c in charts[4:]] == [None] * 3  # no stationarity or flatness rows here
     assert "6 of 8 checkpoints (75%)" in charts[0][1]
     sharp = charts[0][2].to_dict()
     assert len(sharp["layer"]) == 3 and sharp["layer"][0]["encoding"]["y"]["scale"]["type"] == "log"

@@ -216,3 +216,40 @@ def test_bad_flatness_settings_are_named(raw, needle):
 
     with pytest.raises(ValueError, match=needle):
         cv.settings_of(raw)
+
+
+# ----------------------------------------------------------------------------------- report charts
+def test_flatness_charts_on_synthetic_results(tmp_path):
+    """Two points x two seeds (runs from test_curvature's synthetic results) with hand-chosen values."""
+    from test_curvature import synthetic_results
+    from landscope import report_curvature as rc
+    from landscope import store
+
+    results = synthetic_results(tmp_path)
+    for point in ("lr-0.1", "lr-1"):
+        for seed in (0, 1):
+            run = f"{point}_seed-{seed}"
+            st = {c: [None, None] for c in store.SCHEMAS["stationarity"]}
+            st.update(experiment=["e"] * 2, run=[run] * 2, step=[0, 10], next_step=[10, 20],
+                      mean_step_length=[0.5 + seed, 0.1])
+            store.write_table(store.part_path(results, "stationarity", "e", run), "stationarity", st)
+            f = {c: [None] for c in store.SCHEMAS["flatness"]}
+            f.update(experiment=["e"], run=[run], step=[20], radius_q25=[0.1 + seed], radius_median=[0.2 + seed],
+                     radius_q75=[0.4 + seed], llc_mean=[3.0 + 2 * seed], llc_std=[0.5 if seed else float("nan")])
+            store.write_table(store.part_path(results, "flatness", "e", run), "flatness", f)
+    con = store.connect(results)
+    steps = {(r["point"], r["step"]): r for r in rc.step_length_stat(con, "e").to_dicts()}
+    assert steps[("lr-1", 0)]["mean"] == pytest.approx(1.0) and steps[("lr-1", 0)]["lo"] == 0.5
+    assert steps[("lr-1", 0)]["hi"] == 1.5 and steps[("lr-0.1", 10)]["n_runs"] == 2
+    (r,) = [r for r in rc.radius_stat(con, "e").to_dicts() if r["point"] == "lr-0.1"]
+    assert (r["n_runs"], r["mean"], r["lo"], r["hi"]) == (2, pytest.approx(0.7), pytest.approx(0.1), pytest.approx(1.4))
+    (r,) = [r for r in rc.llc_stat(con, "e").to_dicts() if r["point"] == "lr-1"]
+    # seed 0: 3 (one chain: no spread), seed 1: 5 ± 0.5
+    assert (r["mean"], r["lo"], r["hi"]) == (pytest.approx(4.0), pytest.approx(3.0), pytest.approx(5.5))
+    charts = rc.curvature_charts(con, "e")
+    titles = [t for t, _, _ in charts]
+    assert titles[-3:] == ["Step length", "Sublevel radius", "Local learning coefficient"]
+    assert all(c is not None for _, _, c in charts[-3:])
+    spec = charts[-2][2].to_dict()
+    assert len(spec["layer"]) == 2 and spec["layer"][0]["mark"]["type"] == "rule"
+    assert charts[-3][2].to_dict()["layer"][1]["encoding"]["y"]["scale"]["type"] == "log"
