@@ -28,7 +28,7 @@ def test_shipped_configs_validate():
     assert {"halfspace", "digits_mlp"} <= set(default.experiments)
     widths = sorted({r.model["width"] for r in default.experiments["digits_mlp"].runs})
     assert widths == [16, 64, 256]
-    assert len(default.experiments["digits_mlp"].runs) == 9
+    assert len(default.experiments["digits_mlp"].runs) == 6
 
 
 def test_defaults_are_filled_and_runs_expanded():
