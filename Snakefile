@@ -16,10 +16,13 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/curvature.smk"
 
 
+# Every page is a target of its own: Snakemake does not rebuild a missing intermediate file whose
+# consumers are up to date, so a page lost to a killed report job would otherwise stay missing.
 rule all:
     input:
         "reports/index.html",
         "reports/table2.html",
+        get_all_reports(),
         "results/landscope.duckdb",
         get_all_curvature_parts(),
     default_target: True

@@ -200,6 +200,13 @@ def kill_when(work: Path, ready, *args, timeout_s: float = 600) -> None:
         proc.wait()
 
 
+def same_page(a: Path, b: Path) -> bool:
+    """Two report pages are the same up to measured wall times (decimal numbers are masked; the
+    tables behind them are compared exactly by assert_same_tables)."""
+    mask = lambda p: re.sub(r"\d+\.\d+", "#", p.read_text())  # noqa: E731
+    return mask(a) == mask(b)
+
+
 def rerun_after_kill(work: Path) -> str:
     """What a user does after a killed run: remove the stale lock, then run again."""
     run_snakemake(work, "--unlock")
@@ -225,7 +232,7 @@ def test_sigkill_during_evaluate_then_rerun_equals_uninterrupted(uninterrupted, 
     rerun_after_kill(work)
     assert_same_tables(work / "results", uninterrupted / "results")
     for page in ("halfspace.html", "index.html"):
-        assert (work / "reports" / page).read_text() == (uninterrupted / "reports" / page).read_text()
+        assert same_page(work / "reports" / page, uninterrupted / "reports" / page)
 
 
 @pytest.mark.slow
@@ -239,9 +246,11 @@ def test_sigkill_during_report_then_rerun_equals_uninterrupted(uninterrupted, tm
     log = work / "logs" / "report" / "halfspace.log"
     kill_when(work, lambda: log.exists() and "start report" in log.read_text(), "--forcerun", "report")
     # atomic write: the page is the old complete one or absent, never a partial file
-    assert not page.exists() or page.read_text() == (uninterrupted / "reports" / "halfspace.html").read_text()
+    assert not page.exists() or same_page(page, uninterrupted / "reports" / "halfspace.html")
     text = rerun_after_kill(work)
     ran = set(re.findall(r"^(?:local)?rule (\w+):", text, flags=re.M))
-    assert "report" in ran and "evaluate" not in ran and "train" not in ran, text[-3000:]
+    # Snakemake re-runs the killed report unless its (atomically replaced, hence complete) page
+    # survived the kill and is newer than its inputs; either way nothing upstream is redone
+    assert "evaluate" not in ran and "train" not in ran, text[-3000:]
     assert_same_tables(work / "results", uninterrupted / "results")
-    assert page.read_text() == (uninterrupted / "reports" / "halfspace.html").read_text()
+    assert same_page(page, uninterrupted / "reports" / "halfspace.html")
