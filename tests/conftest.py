@@ -42,3 +42,25 @@ def run_pipeline(spec, root: Path):
 PYTHON = sys.executable
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 LANDSCOPE = [sys.executable, "-m", "landscope.cli"]
+
+
+# A bring-your-own model that diverges (used by the divergence tests of several modules)
+EXPLODING_MODULE = '''
+import torch
+from torch import nn
+
+
+class Exploding(nn.Module):
+    """Logits exp(w x): a large step size makes them overflow to inf, and the loss NaN."""
+
+    def __init__(self, in_features, n_classes, **_):
+        super().__init__()
+        self.linear = nn.Linear(in_features, n_classes)
+
+    def forward(self, x):
+        return torch.exp(self.linear(x))
+
+
+def make(**kw):
+    return Exploding(**kw)
+'''

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import ROOT, SNAKEMAKE, make_study, run_pipeline
+from conftest import EXPLODING_MODULE, ROOT, SNAKEMAKE, make_study, run_pipeline
 from landscope import conditions, measure, report, store, trajectory
 from landscope.config import ExperimentSpec
 
@@ -115,25 +115,6 @@ def test_damaged_minimizer_is_reported(small_run, damage):
 
 
 # ----------------------------------------------------------------------------------- divergence
-EXPLODING_MODULE = '''
-import torch
-from torch import nn
-
-
-class Exploding(nn.Module):
-    """Logits exp(w x): a large step size makes them overflow to inf, and the loss NaN."""
-
-    def __init__(self, in_features, n_classes, **_):
-        super().__init__()
-        self.linear = nn.Linear(in_features, n_classes)
-
-    def forward(self, x):
-        return torch.exp(self.linear(x))
-
-
-def make(**kw):
-    return Exploding(**kw)
-'''
 
 
 def test_diverged_run_shows_in_the_report_while_the_others_finish(tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy.special import expit
 
-from conftest import PYTHON, ROOT, run_pipeline
+from conftest import EXPLODING_MODULE, PYTHON, ROOT, run_pipeline
 from landscope import trajectory
 from landscope.data import digits, halfspace_sample_min
 
@@ -267,27 +267,6 @@ def test_tail_average_minimizer(tmp_path, spec_factory):
     # f(x_K) recorded by the replay is the full loss at the averaged point, not at any checkpoint
     d = read(results, "directions")
     assert (d["dist_to_min"] > 0).all()
-
-
-EXPLODING_MODULE = '''
-import torch
-from torch import nn
-
-
-class Exploding(nn.Module):
-    """Logits exp(w x): a large step size makes them overflow to inf, and the loss NaN."""
-
-    def __init__(self, in_features, n_classes, **_):
-        super().__init__()
-        self.linear = nn.Linear(in_features, n_classes)
-
-    def forward(self, x):
-        return torch.exp(self.linear(x))
-
-
-def make(**kw):
-    return Exploding(**kw)
-'''
 
 
 def test_divergence_marks_the_run_and_the_rest_goes_on(tmp_path, spec_factory, monkeypatch):
