@@ -1,0 +1,460 @@
+"""Loss surfaces around x_K: 1-D interpolation curves and 2-D planes with the trajectory on them.
+
+Three tables per run (rule ``surfaces``, :func:`surfaces_run`):
+
+- ``surface_1d``: the loss (and accuracy) on the line x(t) = x_a + t (x_K - x_a) for t on a grid
+  over [-span_1d, 1 + span_1d] that always holds t = 0 and t = 1, from x_a = x_0 and from a few
+  later iterates x_k (Goodfellow et al. 2015's linear interpolation; ``start_step`` names x_a).
+- ``surface_2d``: the loss on a grid x_K + a d1 + b d2 in two planes through x_K (Li et al. 2018):
+  ``random``, two Gaussian directions filter-normalised to x_K (each filter of a direction, i.e. a
+  slice along the first axis of a weight with >= 2 axes, gets the norm of the same filter of x_K; a
+  1-D parameter (bias, norm scale) is one filter: the convention of landscope.flatness, whose
+  :func:`~landscope.flatness.filter_normalized_direction` draws them), with a, b in
+  [-span_2d, span_2d]; and ``pca``, the top-2 principal directions of the iterates' offsets
+  x_k - x_K (orthonormal), with a, b covering the path's coordinates widened by ``pca_margin``.
+- ``surface_path``: per plane, the iterates' coordinates (a, b) on it, their own loss, the loss at
+  their projection x_K + a d1 + b d2, their distance off the plane and the fraction of the path's
+  squared offsets the plane captures. The drawn path is this projection.
+
+The PCA is uncentred: the SVD of the matrix of offsets x_k - x_K. Of all planes through x_K (the
+surface is centred on x_K) its span minimises the squared distances of the iterates to the plane, so
+``captured_fraction`` = (s1^2 + s2^2) / sum s_i^2 = 1 - sum off_plane^2 / sum ||x_k - x_K||^2 is
+exactly how much of the drawn path the picture shows (Li et al. centre the offsets first, as
+scikit-learn's PCA does; on a path that starts far from x_K the two planes nearly agree). Coordinates
+on either plane are least-squares solutions in the plane's basis (exact dot products for PCA).
+
+Iterates: with ``path_points`` > 0 the run is replayed from its checkpoints with the same batches
+(the training step itself, bitwise on CPU) and every iterate on an evenly spaced grid of
+``path_points`` steps is kept, plus the checkpoints; the replayed parameters are checked against
+every checkpoint (``drift_tolerance``). With 0 only the saved checkpoints are used.
+
+Losses are means over a fixed random subset of the training set (``eval_samples``, seed ``seed``),
+in evaluation mode without gradients, as the full-batch measurements are (dropout off, BatchNorm on
+running statistics). Only trainable parameters move; running statistics (buffers) are x_K's on the
+planes. On a 1-D line floating buffers are interpolated like the parameters for t in [0, 1] and
+held at the end values outside it (extrapolated variances could turn negative), so t = 0 and t = 1
+give exactly the losses at x_a and x_K.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+F64 = torch.float64
+PLANES = ("random", "pca")
+DEFAULTS = {"enabled": True, "seeds": "all", "eval_samples": 256, "seed": 0, "path_points": 20,
+            "points_1d": 25, "span_1d": 0.25, "starts_1d": 3, "planes": list(PLANES), "grid": 21,
+            "span_2d": 1.0, "pca_margin": 0.25}
+
+
+# ----------------------------------------------------------------------------------- settings
+def settings_of(raw: dict | None) -> dict:
+    """The experiment's ``surfaces:`` section over DEFAULTS; unknown keys and bad values are named."""
+    raw = dict(raw or {})
+    unknown = sorted(set(raw) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"surfaces: unknown setting(s) {unknown}; known: {sorted(DEFAULTS)}")
+    s = {**DEFAULTS, **raw}
+    if s["seeds"] not in ("all", "first"):
+        raise ValueError(f"surfaces.seeds must be 'all' or 'first', got {s['seeds']!r}")
+    for key, low in (("eval_samples", 1), ("points_1d", 2), ("starts_1d", 0), ("grid", 2), ("path_points", 0),
+                     ("seed", 0)):
+        if not isinstance(s[key], int) or isinstance(s[key], bool) or s[key] < low:
+            raise ValueError(f"surfaces.{key} must be an integer >= {low}, got {s[key]!r}")
+    if s["path_points"] == 1:
+        raise ValueError("surfaces.path_points must be 0 (the saved checkpoints only) or >= 2, got 1")
+    for key in ("span_1d", "pca_margin"):
+        if not (isinstance(s[key], (int, float)) and math.isfinite(s[key]) and s[key] >= 0):
+            raise ValueError(f"surfaces.{key} must be a number >= 0, got {s[key]!r}")
+    if not (isinstance(s["span_2d"], (int, float)) and math.isfinite(s["span_2d"]) and s["span_2d"] > 0):
+        raise ValueError(f"surfaces.span_2d must be a number > 0, got {s['span_2d']!r}")
+    planes = list(s["planes"])
+    bad = [p for p in planes if p not in PLANES]
+    if bad or len(set(planes)) != len(planes):
+        raise ValueError(f"surfaces.planes must list distinct planes out of {list(PLANES)}, got {planes}")
+    s["planes"] = planes
+    return s
+
+
+def path_steps(checkpoints: list[int], path_points: int) -> list[int]:
+    """The steps of the iterates a run's path uses: the checkpoints, plus with ``path_points`` > 0
+    ``path_points`` steps evenly spaced from the first to the last checkpoint (rounded)."""
+    steps = set(checkpoints)
+    if path_points and checkpoints:
+        lo, hi = checkpoints[0], checkpoints[-1]
+        steps |= {lo + round(i * (hi - lo) / (path_points - 1)) for i in range(path_points)}
+    return sorted(steps)
+
+
+def check_experiment(name: str, exp: dict) -> None:
+    """Config-time checks of an experiment's ``surfaces:`` section (landscope.config calls this):
+    the settings themselves, and that the PCA plane has at least three iterates to span it."""
+    from landscope.config import ConfigError, checkpoint_steps
+
+    where = f"experiments.{name}.surfaces"
+    try:
+        s = settings_of(exp.get("surfaces"))
+    except ValueError as err:
+        raise ConfigError(f"config key '{where}': {err}") from None
+    if not s["enabled"] or "pca" not in s["planes"]:
+        return
+    n = len(path_steps(checkpoint_steps(exp["steps"], exp["snapshot_every"]), s["path_points"]))
+    if n < 3:
+        raise ConfigError(
+            f"config key '{where}.planes': the 'pca' plane needs at least 3 iterates, but with "
+            f"path_points: {s['path_points']} and {n} checkpoints the path has {n}; set "
+            "surfaces.path_points >= 3 (replays the run), a smaller snapshot_every, or planes: [random]")
+
+
+def surface_runs(experiment) -> list:
+    """The runs of an ExperimentSpec that get surfaces: none when disabled, the first seed of each
+    sweep point with ``seeds: first``, else all."""
+    s = settings_of(experiment.raw.get("surfaces"))
+    if not s["enabled"]:
+        return []
+    if s["seeds"] == "first":
+        first = experiment.raw["seeds"][0]
+        return [r for r in experiment.runs if r.seed == first]
+    return list(experiment.runs)
+
+
+def t_grid(points: int, span: float) -> list[float]:
+    """``points`` values evenly spaced over [-span, 1 + span], with 0 and 1 added when missing."""
+    ts = torch.linspace(-span, 1 + span, points, dtype=F64).tolist()
+    for exact in (0.0, 1.0):
+        if min(abs(t - exact) for t in ts) > 1e-12:
+            ts.append(exact)
+        else:  # snap the nearest value, so that t = 0 and t = 1 are exact
+            ts[min(range(len(ts)), key=lambda i: abs(ts[i] - exact))] = exact
+    return sorted(ts)
+
+
+def axis_grid(lo: float, hi: float, points: int) -> list[float]:
+    return torch.linspace(lo, hi, points, dtype=F64).tolist()
+
+
+# ----------------------------------------------------------------------------------- geometry
+def line_losses(loss: Callable[[float], float], ts: list[float]) -> list[float]:
+    """``loss(t)`` at every t (the callable puts the model at x_a + t (x_K - x_a))."""
+    return [loss(t) for t in ts]
+
+
+def plane_losses(loss: Callable[[torch.Tensor], float], center: torch.Tensor, d1: torch.Tensor,
+                 d2: torch.Tensor, a_values: list[float], b_values: list[float]) -> list[dict]:
+    """[{a, b, loss}] of ``loss(center + a d1 + b d2)`` over the product grid, a-major."""
+    return [{"a": a, "b": b, "loss": loss(center + a * d1 + b * d2)} for a in a_values for b in b_values]
+
+
+@dataclass
+class Plane:
+    """A plane through x_K: its directions, and the path's coordinates on it."""
+    name: str
+    d1: torch.Tensor
+    d2: torch.Tensor
+    coords: torch.Tensor  # (m, 2): least-squares coordinates of the offsets
+    off_plane: torch.Tensor  # (m,): distance of each iterate to the plane
+    captured_fraction: float  # 1 - sum off_plane^2 / sum ||offset||^2 (NaN when all offsets are 0)
+
+
+def plane_coordinates(offsets: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(coordinates (m, 2), distance to the plane (m,)) of the rows of ``offsets`` (m, n) in the
+    basis (d1, d2): the least-squares solution, exact for any two independent directions."""
+    basis = torch.stack([d1.to(F64), d2.to(F64)])  # (2, n)
+    gram = basis @ basis.T
+    if torch.linalg.matrix_rank(gram) < 2:
+        raise ValueError("plane: the two directions are linearly dependent (or zero); no plane to project on")
+    offsets = offsets.to(F64)
+    coords = torch.linalg.solve(gram, basis @ offsets.T).T
+    resid = offsets - coords @ basis
+    return coords, torch.linalg.vector_norm(resid, dim=1)
+
+
+def _captured(offsets: torch.Tensor, off_plane: torch.Tensor) -> float:
+    total = float((offsets.to(F64) ** 2).sum())
+    return 1.0 - float((off_plane ** 2).sum()) / total if total > 0 else math.nan
+
+
+def make_plane(name: str, offsets: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor) -> Plane:
+    coords, off = plane_coordinates(offsets, d1, d2)
+    return Plane(name, d1.to(F64), d2.to(F64), coords, off, _captured(offsets, off))
+
+
+def pca_plane(offsets: torch.Tensor) -> Plane:
+    """The plane through x_K spanned by the top-2 right singular vectors of the offsets (m, n)
+    (uncentred PCA): orthonormal d1, d2, signed so that the first iterate (x_0) has coordinates <= 0."""
+    offsets = offsets.to(F64)
+    m, n = offsets.shape
+    if n < 2:
+        raise ValueError(f"pca plane: the model has {n} parameter(s); a plane needs at least 2")
+    if m < 2 or float(torch.linalg.vector_norm(offsets)) == 0.0:
+        raise ValueError(f"pca plane: {m} iterate(s) with nonzero offsets from x_K; need at least 2 "
+                         "(more path_points, or a smaller snapshot_every)")
+    _, _, vh = torch.linalg.svd(offsets, full_matrices=True)
+    d1, d2 = vh[0].clone(), vh[1].clone()
+    for d in (d1, d2):
+        if float(offsets[0] @ d) > 0:
+            d.neg_()
+    return make_plane("pca", offsets, d1, d2)
+
+
+def pca_ranges(coords: torch.Tensor, margin: float) -> tuple[tuple[float, float], tuple[float, float]]:
+    """((a_lo, a_hi), (b_lo, b_hi)) covering the path's coordinates and x_K (0, 0), each widened by
+    ``margin`` times its width on both sides; an axis narrower than 5 % of the other gets that width
+    (centred on its range), so a path along a line still gets a readable plane."""
+    lo = torch.minimum(coords.min(0).values, torch.zeros(2, dtype=F64))
+    hi = torch.maximum(coords.max(0).values, torch.zeros(2, dtype=F64))
+    width = hi - lo
+    wmax = float(width.max())
+    if wmax == 0:
+        raise ValueError("pca plane: every iterate projects onto x_K; nothing to draw")
+    out = []
+    for i in range(2):
+        w, mid = max(float(width[i]), 0.05 * wmax), float(lo[i] + hi[i]) / 2
+        out.append((mid - (0.5 + margin) * w, mid + (0.5 + margin) * w))
+    return out[0], out[1]
+
+
+# ----------------------------------------------------------------------------------- model glue
+def eval_loss_and_accuracy(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
+                           chunk: int) -> tuple[float, float]:
+    """(mean loss, accuracy or NaN) over (x, y) at the model's current parameters, evaluation mode,
+    no gradients, float64 accumulation; accuracy as landscope.measure defines it (argmax over the
+    last axis for class or token labels, the sign of a score for +-1 labels)."""
+    n = len(x)
+    was = [(m, m.training) for m in model.modules()]
+    model.eval()
+    total, correct, classify = 0.0, 0.0, False
+    signs = bool(((y == 1) | (y == -1)).all()) if y.is_floating_point() else False
+    try:
+        with torch.no_grad():
+            for a in range(0, n, chunk):
+                xb, yb = x[a:a + chunk], y[a:a + chunk]
+                out = model(xb)
+                total += float(loss_fn(model, out, yb).double().sum())
+                if not yb.is_floating_point() and out.dim() == yb.dim() + 1:
+                    classify = True
+                    correct += float((out.argmax(-1) == yb).double().reshape(len(yb), -1).mean(1).sum())
+                elif signs and out.dim() == 1:
+                    correct += float(((out > 0).double() * 2 - 1 == yb).sum())
+    finally:
+        for m, t in was:
+            m.training = t
+    return total / n, (correct / n if (classify or signs) else math.nan)
+
+
+class SurfaceModel:
+    """Puts a model at points of parameter space (trainable parameters as flat float64 vectors, in
+    ``model.parameters()`` order, and the floating buffers separately) and evaluates it."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, chunk: int):
+        self.model, self.loss_fn, self.x, self.y, self.chunk = model, loss_fn, x, y, chunk
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.n_evals = 0
+
+    def flat(self, state: dict | None = None) -> torch.Tensor:
+        """The trainable parameters of ``state`` (default: the model's) as one float64 vector."""
+        if state is not None:
+            self.load(state)
+        return torch.cat([p.detach().reshape(-1).to("cpu", F64) for p in self.params])
+
+    def buffers(self) -> dict[str, torch.Tensor]:
+        return {k: b.detach().clone() for k, b in self.model.named_buffers() if b.is_floating_point()}
+
+    def load(self, state: dict) -> None:
+        self.model.load_state_dict(state)
+
+    def set_params(self, w: torch.Tensor) -> None:
+        from landscope.flatness import set_flat
+
+        set_flat(self.params, w)
+
+    def set_buffers(self, buffers: dict[str, torch.Tensor]) -> None:
+        named = dict(self.model.named_buffers())
+        with torch.no_grad():
+            for k, v in buffers.items():
+                named[k].copy_(v)
+
+    def evaluate(self) -> tuple[float, float]:
+        self.n_evals += 1
+        return eval_loss_and_accuracy(self.model, self.loss_fn, self.x, self.y, self.chunk)
+
+    def loss_at(self, w: torch.Tensor) -> float:
+        """Loss at trainable parameters ``w``, the buffers as they are."""
+        self.set_params(w)
+        return self.evaluate()[0]
+
+    def line(self, w_a: torch.Tensor, buf_a: dict, w_b: torch.Tensor, buf_b: dict,
+             ts: list[float]) -> list[tuple[float, float]]:
+        """(loss, accuracy) at w_a + t (w_b - w_a) for every t; floating buffers interpolated at
+        min(max(t, 0), 1)."""
+        out, d = [], w_b - w_a
+        for t in ts:
+            c = min(max(t, 0.0), 1.0)
+            self.set_buffers({k: buf_a[k] + c * (buf_b[k] - buf_a[k]) for k in buf_b})
+            self.set_params(w_a + t * d)
+            out.append(self.evaluate())
+        return out
+
+
+def random_plane(surface: SurfaceModel, w_k: torch.Tensor, seed: int, offsets: torch.Tensor) -> Plane:
+    """Two filter-normalised Gaussian directions at x_K (landscope.flatness's draw, generator seeded
+    with ``seed``) and the path's coordinates on their plane."""
+    from landscope.flatness import filter_normalized_direction
+
+    surface.set_params(w_k)
+    gen = torch.Generator().manual_seed(int(seed))
+    d1 = filter_normalized_direction(surface.params, gen)
+    d2 = filter_normalized_direction(surface.params, gen)
+    return make_plane("random", offsets, d1, d2)
+
+
+# ----------------------------------------------------------------------------------- iterates
+def collect_iterates(problem, ckpt_dir, marks: list[int], steps: list[int]) -> tuple[dict[int, dict], float]:
+    """({step: model state dict} for the wanted ``steps``, largest drift from a checkpoint).
+
+    Checkpoint steps are loaded; other steps are replayed segment by segment from the checkpoint
+    before them with the training step itself (same batches and step sizes), and the replayed
+    parameters at the segment's end are compared with its checkpoint: more than the run's drift
+    tolerance raises ReplayDriftError."""
+    import copy
+
+    from landscope.optim import make_optimizer
+    from landscope.trajectory import (ReplayDriftError, _restore, _step, checkpoint_path, drift_tolerance,
+                                      load_checkpoint, parameter_drift)
+
+    spec, device = problem.spec, problem.device
+    chash = spec.config_hash()
+    want = sorted(set(steps))
+    out = {s: load_checkpoint(checkpoint_path(ckpt_dir, s), chash, device)["model"] for s in want if s in marks}
+    missing = [s for s in want if s not in out]
+    worst = 0.0
+    if not missing:
+        return out, worst
+    if missing[-1] > marks[-1]:
+        raise ValueError(f"surfaces {spec.experiment}/{spec.run}: step {missing[-1]} is after the last "
+                         f"checkpoint {marks[-1]}")
+    tol = drift_tolerance(spec, device)
+    for lo, hi in zip(marks, marks[1:]):
+        inside = [s for s in missing if lo < s < hi]
+        if not inside:
+            continue
+        opt = make_optimizer(spec.optimizer, problem.model.parameters())
+        _restore(problem, opt, load_checkpoint(checkpoint_path(ckpt_dir, lo), chash))  # RNG states: CPU
+        for step in range(lo, hi):
+            if step in inside:
+                out[step] = copy.deepcopy(problem.model.state_dict())
+            _step(problem, opt, step)
+        drift = parameter_drift(problem.model, load_checkpoint(checkpoint_path(ckpt_dir, hi), chash, device)["model"])
+        if drift > tol:
+            raise ReplayDriftError(f"surfaces {spec.experiment}/{spec.run}: replaying steps {lo}..{hi} "
+                                   f"ended {drift:.3g} from checkpoint {hi} (tolerance {tol:.3g})")
+        worst = max(worst, drift)
+    return out, worst
+
+
+def start_steps(steps: list[int], distances: list[float], count: int) -> list[int]:
+    """``count`` starting iterates for the x_k -> x_K lines, evenly spaced over the path's steps
+    whose iterate differs from x_K; the first one (x_0) always, the others deduplicated."""
+    cands = [s for s, d in zip(steps, distances) if d > 0]
+    if not cands or count == 0:
+        return []
+    if count == 1 or len(cands) == 1:
+        return cands[:1]
+    idx = sorted({round(i * (len(cands) - 1) / (count - 1)) for i in range(count)})
+    return [cands[i] for i in idx]
+
+
+# ----------------------------------------------------------------------------------- per run
+def surfaces_run(spec, ckpt_dir, minimizer_path, results, settings: dict) -> dict:
+    """Measure one run's surfaces; write its ``surface_1d``, ``surface_2d`` and ``surface_path`` parts.
+
+    Returns {'evals': forward passes over the subset, 'wall_s', 'replay_s', 'path': iterates,
+    'max_drift', 'captured': {plane: fraction}}.
+    """
+    import json
+    import time
+    from pathlib import Path
+
+    from landscope import store
+    from landscope.curvature import eval_subset
+    from landscope.trajectory import attach_recording, build_problem, load_minimizer
+
+    s = settings_of(settings)
+    t0 = time.perf_counter()
+    ckpt_dir = Path(ckpt_dir)
+    manifest = json.loads((ckpt_dir / "manifest.json").read_text())
+    chash = spec.config_hash()
+    if manifest.get("config_hash") != chash:
+        raise ValueError(f"surfaces {spec.experiment}/{spec.run}: the manifest was written by another "
+                         "configuration; re-run the train rule for this run")
+    problem = attach_recording(build_problem(spec), ckpt_dir)
+    minimizer = load_minimizer(minimizer_path, problem.device)
+    marks = [c["step"] for c in manifest["checkpoints"]]  # fewer when the run diverged
+    steps = path_steps(marks, s["path_points"])
+    states, drift = collect_iterates(problem, ckpt_dir, marks, steps)
+    t_replay = time.perf_counter() - t0
+
+    idx = eval_subset(len(problem.data), s["eval_samples"], s["seed"]).to(problem.device)
+    surface = SurfaceModel(problem.model, problem.loss_fn, problem.data.x[idx], problem.data.y[idx],
+                           spec.eval_batch_size)
+    surface.load(minimizer["model"])
+    w_k, buf_k = surface.flat(), surface.buffers()
+    loss_k = surface.evaluate()[0]
+    if not math.isfinite(loss_k):
+        raise ValueError(f"surfaces {spec.experiment}/{spec.run}: the loss at x_K is {loss_k}; surfaces "
+                         "around x_K need a finite loss")
+    flats, bufs, own = [], [], []
+    for step in steps:
+        surface.load(states[step])
+        flats.append(surface.flat())
+        bufs.append(surface.buffers())
+        own.append(surface.evaluate()[0])
+    offsets = torch.stack(flats) - w_k
+    dists = torch.linalg.vector_norm(offsets, dim=1).tolist()
+    base = {"experiment": spec.experiment, "run": spec.run, "seed": spec.seed}
+
+    rows_1d, ts = [], t_grid(s["points_1d"], s["span_1d"])
+    for start in start_steps(steps, dists, s["starts_1d"]):
+        i = steps.index(start)
+        for t, (loss, acc) in zip(ts, surface.line(flats[i], bufs[i], w_k, buf_k, ts)):
+            rows_1d.append({**base, "start_step": start, "end_step": minimizer["step"], "t": t, "loss": loss,
+                            "accuracy": acc, "distance": dists[i], "eval_samples": len(idx)})
+
+    surface.set_buffers(buf_k)
+    rows_2d, rows_path, captured = [], [], {}
+    for name in s["planes"]:
+        if name == "random":
+            plane = random_plane(surface, w_k, s["seed"], offsets)
+            a_rng = b_rng = (-s["span_2d"], s["span_2d"])
+        else:
+            plane = pca_plane(offsets)
+            a_rng, b_rng = pca_ranges(plane.coords, s["pca_margin"])
+        captured[name] = plane.captured_fraction
+        grid = plane_losses(surface.loss_at, w_k, plane.d1, plane.d2, axis_grid(*a_rng, s["grid"]),
+                            axis_grid(*b_rng, s["grid"]))
+        rows_2d += [{**base, "plane": name, **g} for g in grid]
+        for i, step in enumerate(steps):
+            a, b = (float(v) for v in plane.coords[i])
+            rows_path.append({**base, "plane": name, "step": step, "a": a, "b": b, "loss": own[i],
+                              "loss_on_plane": surface.loss_at(w_k + a * plane.d1 + b * plane.d2),
+                              "off_plane": float(plane.off_plane[i]),
+                              "captured_fraction": plane.captured_fraction})
+    meta = {**store.provenance(chash, str(problem.device)), "settings": json.dumps(s, sort_keys=True),
+            "x_k_step": str(minimizer["step"]), "x_k_method": str(minimizer.get("method")),
+            "replay_max_drift": repr(drift)}
+    for table, rows in (("surface_1d", rows_1d), ("surface_2d", rows_2d), ("surface_path", rows_path)):
+        _write(results, table, spec, rows, meta)
+    return {"evals": surface.n_evals, "wall_s": time.perf_counter() - t0, "replay_s": t_replay,
+            "path": len(steps), "max_drift": drift, "captured": captured}
+
+
+def _write(results, table: str, spec, rows: list[dict], meta: dict) -> None:
+    from landscope import store
+
+    columns = {c: [r[c] for r in rows] for c in store.SCHEMAS[table]}
+    store.write_table(store.part_path(results, table, spec.experiment, spec.run), table, columns, meta)

@@ -1,0 +1,28 @@
+rule surfaces:
+    """Loss surfaces of one run around x_K, after train: the loss along x_0 -> x_K and x_k -> x_K,
+    on 2-D grids in a filter-normalised random plane and in the trajectory's PCA plane, and the
+    iterates projected onto each plane (replayed from the checkpoints when path_points > 0)."""
+    input:
+        manifest=f"{CKPT}/manifest.json",
+        minimizer=f"{CKPT}/minimizer.pt",
+    output:
+        surface_1d="results/tables/surface_1d/experiment={experiment}/run={run}/part-00000.parquet",
+        surface_2d="results/tables/surface_2d/experiment={experiment}/run={run}/part-00000.parquet",
+        surface_path="results/tables/surface_path/experiment={experiment}/run={run}/part-00000.parquet",
+    params:
+        spec=get_run_spec,
+        settings=get_surfaces_settings,
+        results=get_results_dir_of_output,
+    log:
+        "logs/surfaces/{experiment}/{run}.log",
+    benchmark:
+        "results/benchmarks/surfaces/{experiment}/{run}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+        gpu=0,
+    conda:
+        ENV
+    script:
+        "../scripts/surfaces.py"

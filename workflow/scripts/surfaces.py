@@ -1,0 +1,14 @@
+"""Snakemake adapter: loss surfaces of one run around x_K (logic in landscope.surfaces)."""
+from pathlib import Path
+
+from landscope.config import RunSpec
+from landscope.jobs import job_logging
+from landscope.surfaces import surfaces_run
+
+spec = RunSpec.from_dict(snakemake.params.spec)
+with job_logging(snakemake.log[0], f"surfaces {spec.experiment}/{spec.run}") as log:
+    out = surfaces_run(spec, Path(snakemake.input.manifest).parent, snakemake.input.minimizer,
+                       snakemake.params.results, snakemake.params.settings)
+    log.info("%d loss evaluations over %d path iterates in %.2f s (replay %.2f s, max drift %g); "
+             "captured fraction of the path per plane: %s", out["evals"], out["path"], out["wall_s"],
+             out["replay_s"], out["max_drift"], out["captured"])
