@@ -1,6 +1,7 @@
 """Curvature estimators against known spectra: quadratics Q diag(d) Q^T and exact small Hessians."""
 import math
 
+import polars as pl
 import pytest
 import torch
 from torch import nn
@@ -49,16 +50,52 @@ def test_lanczos_stops_when_krylov_space_is_invariant():
     assert torch.allclose(run.ritz_after(4), run.ritz) and len(run.ritz_after(2)) == 2
 
 
-def test_slq_negative_fraction_within_3_se_of_truth():
-    """30% negative eigenvalues, separated from the positive ones so the quadrature resolves 0."""
-    d = torch.cat([torch.linspace(-3.0, -1.0, 60, dtype=F64), torch.linspace(1.0, 4.0, 140, dtype=F64)])
-    dens = cv.slq(matvec(quadratic(d, seed=2)), 200, probes=30, iters=20, seed=3)
+def soft_negative_fraction(evals: torch.Tensor, sigma: float, sigmas: float = cv.NEG_SIGMAS) -> float:
+    """The exact value SLQ's negative fraction estimates: (1/n) sum_k Phi((-sigmas sigma - lambda_k) / sigma)."""
+    return float(torch.special.ndtr((-sigmas * sigma - evals) / sigma).mean())
+
+
+def test_slq_negative_fraction_of_a_known_20_percent_share():
+    """20% of the eigenvalues clearly negative (below -3 sigma - 2 sigma), a near-zero bulk of both
+    signs, positives up to 20: the estimate is 0.2 within its stated uncertainty."""
+    d = torch.cat([torch.linspace(-20.0, -13.0, 60, dtype=F64), torch.linspace(-1e-3, 1e-3, 150, dtype=F64),
+                   torch.linspace(0.5, 20.0, 90, dtype=F64)])
+    dens = cv.slq(matvec(quadratic(d, seed=2)), 300, probes=30, iters=16, seed=3)
     mean, se = dens.negative_fraction()
-    assert 0 < se < 0.05
-    assert abs(mean - 0.3) < 3 * se
-    assert dens.n_hvp == 30 * 20
+    sigma = dens.sigma
+    assert sigma == pytest.approx(40.0 / 16, rel=0.02)  # the spectrum's range over the Lanczos length
+    assert 0 < se < 0.03
+    truth = soft_negative_fraction(d, sigma)
+    assert truth == pytest.approx(0.2, abs=2e-3)
+    assert abs(mean - truth) < 3 * se and abs(mean - 0.2) < 3 * se
+    assert dens.n_hvp == 30 * 16
     for p in dens.probes:  # each probe's weights are a probability distribution
         assert math.isclose(float(p.weights.sum()), 1.0, abs_tol=1e-10)
+
+
+@pytest.mark.parametrize("bulk", ["psd", "both_signs"])
+def test_slq_negative_fraction_ignores_the_near_zero_bulk(bulk):
+    """90% of the eigenvalues within 1e-3 of zero (PSD, or half of them tiny negatives that 16 Lanczos
+    steps cannot resolve), 10% up to 40: about zero, not the bulk's weight."""
+    lo = 0.0 if bulk == "psd" else -1e-3
+    d = torch.cat([torch.linspace(lo, 1e-3, 360, dtype=F64), torch.linspace(0.5, 40.0, 40, dtype=F64)])
+    dens = cv.slq(matvec(quadratic(d, seed=5)), 400, probes=10, iters=16, seed=1)
+    mean, se = dens.negative_fraction()
+    assert 0 <= mean < 2e-3  # the smoothing floor: 0.9 * Phi(-3) = 1.2e-3
+    assert mean == pytest.approx(soft_negative_fraction(d, dens.sigma), abs=3 * se + 1e-4)
+
+
+def test_smoothed_density_integrates_to_one_and_peaks_at_the_eigenvalues():
+    d = torch.tensor([-2.0] * 20 + [3.0] * 30 + [8.0] * 50, dtype=F64)
+    dens = cv.slq(matvec(quadratic(d, seed=7)), 100, probes=4, iters=10, seed=0)
+    grid = torch.linspace(-10, 16, 2601, dtype=F64)
+    rho = dens.density(grid, sigma=0.3)
+    assert float(torch.trapezoid(rho, grid)) == pytest.approx(1.0, abs=1e-6)
+    # three eigenvalues: Lanczos is exact after 3 steps; the mass near each matches its share
+    for centre, share in ((-2.0, 0.2), (3.0, 0.3), (8.0, 0.5)):
+        near = (grid - centre).abs() < 1.5
+        assert float(torch.trapezoid(rho[near], grid[near])) == pytest.approx(share, abs=0.1)
+    assert dens.sigma == pytest.approx(10.0 / 10)  # range 10 over the asked Lanczos length 10
 
 
 def test_slq_pooled_extremes_bound_the_spectrum():
@@ -87,6 +124,36 @@ def test_hutchinson_is_exact_on_a_diagonal_matrix():
     assert est == pytest.approx(465.0, abs=1e-9) and se == pytest.approx(0.0, abs=1e-9)
 
 
+def test_hutchpp_beats_hutchinson_on_a_fast_decaying_spectrum():
+    """lambda_i = 100 / i^2 (i = 1..300), 30 products each, 40 seeds: both unbiased, Hutch++'s mean
+    absolute error far smaller; Hutch++'s standard error (from 10 deflated probes, so itself noisy)
+    covers most errors: at least 80% within 2 SE (nominal for Student's t with 9 dof: 92%)."""
+    d = 100.0 / torch.arange(1, 301, dtype=F64) ** 2
+    a, true = quadratic(d, seed=8), float(d.sum())
+    err_h, err_pp, z_pp = [], [], []
+    for seed in range(40):
+        est, _, n_h = cv.hutchinson(matvec(a), 300, probes=30, seed=seed)
+        pp, se, n_pp = cv.hutchpp(matvec(a), 300, products=30, seed=seed)
+        assert n_h == n_pp == 30
+        err_h.append(est - true)
+        err_pp.append(pp - true)
+        z_pp.append((pp - true) / se)
+    mae_h = sum(abs(e) for e in err_h) / 40
+    mae_pp = sum(abs(e) for e in err_pp) / 40
+    assert mae_pp < mae_h / 5
+    assert abs(sum(err_h) / 40) < 4 * (torch.tensor(err_h).std() / math.sqrt(40))  # unbiased
+    assert abs(sum(err_pp) / 40) < 4 * (torch.tensor(err_pp).std() / math.sqrt(40))
+    assert sum(abs(z) < 2 for z in z_pp) >= 0.8 * 40
+
+
+def test_hutchpp_is_exact_for_low_rank():
+    """Rank 3 <= the sketch's 4 columns: the low-rank part holds the whole trace, the rest is 0."""
+    d = torch.cat([torch.tensor([5.0, -2.0, 1.0], dtype=F64), torch.zeros(47, dtype=F64)])
+    est, se, n_hvp = cv.hutchpp(matvec(quadratic(d, seed=9)), 50, products=12, seed=0)
+    assert est == pytest.approx(4.0, abs=1e-9) and se == pytest.approx(0.0, abs=1e-9)
+    assert n_hvp == 4 + 3 + 4  # sketch, the 3 kept directions, 4 deflated probes
+
+
 def test_power_iteration_converges_to_lambda_max():
     d = torch.cat([torch.tensor([10.0], dtype=F64), torch.linspace(0.0, 5.0, 49, dtype=F64)])
     history = []
@@ -101,6 +168,7 @@ def test_power_iteration_converges_to_lambda_max():
     (lambda: cv.top_eigenvalues(lambda v: v, 5, k=0), "k must be >= 1"),
     (lambda: cv.slq(lambda v: v, 5, probes=0), "probes must be >= 1"),
     (lambda: cv.hutchinson(lambda v: v, 5, probes=1), "probes must be >= 2"),
+    (lambda: cv.hutchpp(lambda v: v, 5, products=3), "products must be >= 4"),
     (lambda: cv.lanczos(lambda v: v, torch.ones(5, dtype=F64), iters=0), "iters must be >= 1"),
 ])
 def test_bad_settings_are_named(call, needle):
@@ -167,12 +235,117 @@ def test_estimators_on_tiny_mlp_match_exact_spectrum_and_trace():
     assert rel(bottom, float(evals[0])) < 1e-6
     est, se, _ = cv.hutchinson(op, op.n, probes=64, seed=2)
     assert abs(est - float(torch.trace(h))) < 4 * se
-    # full-length Lanczos resolves every eigenvalue: the negative weight is exactly v^T P_- v / |v|^2
-    got, _ = cv.slq(op, op.n, probes=1, iters=op.n, seed=3).negative_fraction()
-    v = cv.rademacher(op.n, torch.Generator().manual_seed(3))
-    w, q = torch.linalg.eigh(h)
-    want = float(((q[:, w < -1e-6 * w.abs().max()].T @ v) ** 2).sum() / (v @ v))  # null space: zero
-    assert 0.0 < want and got == pytest.approx(want, abs=1e-6)
+    pp, pp_se, _ = cv.hutchpp(op, op.n, products=30, seed=2)
+    assert abs(pp - float(torch.trace(h))) < max(4 * pp_se, 1e-8) and pp_se < se
+
+
+def test_negative_fraction_of_tiny_mlp_matches_its_exact_hessian():
+    """An MLP at initialisation (tanh, so saddle-like: clearly negative eigenvalues): the SLQ fraction
+    below -3 sigma (12 Lanczos steps, fewer than the 43 parameters) agrees with the exact
+    eigenvalues' soft count at the same sigma within 3 standard errors."""
+    model, x, y = tiny_problem()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(5.0)  # larger weights: a more indefinite Hessian
+    evals = torch.linalg.eigvalsh(exact_hessian(model, x, y))
+    op = cv.hessian_operator(model, ce, x, y)
+    dens = cv.slq(op, op.n, probes=40, iters=12, seed=4)
+    mean, se = dens.negative_fraction()
+    truth = soft_negative_fraction(evals, dens.sigma)
+    hard = float((evals < -cv.NEG_SIGMAS * dens.sigma).double().mean())
+    assert truth > 0.02 and abs(mean - truth) < 3 * se
+    assert abs(truth - hard) < 0.05  # the soft count is close to the share below -3 sigma
+    assert dens.sigma >= (float(evals[-1]) - float(evals[0])) / 12 * 0.8  # pooled Ritz range ~ the true range
+
+
+def test_preconditioned_sharpness_of_tiny_mlp_matches_exact():
+    """lambda_max(P^{-1/2} H P^{-1/2}) by Lanczos = the exact top eigenvalue of P^{-1} H."""
+    model, x, y = tiny_problem()
+    h = exact_hessian(model, x, y)
+    p = torch.linspace(0.01, 2.0, h.shape[0], dtype=F64)
+    want = float(torch.linalg.eigvals(torch.diag(1 / p) @ h).real.max())
+    op = cv.hessian_operator(model, ce, x, y)
+    got = float(cv.lanczos(cv.preconditioned_operator(op, p), torch.ones(op.n, dtype=F64), op.n).ritz[-1])
+    assert rel(got, want) < 1e-8
+
+
+def test_adam_preconditioner_reads_the_optimizer_state():
+    """After Adam steps, P = (1 - b1^t) (sqrt(v_t / (1 - b2^t)) + eps), flat in the parameters' order;
+    a parameter that never had a gradient gets P = inf."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1)).double()
+    opt = torch.optim.Adam(model.parameters(), lr=0.1, betas=(0.8, 0.9), eps=1e-3)
+    v = [torch.zeros_like(q) for q in model.parameters()]
+    for t in range(1, 4):
+        opt.zero_grad()
+        loss = model(torch.randn(5, 3, dtype=F64)).pow(2).mean()
+        loss.backward()
+        model[1].bias.grad = None  # never updated: no state
+        for vi, q in zip(v, model.parameters()):
+            if q.grad is not None:
+                vi.mul_(0.9).add_(0.1 * q.grad ** 2)
+        opt.step()
+    got = cv.adam_preconditioner(opt.state_dict(), list(model.parameters()),
+                                 {"name": "adam", "betas": [0.8, 0.9], "eps": 1e-3})
+    want = torch.cat([((1 - 0.8 ** 3) * ((vi / (1 - 0.9 ** 3)).sqrt() + 1e-3)).reshape(-1) for vi in v[:3]])
+    assert torch.allclose(got[:-1], want, rtol=1e-12) and got[-1] == math.inf
+    with pytest.raises(ValueError, match="does not belong"):
+        cv.adam_preconditioner(opt.state_dict(), list(model.parameters())[:2], {"name": "adam"})
+
+
+@pytest.mark.parametrize("momentum, nesterov", [(0.0, False), (0.9, False), (0.5, True)])
+def test_eos_threshold_is_where_torch_sgd_turns_unstable_on_a_quadratic(momentum, nesterov):
+    """torch.optim.SGD on f(x) = a x^2 / 2: converges at a = 0.98 threshold, diverges at 1.02 threshold."""
+    lr = 0.1
+    thr, rule = cv.eos_threshold({"name": "sgd", "momentum": momentum, "nesterov": nesterov}, lr)
+    assert rule == {(0.0, False): "gd", (0.9, False): "heavy_ball", (0.5, True): "nesterov"}[(momentum, nesterov)]
+
+    def final(a):
+        x = torch.ones(1, dtype=F64, requires_grad=True)
+        opt = torch.optim.SGD([x], lr=lr, momentum=momentum, nesterov=nesterov)
+        for _ in range(2000):
+            opt.zero_grad()
+            (0.5 * a * x ** 2).sum().backward()
+            opt.step()
+            if abs(float(x.detach())) > 1e6:
+                return math.inf
+        return abs(float(x.detach()))
+
+    assert final(0.98 * thr) < 1e-3 and final(1.02 * thr) > 1e3
+
+
+@pytest.mark.parametrize("name, b1", [("adam", 0.9), ("adamw", 0.5), ("nadamw", 0.9)])
+def test_eos_threshold_of_adam_types_on_a_frozen_preconditioner(name, b1):
+    """38/lr for Adam with b1 = 0.9 (Cohen et al. 2022): the linearised update with P fixed
+    (x <- x - lr m / P, m the EMA of the gradients; NAdamW's Nesterov form b1 m + (1 - b1) g) on a
+    quadratic with preconditioned curvature a turns unstable at the threshold."""
+    lr = 0.01
+    thr, rule = cv.eos_threshold({"name": name, "betas": [b1, 0.999]}, lr)
+    assert rule == ("nadam" if name == "nadamw" else "adam")
+    if (name, b1) == ("adam", 0.9):
+        assert thr == pytest.approx(38 / lr)
+
+    def final(a):
+        x, m = 1.0, 0.0
+        for _ in range(5000):
+            g = a * x
+            m = b1 * m + (1 - b1) * g
+            x -= lr * ((b1 * m + (1 - b1) * g) if name == "nadamw" else m)
+            if abs(x) > 1e6:
+                return math.inf
+        return abs(x)
+
+    assert final(0.98 * thr) < 1e-3 and final(1.02 * thr) > 1e3
+
+
+def test_eos_threshold_of_adaptive_methods():
+    assert cv.eos_threshold({"name": "sps_max"}, 0.5) == (4.0, "gd_max_step")
+    thr, rule = cv.eos_threshold({"name": "nsgdm"}, 0.5)
+    assert math.isnan(thr) and rule == "none"
+    row = cv.edge_of_stability(10.0, 0.5, {"name": "nsgdm"})
+    assert row["above_eos"] is None and row["two_over_lr"] == 4.0
+    row = cv.edge_of_stability(10.0, 0.1, {"name": "adam"}, precond_lambda_max=400.0)
+    assert row["eos_sharpness"] == 400.0 and row["above_eos"] and row["eos_threshold"] == pytest.approx(380.0)
 
 
 def test_operator_rejects_wrong_length_and_non_finite_loss():
@@ -208,13 +381,45 @@ def test_curvature_run_writes_tables_matching_exact_hessian(spec_factory, tmp_pa
         assert rel(r["lambda_max"], float(evals[-1])) < 1e-4
         assert rel(r["lambda_2"], float(evals[-2])) < 1e-4
         assert abs(r["lambda_min"]) < 1e-5 * float(evals[-1])  # PSD with a null space
-        assert r["neg_fraction"] == 0.0
         assert abs(r["trace"] - float(torch.trace(h))) < 4 * r["trace_se"]
+        assert abs(r["trace_hutchpp"] - float(torch.trace(h))) < 4 * r["trace_hutchpp_se"] + 1e-6
         assert r["two_over_lr"] == pytest.approx(4.0) and r["above_eos"] == (r["lambda_max"] > 4.0)
-    for r in rows:
-        assert r["n_hvp"] == 2 * 60 + 32 and r["eval_samples"] == 100 and r["neg_fraction"] == 0.0
+        assert r["eos_threshold"] == pytest.approx(4.0) and r["eos_rule"] == "gd"
+        assert r["eos_sharpness"] == r["lambda_max"] and math.isnan(r["precond_lambda_max"])
+    for r in rows:  # convex: only the smoothing floor Phi(-3) = 0.00135 of negative mass
+        assert r["n_hvp"] == 2 * 60 + 2 * 32 and r["eval_samples"] == 100 and 0 <= r["neg_fraction"] < 1.4e-3
+        assert r["density_sigma"] == pytest.approx((r["lambda_max"] - r["lambda_min"]) / 60, rel=1e-6)
     n_nodes = con.sql("SELECT count(*), sum(weight) FROM spectrum WHERE step = 8").fetchall()[0]
     assert n_nodes[0] == 2 * 60 and n_nodes[1] == pytest.approx(2.0)  # two probes, weights sum to 1
+
+
+def test_curvature_run_with_adam_measures_the_preconditioned_sharpness(spec_factory, tmp_path):
+    """Adam on logistic regression: at the last checkpoint precond_lambda_max is the exact largest
+    eigenvalue of P^{-1} H with P from the checkpoint's optimizer state; the threshold is 38/lr."""
+    from conftest import run_pipeline
+    from landscope import store
+    from landscope.trajectory import build_problem, checkpoint_path, load_checkpoint
+
+    spec = spec_factory(steps=8, snapshot_every=4, optimizer={"name": "adam", "lr": 0.01})
+    results, ckpt, _ = run_pipeline(spec, tmp_path)
+    settings = {"eval_samples": 100, "lanczos_iters": 40, "slq_probes": 1, "hutchinson_probes": 4,
+                "flatness_directions": 0, "llc_chains": 0}
+    cv.curvature_run(spec, ckpt, ckpt / "minimizer.pt", results, settings)
+    rows = store.connect(results).sql("SELECT * FROM curvature ORDER BY step").pl().to_dicts()
+    assert math.isnan(rows[0]["precond_lambda_max"]) and rows[0]["above_eos"] is None  # step 0: no state
+    last = rows[-1]
+    problem = build_problem(spec)
+    state = load_checkpoint(checkpoint_path(ckpt, 8))
+    problem.model.load_state_dict(state["model"])
+    h = exact_hessian_of(problem, cv.eval_subset(len(problem.data), 100, 0))
+    p = cv.adam_preconditioner(state["optimizer"], list(problem.model.parameters()), spec.optimizer)
+    d = p.rsqrt()
+    want = float(torch.linalg.eigvalsh(d[:, None] * h * d[None, :])[-1])
+    assert rel(last["precond_lambda_max"], want) < 1e-3
+    assert last["eos_rule"] == "adam" and last["eos_threshold"] == pytest.approx(38 / last["lr"])
+    assert last["eos_sharpness"] == last["precond_lambda_max"]
+    assert last["above_eos"] == (want > 38 / last["lr"])
+    assert last["n_hvp"] == 40 + 4 + 4 + 40  # SLQ, Hutchinson, Hutch++, preconditioned Lanczos
 
 
 def exact_hessian_of(problem, idx):
@@ -263,8 +468,22 @@ def synthetic_results(root):
             rows.update(experiment=["e", "e"], run=[run, run], step=[0, 10], lambda_max=lam,
                         lambda_min=[-1.0, -0.5], neg_fraction=[0.2 + 0.1 * seed, 0.1],
                         neg_fraction_se=[0.05, 0.01], trace=[100.0, 50.0], trace_se=[4.0, 2.0],
-                        two_over_lr=[2 / lr] * 2, above_eos=[x > 2 / lr for x in lam])
+                        two_over_lr=[2 / lr] * 2, above_eos=[x > 2 / lr for x in lam],
+                        trace_hutchpp=[98.0, 51.0], trace_hutchpp_se=[1.0, 0.5], density_sigma=[0.5, 0.5],
+                        eos_threshold=[2 / lr] * 2, eos_rule=["gd"] * 2, eos_sharpness=lam)
             store.write_table(store.part_path(results, "curvature", "e", run), "curvature", rows)
+            # one probe, two nodes per checkpoint: weight 0.25 at -1 and 0.75 at lambda_max
+            spec = {"experiment": ["e"] * 4, "run": [run] * 4, "step": [0, 0, 10, 10], "probe": [0] * 4,
+                    "node": [0, 1, 0, 1], "ritz": [-1.0, lam[0], -1.0, lam[1]], "weight": [0.25, 0.75] * 2}
+            store.write_table(store.part_path(results, "spectrum", "e", run), "spectrum", spec)
+    train = {"experiment": ["e"] * 300, "run": ["lr-1_seed-0"] * 300, "step": list(range(300)),
+             "epoch": [0] * 300, "lr": [1.0] * 300, "batch_loss": [2.0] * 200 + [0.5] * 100}
+    store.write_table(store.part_path(results, "train", "e", "lr-1_seed-0"), "train", train)
+    ev = {c: [None, None] for c in store.SCHEMAS["plateaus"]}
+    ev.update(experiment=["e", "e"], run=["lr-1_seed-0"] * 2, start_step=[0, 200], end_step=[199, 299],
+              n_windows=[4, 2], window_steps=[50, 50], plateau_loss=[2.0, 0.5], escaped=[True, False],
+              escape_step=[200, None], loss_after=[0.5, None], relative_drop=[0.75, None], at_end=[False, True])
+    store.write_table(store.part_path(results, "plateaus", "e"), "plateaus", ev)
     return results
 
 
@@ -281,10 +500,34 @@ def test_curvature_charts_on_synthetic_results(tmp_path):
     lines = rc.threshold_lines(con, "e").to_dicts()
     assert sorted({(r["point"], r["two_over_lr"]) for r in lines}) == [("lr-0.1", 20.0), ("lr-1", 2.0)]
     charts = rc.curvature_charts(con, "e")
-    assert [t for t, _, _ in charts] == ["Edge of stability", "Smallest eigenvalue", "Negative eigenvalues", "Trace",
+    assert [t for t, _, _ in charts] == ["Edge of stability", "Smallest eigenvalue", "Negative eigenvalues",
+                                         "Spectral density", "Trace", "Trace (Hutch++)", "Plateaus",
                                          "Step length", "Sublevel radius", "Local learning coefficient"]
-    assert [c for _, _, c in charts[4:]] == [None] * 3  # no stationarity or flatness rows here
+    assert [c for _, _, c in charts[7:]] == [None] * 3  # no stationarity or flatness rows here
+    assert all(c is not None for _, _, c in charts[:7])
+    assert "2 plateau(s)" in charts[6][1] and "1 escaped" in charts[6][1] and "1 lasting" in charts[6][1]
+    assert len(charts[6][2].to_dict()["layer"]) == 3  # loss curve, plateau bars, escape markers
+    assert len(charts[3][2].to_dict()["concat"]) == 2  # one density panel per sweep point
     assert "6 of 8 checkpoints (75%)" in charts[0][1]
     sharp = charts[0][2].to_dict()
     assert len(sharp["layer"]) == 3 and sharp["layer"][0]["encoding"]["y"]["scale"]["type"] == "log"
     assert rc.curvature_charts(con, "other")[0][2] is None  # no rows: no chart, no error
+
+
+def test_density_curves_of_synthetic_spectrum(tmp_path):
+    """Two nodes (weight 0.25 at -1, 0.75 at lambda_max) smoothed with sigma 0.5: the curve integrates
+    to 1 and holds a quarter of its mass near -1; the first seed of each point, first and last step."""
+    from landscope import report_curvature as rc
+    from landscope import store
+
+    con = store.connect(synthetic_results(tmp_path))
+    df = rc.density_curves(con, "e", points=2000)
+    assert sorted(set(zip(df["point"], df["step"], df["checkpoint"]))) == [
+        ("lr-0.1", 0, "first"), ("lr-0.1", 10, "last"), ("lr-1", 0, "first"), ("lr-1", 10, "last")]
+    one = df.filter((pl.col("point") == "lr-0.1") & (pl.col("step") == 10))  # seed 0: lambda_max 30
+    x, rho = torch.tensor(one["eigenvalue"].to_list()), torch.tensor(one["density"].to_list())
+    assert float(torch.trapezoid(rho, x)) == pytest.approx(1.0, abs=2e-3)  # the cut tails hold < 1e-3
+    near = (x + 1).abs() < 2.5
+    assert float(torch.trapezoid(rho[near], x[near])) == pytest.approx(0.25, abs=2e-3)
+    assert float(x[rho.argmax()]) == pytest.approx(30.0, abs=0.1)
+    assert set(one["two_over_lr"].to_list()) == {20.0}

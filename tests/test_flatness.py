@@ -253,3 +253,75 @@ def test_flatness_charts_on_synthetic_results(tmp_path):
     spec = charts[-2][2].to_dict()
     assert len(spec["layer"]) == 2 and spec["layer"][0]["mark"]["type"] == "rule"
     assert charts[-3][2].to_dict()["layer"][1]["encoding"]["y"]["scale"]["type"] == "log"
+
+
+# ----------------------------------------------------------------------------------- plateaus
+def synthetic_curve(seed: int = 0):
+    """Steps 0..999: a descent 2.3 -> 1.0 (large gradient), a plateau at 1.0 over 200..599 (small
+    gradient), a drop to 0.3 over 600..699, then flat at 0.3 to the end; 2% multiplicative noise."""
+    g = torch.Generator().manual_seed(seed)
+    steps = list(range(1000))
+    loss, grad = [], []
+    for k in steps:
+        if k < 200:
+            l, gn = 2.3 - 1.3 * k / 200, 1.0
+        elif k < 600:
+            l, gn = 1.0, 0.05
+        elif k < 700:
+            l, gn = 1.0 - 0.7 * (k - 600) / 100, 0.8
+        else:
+            l, gn = 0.3, 0.03
+        noise = 1 + 0.02 * float(torch.randn(1, generator=g))
+        loss.append(l * noise)
+        grad.append(gn * noise)
+    return steps, loss, grad
+
+
+def test_plateau_escape_on_a_synthetic_loss_curve():
+    steps, loss, grad = synthetic_curve()
+    events = fl.plateau_events(steps, loss, grad, window=50, min_windows=3, flat_tol=0.02, grad_tol=0.25, drop=0.1)
+    assert len(events) == 2
+    first, last = events
+    assert (first["start_step"], first["end_step"]) == (200, 599)  # blocks 4..11 exactly
+    assert first["escaped"] and not first["at_end"] and first["n_windows"] == 8
+    assert first["escape_step"] == 600  # the first block after the plateau already averages 0.83
+    assert first["plateau_loss"] == pytest.approx(1.0, abs=0.01)
+    assert first["plateau_grad_norm"] == pytest.approx(0.05, abs=0.002)
+    assert first["relative_drop"] == pytest.approx(1 - 0.8285, abs=0.01)
+    assert first["grad_norm_max"] == pytest.approx(1.0, abs=0.02)
+    assert (last["start_step"], last["end_step"]) == (700, 999)
+    assert last["at_end"] and not last["escaped"] and last["escape_step"] is None and last["loss_after"] is None
+
+
+def test_plateau_needs_small_gradient_and_enough_windows():
+    steps, loss, grad = synthetic_curve()
+    # with the gradient as large as during the descent, the flat loss is no plateau (a noisy valley)
+    none = fl.plateau_events(steps, loss, [1.0] * 1000, 50, 3, 0.02, 0.25, 0.1)
+    assert none == []
+    # a loss that is flat for only two windows is not a plateau at min_windows 3
+    short = [2.0] * 100 + [1.0 - 0.005 * k for k in range(100)] + [0.2] * 100  # flat 0..99 then falls
+    ev = fl.plateau_events(list(range(300)), short, [0.01] * 100 + [1.0] * 200, 50, 3, 0.02, 0.25, 0.1)
+    assert ev == []
+    ev = fl.plateau_events(list(range(300)), short, [0.01] * 100 + [1.0] * 200, 50, 2, 0.02, 0.25, 0.1)
+    assert len(ev) == 1 and ev[0]["escaped"] and ev[0]["escape_step"] == 100
+    with pytest.raises(ValueError, match="one of each per step"):
+        fl.plateau_events([0, 1], [1.0], [1.0, 1.0], 1, 2, 0.1, 0.5, 0.1)
+    with pytest.raises(ValueError, match="min_windows >= 2"):
+        fl.plateau_events([0], [1.0], [1.0], 1, 1, 0.1, 0.5, 0.1)
+
+
+def test_plateaus_experiment_writes_the_table(spec_factory, tmp_path):
+    """From a real replayed run: the table is written (and readable) with the settings' window."""
+    from conftest import run_pipeline
+    from landscope import store
+
+    spec = spec_factory(steps=40, snapshot_every=20, optimizer={"name": "sgd", "lr": 0.05})
+    results, _, _ = run_pipeline(spec, tmp_path)
+    n = fl.plateaus_experiment(results, spec.experiment, [spec.run, "absent"],
+                               {"plateau_window": 5, "plateau_min_windows": 2, "plateau_flat_tol": 1.0,
+                                "plateau_grad_tol": 1.0, "plateau_drop": 0.5})
+    con = store.connect(results)
+    rows = con.sql("SELECT * FROM plateaus").pl().to_dicts()
+    assert len(rows) == n >= 1  # tolerances this loose: the whole run is one plateau, lasting to the end
+    assert rows[0]["window_steps"] == 5 and rows[0]["at_end"] and rows[0]["start_step"] == 0
+    assert rows[0]["end_step"] == 39 and rows[0]["n_windows"] == 8

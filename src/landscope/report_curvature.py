@@ -1,16 +1,22 @@
 """Curvature charts for an experiment page (landscope.report calls :func:`curvature_charts`).
 
-Per sweep point and checkpoint, over the point's seeds: sharpness lambda_max against 2/lr (edge of
-stability), lambda_min, the SLQ fraction of negative eigenvalues and the Hutchinson trace. Bands are
-min-max over seeds; for the two stochastic estimates they also widen by one standard error.
-Then, from the ``stationarity`` and ``flatness`` tables: the mean step length between checkpoints,
-and per sweep point the eps-sublevel radius and the SGLD local learning coefficient at x_K.
+Per sweep point and checkpoint, over the point's seeds: sharpness against the optimizer's stability
+threshold (edge of stability: lambda_max vs 2/lr for SGD, the preconditioned sharpness vs 38/lr for
+Adam), lambda_min, the SLQ fraction of clearly negative eigenvalues, the smoothed spectral density
+at the first, middle and last checkpoint, the Hutchinson and Hutch++ traces, and the plateaus of the
+training loss with their escapes. Bands are min-max over seeds; for the stochastic estimates they
+also widen by one standard error. Then, from the ``stationarity`` and ``flatness`` tables: the mean
+step length between checkpoints, and per sweep point the eps-sublevel radius and the SGLD local
+learning coefficient at x_K.
 """
 
 from __future__ import annotations
 
+import math
+
 import altair as alt
 import polars as pl
+import torch
 
 from landscope.report import _color, band_chart, point_order
 
@@ -31,29 +37,48 @@ def curvature_stat(con, experiment: str, column: str, se: str | None = None) -> 
 
 
 def eos_summary(con, experiment: str) -> tuple[int, int]:
-    """(checkpoints with lambda_max > 2/lr, checkpoints measured) of the experiment."""
-    q = "SELECT count(*) FILTER (WHERE above_eos), count(*) FROM curvature WHERE experiment = $e"
+    """(checkpoints whose sharpness exceeds the threshold, checkpoints with a threshold) of the
+    experiment (the preconditioned sharpness against 38/lr for Adam; lambda_max against 2/lr for SGD)."""
+    q = ("SELECT count(*) FILTER (WHERE above_eos), count(above_eos) FROM curvature "
+         "WHERE experiment = $e")
     above, total = con.sql(q, params={"e": experiment}).fetchall()[0]
     return int(above), int(total)
 
 
+def eos_rules(con, experiment: str) -> list[str]:
+    """The distinct thresholds the experiment's runs are compared with (landscope.curvature.eos_threshold)."""
+    q = "SELECT DISTINCT coalesce(eos_rule, 'gd') FROM curvature WHERE experiment = $e ORDER BY 1"
+    return [r[0] for r in con.sql(q, params={"e": experiment}).fetchall()]
+
+
 def threshold_lines(con, experiment: str) -> pl.DataFrame:
-    """point, step, two_over_lr (one value per point and step: lr does not vary with the seed)."""
-    q = """SELECT coalesce(r.point, c.run) AS point, c.step AS step, avg(c.two_over_lr) AS two_over_lr
+    """point, step, two_over_lr: the stability threshold (eos_threshold; 2/lr for results without it),
+    one value per point and step (lr does not vary with the seed)."""
+    q = """SELECT coalesce(r.point, c.run) AS point, c.step AS step,
+                  avg(coalesce(c.eos_threshold, c.two_over_lr)) AS two_over_lr
            FROM curvature c LEFT JOIN runs r ON r.experiment = c.experiment AND r.run = c.run
-           WHERE c.experiment = $e AND isfinite(c.two_over_lr) GROUP BY ALL ORDER BY point, step"""
+           WHERE c.experiment = $e AND isfinite(coalesce(c.eos_threshold, c.two_over_lr))
+           GROUP BY ALL ORDER BY point, step"""
     return con.sql(q, params={"e": experiment}).pl()
 
 
-def sharpness_chart(stat: pl.DataFrame, lines: pl.DataFrame):
-    """lambda_max per point (log scale when positive) with 2/lr dashed in the point's colour."""
+_EOS_LABEL = {"gd": "2/lr", "gd_max_step": "2/lr", "heavy_ball": "2(1+β)/lr", "nesterov": "2(1+β)/((1+2β) lr)",
+              "adam": "(2+2β1)/((1−β1) lr)", "nadam": "(2+2β1)/((1−β1)(1+2β1) lr)"}
+
+
+def sharpness_chart(stat: pl.DataFrame, lines: pl.DataFrame, rules: list[str] | None = None):
+    """Sharpness per point (log scale when positive) with its threshold dashed in the point's colour."""
     order = point_order(stat["point"].to_list())
     log = stat["lo"].min() > 0 and (lines.is_empty() or lines["two_over_lr"].min() > 0)
-    chart = band_chart(stat, "Sharpness λ_max and 2/lr (dashed)", "λ_max", log=log, order=order)
+    rules = [r for r in (rules or ["gd"]) if r != "none"] or ["gd"]
+    adam = any(r in ("adam", "nadam") for r in rules)
+    y_title = "λ_max (of P⁻¹H for Adam)" if adam else "λ_max"
+    names = ", ".join(dict.fromkeys(_EOS_LABEL.get(r, r) for r in rules))
+    chart = band_chart(stat, f"Sharpness {y_title} and {names} (dashed)", y_title, log=log, order=order)
     if lines.is_empty():
         return chart
     dashed = alt.Chart(lines).mark_line(strokeDash=[6, 4]).encode(
-        x="step:Q", y=alt.Y("two_over_lr:Q", title="λ_max"), color=_color(order),
+        x="step:Q", y=alt.Y("two_over_lr:Q", title=y_title), color=_color(order),
         tooltip=["point:N", "step:Q", alt.Tooltip("two_over_lr:Q", format=".4g")])
     return alt.layer(*chart.layer, dashed).properties(title=chart.title, width=460, height=260)
 
@@ -61,24 +86,177 @@ def sharpness_chart(stat: pl.DataFrame, lines: pl.DataFrame):
 def curvature_charts(con, experiment: str) -> list[tuple[str, str, object | None]]:
     """(title, caption, chart or None) of the experiment's curvature measurements, in page order."""
     out = []
-    lam = curvature_stat(con, experiment, "lambda_max")
+    lam = curvature_stat_expr(con, experiment, "coalesce(c.eos_sharpness, c.lambda_max)")
     above, total = eos_summary(con, experiment)
+    rules = eos_rules(con, experiment)
     share = f"{above} of {total} checkpoints ({100 * above / total:.0f}%)" if total else "no checkpoint"
     out.append(("Edge of stability",
-                f"{share} above 2/lr; Lanczos top Ritz value (a lower bound), min-max band over seeds",
-                sharpness_chart(lam, threshold_lines(con, experiment)) if not lam.is_empty() else None))
+                f"{share} above the stability threshold (dashed): 2/lr for SGD, 2(1+β)/lr with heavy-ball "
+                "momentum β, (2+2β1)/((1−β1) lr) = 38/lr at β1 = 0.9 for Adam, whose sharpness is that of "
+                "the preconditioned Hessian P⁻¹H (Cohen et al. 2022); Lanczos top Ritz value (a lower "
+                "bound), min-max band over seeds",
+                sharpness_chart(lam, threshold_lines(con, experiment), rules) if not lam.is_empty() else None))
     specs = [("Smallest eigenvalue", "lambda_min", None, "λ_min", "bottom Lanczos Ritz value (an upper bound); "
               "negative: a saddle direction", "Smallest eigenvalue λ_min", 0.0),
              ("Negative eigenvalues", "neg_fraction", "neg_fraction_se", "fraction",
-              "SLQ weight below zero; band: seeds' range ± one standard error over probes",
-              "Fraction of negative Hessian eigenvalues", 0.0),
-             ("Trace", "trace", "trace_se", "tr H", "Hutchinson estimate; band: seeds' range ± one standard "
-              "error over probes", "Hessian trace", None)]
+              "SLQ share of eigenvalues below −3σ, σ = (spectral range)/(Lanczos steps) the resolution; "
+              "smaller negative eigenvalues are not resolved from zero and do not count (floor 0.0013 from "
+              "the smoothing); band: seeds' range ± one standard error over probes",
+              "Fraction of clearly negative Hessian eigenvalues", 0.0)]
     for title, col, se, y_title, caption, chart_title, rule in specs:
         df = curvature_stat(con, experiment, col, se)
         chart = band_chart(df, chart_title, y_title, rule_at=rule) if not df.is_empty() else None
         out.append((title, caption, chart))
+    dens = density_curves(con, experiment)
+    out.append(("Spectral density", "SLQ density smoothed with a Gaussian of width σ (the Lanczos resolution), "
+                "first seed of each sweep point at its first, middle and last measured checkpoint; solid "
+                "grey: 0, dashed: 2/lr at that checkpoint (gradient descent's threshold)",
+                density_chart(dens) if not dens.is_empty() else None))
+    for title, col, se, caption in (
+            ("Trace", "trace", "trace_se", "Hutchinson estimate; band: seeds' range ± one standard error over probes"),
+            ("Trace (Hutch++)", "trace_hutchpp", "trace_hutchpp_se",
+             "Hutch++ (Meyer et al. 2021) with the same number of Hessian-vector products: exact on the "
+             "top eigendirections its sketch finds, Hutchinson on the rest; band: seeds' range ± one "
+             "standard error")):
+        df = curvature_stat(con, experiment, col, se)
+        out.append((title, caption, band_chart(df, f"Hessian trace ({title.lower()})", "tr H")
+                    if not df.is_empty() else None))
+    out.append(plateau_section(con, experiment))
     return out + flatness_charts(con, experiment)
+
+
+def curvature_stat_expr(con, experiment: str, expr: str) -> pl.DataFrame:
+    """point, step, n_runs, mean, lo, hi of a SQL expression over ``curvature c``."""
+    sql = f"""
+SELECT coalesce(r.point, c.run) AS point, c.step AS step, count(*) AS n_runs,
+       avg({expr}) AS mean, min({expr}) AS lo, max({expr}) AS hi
+FROM curvature c LEFT JOIN runs r ON r.experiment = c.experiment AND r.run = c.run
+WHERE c.experiment = $e AND {expr} IS NOT NULL AND isfinite({expr})
+GROUP BY ALL ORDER BY point, step"""
+    return con.sql(sql, params={"e": experiment}).pl()
+
+
+# ----------------------------------------------------------------------------------- spectral density
+_DENSITY_SQL = """
+WITH first_runs AS (  -- the first seed of each sweep point that has curvature rows
+    SELECT coalesce(r.point, c.run) AS point, arg_min(c.run, coalesce(r.seed, 0)) AS run
+    FROM curvature c LEFT JOIN runs r ON r.experiment = c.experiment AND r.run = c.run
+    WHERE c.experiment = $e GROUP BY ALL
+), ranked AS (
+    SELECT f.point, c.run, c.step, c.density_sigma, c.two_over_lr,
+           row_number() OVER (PARTITION BY c.run ORDER BY c.step) - 1 AS i,
+           count(*) OVER (PARTITION BY c.run) AS n
+    FROM curvature c JOIN first_runs f ON f.run = c.run WHERE c.experiment = $e
+)
+SELECT k.point, k.step, CASE WHEN k.i = 0 THEN 'first' WHEN k.i = k.n - 1 THEN 'last' ELSE 'middle' END
+       AS checkpoint, k.density_sigma AS sigma, k.two_over_lr, s.ritz, s.weight, s.probe
+FROM ranked k JOIN spectrum s ON s.experiment = $e AND s.run = k.run AND s.step = k.step
+WHERE k.i IN (0, k.n // 2, k.n - 1)
+ORDER BY k.point, k.step, s.probe, s.ritz
+"""
+
+
+def density_curves(con, experiment: str, points: int = 160) -> pl.DataFrame:
+    """point, step, checkpoint (first/middle/last), eigenvalue, density, two_over_lr: the smoothed SLQ
+    density (landscope.curvature.smoothed_density, averaged over probes) on an even grid over the
+    Ritz values ± 4 sigma; densities below 1e-6 of the curve's peak are cut (the chart is log-scale)."""
+    from landscope.curvature import smoothed_density
+
+    nodes = con.sql(_DENSITY_SQL, params={"e": experiment}).pl()
+    if nodes.is_empty():
+        return pl.DataFrame(schema={"point": pl.String, "step": pl.Int64, "checkpoint": pl.String,
+                                    "eigenvalue": pl.Float64, "density": pl.Float64, "two_over_lr": pl.Float64})
+    rows = []
+    for (point, step, label), g in nodes.group_by(["point", "step", "checkpoint"], maintain_order=True):
+        ritz = torch.tensor(g["ritz"].to_list(), dtype=torch.float64)
+        weight = torch.tensor(g["weight"].to_list(), dtype=torch.float64) / g["probe"].n_unique()
+        sigma = g["sigma"][0]
+        if sigma is None or not math.isfinite(sigma) or sigma <= 0:  # results of an older landscope
+            sigma = max(float(ritz.max() - ritz.min()), 1e-12) / max(len(ritz) // g["probe"].n_unique(), 1)
+        grid = torch.linspace(float(ritz.min()) - 4 * sigma, float(ritz.max()) + 4 * sigma, points,
+                              dtype=torch.float64)
+        rho = smoothed_density(ritz, weight, grid, sigma)
+        keep = rho >= 1e-6 * rho.max()
+        rows += [{"point": point, "step": step, "checkpoint": label, "eigenvalue": float(t), "density": float(r),
+                  "two_over_lr": g["two_over_lr"][0]} for t, r, k in zip(grid, rho, keep) if k]
+    return pl.DataFrame(rows)
+
+
+def density_chart(df: pl.DataFrame):
+    """One panel per sweep point: density against eigenvalue (log density axis), coloured by
+    checkpoint, 0 as a grey rule and 2/lr dashed per checkpoint."""
+    order = point_order(df["point"].to_list())
+    color = alt.Color("checkpoint:N", sort=["first", "middle", "last"],
+                      scale=alt.Scale(domain=["first", "middle", "last"]), title="checkpoint")
+    panels = []
+    for point in order:
+        part = df.filter(pl.col("point") == point)
+        marks = part.group_by("checkpoint", "step").agg(pl.col("two_over_lr").first()).filter(
+            pl.col("two_over_lr").is_finite())
+        line = alt.Chart(part).mark_line().encode(
+            x=alt.X("eigenvalue:Q", title="eigenvalue λ"),
+            y=alt.Y("density:Q", scale=alt.Scale(type="log"), title="density"),
+            color=color, detail="step:Q",
+            tooltip=["checkpoint:N", "step:Q", alt.Tooltip("eigenvalue:Q", format=".4g"),
+                     alt.Tooltip("density:Q", format=".3g")])
+        zero = alt.Chart(pl.DataFrame({"x": [0.0]})).mark_rule(color="grey").encode(x="x:Q")
+        layers = [line, zero]
+        if not marks.is_empty():
+            layers.append(alt.Chart(marks).mark_rule(strokeDash=[6, 4]).encode(
+                x="two_over_lr:Q", color=color, tooltip=["checkpoint:N", "step:Q",
+                                                         alt.Tooltip("two_over_lr:Q", format=".4g")]))
+        panels.append(alt.layer(*layers).properties(title=str(point), width=300, height=200))
+    return alt.concat(*panels, columns=3).properties(title="Hessian spectral density (SLQ, smoothed)")
+
+
+# ----------------------------------------------------------------------------------- plateaus
+def plateau_rows(con, experiment: str) -> pl.DataFrame:
+    """The experiment's plateau events with the run's sweep point (empty without a plateaus table)."""
+    q = """SELECT coalesce(r.point, p.run) AS point, p.*
+           FROM plateaus p LEFT JOIN runs r ON r.experiment = p.experiment AND r.run = p.run
+           WHERE p.experiment = $e ORDER BY point, p.run, p.start_step"""
+    return con.sql(q, params={"e": experiment}).pl()
+
+
+def loss_bins(con, experiment: str, window: int) -> pl.DataFrame:
+    """point, run, step, loss: the training batch loss averaged over bins of ``window`` steps."""
+    q = """SELECT coalesce(r.point, t.run) AS point, t.run, (t.step // $w) * $w AS step,
+                  avg(t.batch_loss) AS loss
+           FROM train t LEFT JOIN runs r ON r.experiment = t.experiment AND r.run = t.run
+           WHERE t.experiment = $e AND isfinite(t.batch_loss) GROUP BY ALL ORDER BY point, t.run, step"""
+    return con.sql(q, params={"e": experiment, "w": window}).pl()
+
+
+def plateau_section(con, experiment: str) -> tuple[str, str, object | None]:
+    """('Plateaus', caption with the counts, chart of the binned loss with the plateaus or None)."""
+    ev = plateau_rows(con, experiment)
+    escaped = ev.filter(pl.col("escaped")) if not ev.is_empty() else ev
+    at_end = ev.filter(pl.col("at_end")).height if not ev.is_empty() else 0
+    caption = (f"{ev.height} plateau(s) of the replayed mini-batch loss (flat to within plateau_flat_tol per "
+               f"window, gradient below plateau_grad_tol of the run's largest), {escaped.height} escaped "
+               f"(the loss then dropped by plateau_drop; triangles), {at_end} lasting to the end of the "
+               "run (convergence or a stall); thick bars: plateaus at their mean loss")
+    if ev.is_empty():
+        return "Plateaus", caption, None
+    window = int(ev["window_steps"][0])
+    loss = loss_bins(con, experiment, window).filter(pl.col("loss") > 0)
+    order = point_order(loss["point"].to_list() + ev["point"].to_list())
+    y = alt.Y("loss:Q", scale=alt.Scale(type="log"), title="training loss (binned)")
+    curve = alt.Chart(loss).mark_line(opacity=0.6).encode(x=alt.X("step:Q", title="step"), y=y,
+                                                          color=_color(order), detail="run:N")
+    bars = alt.Chart(ev.filter(pl.col("plateau_loss") > 0)).mark_rule(strokeWidth=7, opacity=0.45).encode(
+        x="start_step:Q", x2="end_step:Q", y=alt.Y("plateau_loss:Q", scale=alt.Scale(type="log")),
+        color=_color(order), tooltip=["run:N", "start_step:Q", "end_step:Q", "escaped:N",
+                                      alt.Tooltip("plateau_loss:Q", format=".4g"),
+                                      alt.Tooltip("relative_drop:Q", format=".2f")])
+    layers = [curve, bars]
+    esc = escaped.filter(pl.col("loss_after") > 0) if not escaped.is_empty() else escaped
+    if not esc.is_empty():
+        layers.append(alt.Chart(esc).mark_point(shape="triangle-down", size=90, filled=True).encode(
+            x="escape_step:Q", y=alt.Y("loss_after:Q", scale=alt.Scale(type="log")), color=_color(order),
+            tooltip=["run:N", "escape_step:Q", alt.Tooltip("relative_drop:Q", format=".2f")]))
+    return "Plateaus", caption, alt.layer(*layers).properties(
+        title="Plateaus of the training loss and their escapes", width=460, height=260)
 
 
 # ----------------------------------------------------------------------------------- flatness

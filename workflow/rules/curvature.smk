@@ -1,8 +1,9 @@
 rule curvature:
     """Hessian curvature of every checkpoint of one run (top eigenvalues, lambda_min, SLQ spectral
-    density and negative fraction, Hutchinson trace, sharpness against 2/lr), the stationarity of
-    its checkpoints, and flatness at x_K (eps-sublevel radius, log-volume proxy, SGLD local
-    learning coefficient), after train."""
+    density and fraction of clearly negative eigenvalues, Hutchinson and Hutch++ traces, sharpness
+    against the optimizer's stability threshold, preconditioned for Adam), the stationarity of its
+    checkpoints, and flatness at x_K (eps-sublevel radius, log-volume proxy, SGLD local learning
+    coefficient), after train."""
     input:
         manifest=f"{CKPT}/manifest.json",
         minimizer=f"{CKPT}/minimizer.pt",
@@ -28,3 +29,30 @@ rule curvature:
         ENV
     script:
         "../scripts/curvature.py"
+
+
+rule plateaus:
+    """Plateau-escape events of every run of one experiment (loss flat with a small gradient, then
+    a drop) from the replayed per-step table, after evaluate. Cheap: runs whether or not the
+    experiment's Hessian curvature is enabled."""
+    input:
+        get_steps_parts,
+    output:
+        "results/tables/plateaus/experiment={experiment}/part-00000.parquet",
+    params:
+        runs=get_run_names,
+        settings=get_plateau_settings,
+        results=get_results_dir_of_output,
+    log:
+        "logs/plateaus/{experiment}.log",
+    benchmark:
+        "results/benchmarks/plateaus/{experiment}.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+        gpu=0,
+    conda:
+        ENV
+    script:
+        "../scripts/plateaus.py"
