@@ -18,17 +18,22 @@ FASHION_SYSTEM = Path(data.FASHION_SYSTEM_DIR)
 
 @pytest.fixture(scope="module")
 def tiny_results(tmp_path_factory):
-    """One digits run (train, snapshot, x_K, replay) and its conditions: a real results folder."""
+    """One digits run (train, snapshot, x_K, replay, curvature) and its conditions: a real results
+    folder."""
     import glob
 
     from landscope.conditions import experiment_conditions
+    from landscope.curvature import curvature_run
 
     exp = make_study({"model": {"name": "logistic_regression"}, "dataset": {"name": "digits", "n_train": 200},
                       "batch_size": 16, "steps": 12, "snapshot_every": 4, "seeds": [0],
-                      "optimizer": {"name": "sgd", "lr": 0.5}, "conditions": {"grid_size": 6}},
+                      "optimizer": {"name": "sgd", "lr": 0.5}, "conditions": {"grid_size": 6},
+                      "curvature": {"eval_samples": 64, "lanczos_iters": 6, "hutchinson_probes": 2,
+                                    "flatness_directions": 2, "llc_steps": 10}},
                      name="tiny").experiments["tiny"]
     root = tmp_path_factory.mktemp("cli")
-    results, _, _ = run_pipeline(exp.runs[0], root)
+    results, ckpt, _ = run_pipeline(exp.runs[0], root)
+    curvature_run(exp.runs[0], ckpt, ckpt / "minimizer.pt", results, exp.raw["curvature"])
     parts = {t: sorted(glob.glob(f"{results}/tables/{t}/experiment=tiny/*/*.parquet"))
              for t in ("steps", "directions", "drift")}
     experiment_conditions(exp, results, parts["steps"], parts["directions"], parts["drift"])
@@ -89,10 +94,11 @@ def test_figures_writes_every_chart_of_the_page_as_svg_and_png(tiny_results, tmp
     from landscope import report, store
 
     con = store.connect(tiny_results)
-    charts = report.experiment_charts(con, "tiny")
+    charts = report.page_charts(con, "tiny", tiny_results)
     con.close()
     expected = {cid: heading for cid, heading, chart in charts if chart is not None}
     assert {"heat", "loss", "gnorm", "angle", "aiming"} <= set(expected)  # the run fills these tables
+    assert any(cid.startswith("curv") for cid in expected)  # and the curvature tables
     rc, out, err = run(capsys, "figures", "--results", tiny_results, "--out", tmp_path / "svg", "tiny")
     assert rc == 0, err
     listed = dict(line.split("\t") for line in out.splitlines())
@@ -107,6 +113,24 @@ def test_figures_writes_every_chart_of_the_page_as_svg_and_png(tiny_results, tmp
         assert _png_size(png) == (round(2 * w), round(2 * h))  # the same drawing, twice the pixels
     heat = (tmp_path / "svg" / "tiny-heat.svg").read_text()
     assert "min T: all" in heat  # the single sweep point's heatmap panel
+
+
+def test_figures_export_exactly_the_charts_the_page_draws(tiny_results, tmp_path, capsys):
+    """One file per chart on the experiment page, curvature sections included, with the page's ids."""
+    from landscope import report
+
+    page = report.write_experiment_report(tiny_results, "tiny", tmp_path / "tiny.html").read_text()
+    divs = re.findall(r"<div class=chart id='([a-z]+)'></div>", page)
+    embedded = re.findall(r"vegaEmbed\('#([a-z]+)'", page)
+    assert divs and sorted(divs) == sorted(set(divs))
+    assert any(d.startswith("curv") for d in divs) and "<h2>Curvature</h2>" in page
+    rc, out, err = run(capsys, "figures", "--results", tiny_results, "--out", tmp_path / "svg", "tiny")
+    assert rc == 0, err
+    files = sorted(p.name for p in (tmp_path / "svg").iterdir())
+    assert files == sorted(f"tiny-{d}.svg" for d in divs)
+    assert sorted(embedded) == sorted(divs)  # each div gets its chart
+    listed = [line.split("\t")[0] for line in out.splitlines()]
+    assert listed == [str(tmp_path / "svg" / f"tiny-{d}.svg") for d in divs]  # in page order
 
 
 def test_figures_of_an_unknown_experiment_names_the_known_ones(tiny_results, tmp_path, capsys):

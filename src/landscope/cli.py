@@ -178,7 +178,7 @@ def known_experiments(con) -> list[str]:
 
 
 def export_figures(results: Path, experiment: str, out: Path, fmt: str = "svg", scale: float = 2.0):
-    """Write every chart of the experiment's page (report.experiment_charts) to ``out`` as
+    """Write every chart of the experiment's page (report.page_charts) to ``out`` as
     ``<experiment>-<chart id>.<fmt>``. Returns (written [(path, heading)], headings with no data).
     Raises LookupError when the results hold no such experiment."""
     from landscope import report, store
@@ -188,7 +188,7 @@ def export_figures(results: Path, experiment: str, out: Path, fmt: str = "svg", 
         known = known_experiments(con)
         if experiment not in known:
             raise LookupError(f"no experiment {experiment!r} in {results} (known: {', '.join(known) or 'none'})")
-        charts = report.experiment_charts(con, experiment)
+        charts = report.page_charts(con, experiment, results)
     finally:
         con.close()
     out.mkdir(parents=True, exist_ok=True)
