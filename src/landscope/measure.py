@@ -6,6 +6,7 @@ Full-batch quantities are computed in evaluation mode (dropout off) in chunks of
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -17,16 +18,27 @@ from torch import nn
 from landscope import store
 
 
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module):
+    """Evaluation mode (dropout off, batch-norm on its running statistics) for the duration; every
+    module gets its own mode back afterwards (``model.train(was)`` would flatten a model whose
+    modules were in different modes, e.g. x_K with batch-norm kept in batch-statistics mode)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, was in modes:
+            m.training = was
+
+
 def full_loss(problem, model: nn.Module) -> float:
     """f(x) = (1/n) sum_i f_i(x) over the training set (evaluation mode, float64 accumulation)."""
     x, y, n, chunk = problem.data.x, problem.data.y, len(problem.data), problem.spec.eval_batch_size
-    was = model.training
-    model.eval()
     total = torch.zeros((), dtype=torch.float64, device=problem.device)
-    with torch.no_grad():
+    with evaluation_mode(model), torch.no_grad():
         for a in range(0, n, chunk):
             total += problem.loss_fn(model, model(x[a:a + chunk]), y[a:a + chunk]).double().sum()
-    model.train(was)
     return total.item() / n
 
 
@@ -35,27 +47,25 @@ def full_loss_and_grad(problem, model: nn.Module) -> tuple[float, list[torch.Ten
     x, y, n, chunk = problem.data.x, problem.data.y, len(problem.data), problem.spec.eval_batch_size
     params = [p for p in model.parameters() if p.requires_grad]
     grads = [torch.zeros_like(p, dtype=torch.float64) for p in params]
-    was = model.training
-    model.eval()
-    total, correct = 0.0, 0
+    f64 = dict(dtype=torch.float64, device=problem.device)
+    total, correct = torch.zeros((), **f64), torch.zeros((), **f64)  # summed on the device
     classify = False
     signs = bool(((y == 1) | (y == -1)).all()) if y.is_floating_point() else False
-    for a in range(0, n, chunk):
-        out = model(x[a:a + chunk])
-        losses = problem.loss_fn(model, out, y[a:a + chunk])
-        gs = torch.autograd.grad(losses.sum() / n, params)
-        for acc, g in zip(grads, gs):
-            acc += g.double()
-        total += losses.detach().double().sum().item()
-        yb = y[a:a + chunk]
-        if not yb.is_floating_point() and out.dim() == yb.dim() + 1:  # classes (or tokens): last dim
-            classify = True
-            correct += (out.argmax(-1) == yb).double().reshape(len(yb), -1).mean(1).sum().item()
-        elif signs and out.dim() == 1:  # +-1 labels with a score (half-space)
-            correct += ((out > 0).float() * 2 - 1 == y[a:a + chunk]).sum().item()
-    model.train(was)
-    acc = correct / n if (classify or signs) else math.nan
-    return total / n, grads, acc
+    with evaluation_mode(model):
+        for a in range(0, n, chunk):
+            out = model(x[a:a + chunk])
+            losses = problem.loss_fn(model, out, y[a:a + chunk])
+            gs = torch.autograd.grad(losses.sum() / n, params)
+            torch._foreach_add_(grads, [g.double() for g in gs])
+            total += losses.detach().double().sum()
+            yb = y[a:a + chunk]
+            if not yb.is_floating_point() and out.dim() == yb.dim() + 1:  # classes (or tokens): last dim
+                classify = True
+                correct += (out.argmax(-1) == yb).double().reshape(len(yb), -1).mean(1).sum()
+            elif signs and out.dim() == 1:  # +-1 labels with a score (half-space)
+                correct += ((out > 0).float() * 2 - 1 == y[a:a + chunk]).sum()
+    acc = correct.item() / n if (classify or signs) else math.nan
+    return total.item() / n, grads, acc
 
 
 def _norm(tensors) -> float:

@@ -51,6 +51,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def enable_determinism(device: torch.device) -> None:
+    """Deterministic kernels on accelerators, so that a replay retraces training (the drift check
+    measures how far it strays). cuBLAS needs a fixed workspace for deterministic GEMMs; the
+    variable must be set before its first use, which is after this call (nothing touched CUDA yet).
+    CPU kernels here are deterministic already (and the switch costs ~2 s of imports)."""
+    if device.type == "cpu":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False  # autotuning may pick a different kernel per process
+
+
 @dataclass
 class Problem:
     spec: RunSpec
@@ -81,17 +93,14 @@ class Problem:
 def build_problem(spec: RunSpec) -> Problem:
     torch.set_num_threads(spec.torch_threads)
     device = resolve_device(spec.device)
-    if device.type != "cpu":
-        # CPU kernels here are deterministic already (and the switch costs ~2 s of imports)
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    enable_determinism(device)
     data = load_dataset(spec.dataset, spec.data_dir)
     if spec.batch_size > len(data):
         raise ValueError(f"run {spec.experiment}/{spec.run}: batch_size {spec.batch_size} exceeds "
                          f"the dataset size {len(data)}")
     n_classes = data.meta.get("n_classes") or (int(data.y.max().item()) + 1 if not data.y.is_floating_point() else 1)
     torch.manual_seed(spec.seed)
-    model = build_model(spec.model, int(data.x[0].numel()), n_classes).to(device)
+    model = build_model(spec.model, int(data.x[0].numel()), n_classes).to(device).train()
     fstar = None
     if spec.f_i_star == "exact":
         if data.f_i_star is None:
@@ -143,7 +152,8 @@ def _step(problem: Problem, opt: torch.optim.Optimizer, step: int, hook=None) ->
     lr = lr_at(spec.optimizer, spec.schedule, spec.steps, step)
     for group in opt.param_groups:
         group["lr"] = lr
-    model.train()
+    if not model.training:  # every helper that switches modes restores each module's own flag
+        model.train()
     opt.zero_grad(set_to_none=True)
     loss = problem.loss_fn(model, model(xb), yb).mean()
     loss.backward()
@@ -377,8 +387,36 @@ def _progress(enabled: bool, total: int, initial: int, desc: str):
 
 
 # ----------------------------------------------------------------------------------- replay
-def _flat_params(model: nn.Module) -> list[torch.Tensor]:
-    return [p for p in model.parameters()]
+STEP_COLUMNS = ("batch_loss", "batch_loss_at_min", "batch_loss_star", "grad_dot_dir", "grad_norm", "dist_to_min")
+
+
+def _flat(tensors) -> torch.Tensor:
+    """One contiguous vector of ``tensors`` (a copy): one kernel per reduction instead of one per
+    parameter tensor."""
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
+def _losses_at(problem: Problem, model: nn.Module, steps: range) -> torch.Tensor:
+    """f_{i_k}(x) for every step k in ``steps`` (float64), the batches of many steps in one no-grad
+    forward of up to ``eval_batch_size`` samples. Valid only for a model without batch-dependent
+    layers (no batch-norm in batch-statistics mode): each sample's loss is then its own."""
+    spec = problem.spec
+    per = max(1, spec.eval_batch_size // spec.batch_size)
+    out = torch.empty(len(steps), dtype=torch.float64, device=problem.device)
+    with torch.no_grad():
+        for a in range(0, len(steps), per):
+            chunk = steps[a:a + per]
+            idx = torch.cat([problem.batch(s) for s in chunk]).to(problem.device)
+            losses = problem.loss_fn(model, model(problem.data.x[idx]), problem.data.y[idx])
+            out[a:a + len(chunk)] = losses.reshape(len(chunk), -1).mean(1).double()
+    return out
+
+
+def _loss_at(problem: Problem, model: nn.Module, step: int) -> torch.Tensor:
+    """f_{i_k}(x) of one step's batch (no grad, float64)."""
+    idx = problem.batch(step).to(problem.device)
+    with torch.no_grad():
+        return problem.loss_fn(model, model(problem.data.x[idx]), problem.data.y[idx]).mean().double()
 
 
 def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Path, segment: int,
@@ -388,6 +426,11 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
     Writes the ``steps`` rows of the segment, the ``directions`` rows of its start checkpoint (and
     of the final checkpoint for the last segment) and a ``drift`` row. Raises ReplayDriftError when
     the replayed parameters differ from the next checkpoint by more than the tolerance.
+
+    Cost: the training step itself, three reductions over the flat parameter vector, and f_{i_k}(x_K).
+    When x_K is fixed and the model has no batch-norm, f_{i_k}(x_K) of all steps is computed after
+    the loop in large no-grad batches (checked against a per-step forward at the first and last
+    step); nothing is copied to the host before the segment ends.
     """
     t0 = time.perf_counter()
     ckpt_dir = Path(ckpt_dir)
@@ -407,17 +450,22 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
     model_k.eval()
     for p in model_k.parameters():
         p.requires_grad_(False)
-    params = _flat_params(problem.model)
-    params_k = _flat_params(model_k)
+    params = list(problem.model.parameters())
+    params_k = list(model_k.parameters())
     # With dropout the measurement needs its own forward (dropout off). Without it, the training
     # forward (batch-norm on this batch's statistics) already gives f_{i_k}(x_k) and its gradient.
     separate = has_dropout(problem.model)
     batchnorm = bool(batchnorm_modules(model_k))
+    if batchnorm:  # x_K is only measured: batch statistics of each batch, running statistics never written
+        _batch_statistics(model_k)
     projecting = spec.minimizer == "projection"
     if projecting and not hasattr(problem.model, "project"):
         raise ValueError(f"experiment {spec.experiment}: minimizer: projection needs a model that knows "
                          f"its set of minimizers (a 'project' method), which {type(problem.model).__name__} "
                          "has not; use minimizer: last or best")
+    # x_K fixed and every sample's loss its own: f_{i_k}(x_K) for all steps after the loop, batched
+    deferred = not projecting and not batchnorm
+    reference = {"flat": _flat(params_k)}
 
     def sync_reference():
         """With minimizer: projection, the reference point is Proj(x_k, S), step by step."""
@@ -425,11 +473,12 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
             with torch.no_grad():
                 for q, v in zip(params_k, problem.model.project(params)):
                     q.copy_(v)
+            reference["flat"] = _flat(params_k)
 
     n_steps = hi - lo
     dev, f64 = problem.device, torch.float64
-    buf = {k: torch.empty(n_steps, dtype=f64, device=dev) for k in
-           ("batch_loss", "batch_loss_at_min", "batch_loss_star", "grad_dot_dir", "grad_norm", "dist_to_min")}
+    rows = torch.full((n_steps, len(STEP_COLUMNS)), math.nan, dtype=f64, device=dev)
+    nan = torch.tensor(math.nan, dtype=f64, device=dev)
     state = {"i": 0}
 
     def hook(idx, xb, yb, loss):
@@ -441,23 +490,16 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
                 mloss = problem.loss_fn(problem.model, out, yb).mean()
                 grads = torch.autograd.grad(mloss, params)
         else:
-            mloss, grads = loss, [p.grad for p in params]
+            mloss, grads = loss, [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         with torch.no_grad():
-            diffs = [p.detach() - q for p, q in zip(params, params_k)]
-            dot = torch.stack([(g.double() * d.double()).sum() for g, d in zip(grads, diffs)]).sum()
-            gn = torch.stack([g.double().pow(2).sum() for g in grads]).sum().sqrt()
-            dist = torch.stack([d.double().pow(2).sum() for d in diffs]).sum().sqrt()
-            if separate or batchnorm:  # batch statistics of this batch; running statistics untouched
-                with measurement_mode(model_k):
-                    lk = problem.loss_fn(model_k, model_k(xb), yb).mean()
-            else:  # no dropout or batch-norm: model_k (eval mode) already measures as the paper does
-                lk = problem.loss_fn(model_k, model_k(xb), yb).mean()
-            buf["batch_loss"][i] = mloss.detach().double()
-            buf["batch_loss_at_min"][i] = lk.double()
-            buf["batch_loss_star"][i] = problem.batch_star(idx)
-            buf["grad_dot_dir"][i] = dot
-            buf["grad_norm"][i] = gn
-            buf["dist_to_min"][i] = dist
+            g = _flat(grads)
+            d = _flat(params) - reference["flat"]
+            # float32 products, float64 accumulation: as exact as the float32 gradient itself
+            dot = (g * d).sum(dtype=f64)
+            gn = torch.linalg.vector_norm(g, dtype=f64)
+            dist = torch.linalg.vector_norm(d, dtype=f64)
+            lk = nan if deferred else problem.loss_fn(model_k, model_k(xb), yb).mean().double()
+            rows[i] = torch.stack([mloss.detach().double(), lk, problem.batch_star(idx), dot, gn, dist])
         state["i"] = i + 1
 
     meta = store.provenance(chash, str(problem.device))
@@ -478,6 +520,8 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
     drift = parameter_drift(problem.model, load_checkpoint(checkpoint_path(ckpt_dir, hi), chash,
                                                            map_location=problem.device)["model"])
     tol = drift_tolerance(spec, problem.device)
+    if deferred:
+        rows[:, 1] = _deferred_losses_at_min(problem, model_k, range(lo, hi))
     wall = time.perf_counter() - t0
     store.write_table(store.part_path(results, "drift", spec.experiment, spec.run, segment), "drift", {
         "experiment": [spec.experiment], "run": [spec.run], "segment": [segment], "step": [hi],
@@ -491,7 +535,7 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
     if hi == spec.steps:
         sync_reference()
         directions.append(measure.direction_row(problem, model_k, hi, f_at_min))
-    cols = {k: v.cpu().tolist() for k, v in buf.items()}
+    cols = dict(zip(STEP_COLUMNS, rows.cpu().T.tolist()))  # the segment's one copy to the host
     steps = list(range(lo, hi))
     cols["lr"] = [lr_at(spec.optimizer, spec.schedule, spec.steps, s) for s in steps]
     store.write_table(store.part_path(results, "steps", spec.experiment, spec.run, segment), "steps",
@@ -504,23 +548,45 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
     return {"segment": segment, "drift": drift, "wall_s": wall}
 
 
+BATCHED_RTOL, BATCHED_ATOL = 1e-4, 1e-6
+
+
+def _deferred_losses_at_min(problem: Problem, model_k: nn.Module, steps: range) -> torch.Tensor:
+    """f_{i_k}(x_K) of every step, batched across steps, after checking on the first and last step
+    that batching does not change a sample's loss (a model whose layers mix the samples of a batch
+    in ways landscope cannot see, e.g. a hand-written normalisation, falls back to per-step forwards)."""
+    batched = _losses_at(problem, model_k, steps)
+    ends = sorted({steps[0], steps[-1]})
+    single = torch.stack([_loss_at(problem, model_k, s) for s in ends])
+    if torch.allclose(batched[[s - steps[0] for s in ends]], single, rtol=BATCHED_RTOL, atol=BATCHED_ATOL):
+        return batched
+    log.info("run %s/%s: losses at x_K change when batches are stacked (batch-dependent layers): "
+             "measuring them one step at a time", problem.spec.experiment, problem.spec.run)
+    return torch.stack([_loss_at(problem, model_k, s) for s in steps])
+
+
+def _batch_statistics(model: nn.Module) -> None:
+    """For good: dropout off; batch-norm normalises with each batch's own statistics and never writes
+    its running statistics (which evaluation mode, e.g. for f(x_K), still uses)."""
+    model.eval()
+    for m in batchnorm_modules(model):
+        m.train()
+        m.track_running_stats = False
+
+
 @contextlib.contextmanager
 def measurement_mode(model: nn.Module):
     """Measure f_{i_k} as the paper does: dropout off; batch-norm normalises with the statistics of
-    the batch itself (train mode) but its running statistics are restored afterwards, so measuring
-    never changes the model or the trajectory."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [{k: b.detach().clone() for k, b in m.named_buffers(recurse=False)} for m in norms]
+    the batch itself (train mode) without updating its running statistics (no buffer is written,
+    so nothing needs restoring); every module's mode is restored afterwards."""
     modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    for m in norms:
-        m.train()
+    norms = [(m, m.track_running_stats) for m in batchnorm_modules(model)]
+    _batch_statistics(model)
     try:
         yield model
     finally:
-        for m, buffers in zip(norms, saved):
-            for k, b in m.named_buffers(recurse=False):
-                b.copy_(buffers[k])
+        for m, tracked in norms:
+            m.track_running_stats = tracked
         for m, was in modes:
             m.training = was
 
