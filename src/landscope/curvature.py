@@ -136,7 +136,7 @@ def _check_iters(iters: int, n: int) -> int:
 
 
 def lanczos(hvp: HVP, v0: torch.Tensor, iters: int) -> Lanczos:
-    """Lanczos tridiagonalisation from ``v0`` with full reorthogonalisation (twice per step).
+    """Lanczos tridiagonalisation from ``v0`` with full reorthogonalisation (twice when needed).
 
     Stops early when the Krylov space becomes invariant (then the Ritz values are exact).
     """
@@ -149,9 +149,14 @@ def lanczos(hvp: HVP, v0: torch.Tensor, iters: int) -> Lanczos:
         basis[j] = q
         w = hvp(q).to(F64)
         alphas.append(float(w @ q))
-        for _ in range(2):  # "twice is enough" (Kahan-Parlett)
-            w = w - basis[:j + 1].T @ (basis[:j + 1] @ w)
+        # full reorthogonalisation; a second pass only when the first removed most of w (the
+        # Kahan-Parlett / DGKS criterion, "twice is enough"): the basis is read once per pass
+        before = float(torch.linalg.vector_norm(w))
+        w = w - (basis[:j + 1] @ w) @ basis[:j + 1]
         b = float(torch.linalg.vector_norm(w))
+        if b < 0.7071 * before:
+            w = w - (basis[:j + 1] @ w) @ basis[:j + 1]
+            b = float(torch.linalg.vector_norm(w))
         scale = max(max(abs(a) for a in alphas), max(betas, default=0.0), 1e-300)
         if j == m - 1 or b <= 1e-10 * scale:
             break
@@ -569,8 +574,7 @@ def curvature_run(spec, ckpt_dir, minimizer_path, results, settings: dict) -> di
 
     from landscope import store
     from landscope.flatness import flatness_row, stationarity
-    from landscope.optim import lr_at
-    from landscope.trajectory import build_problem, checkpoint_path, load_checkpoint, load_minimizer
+    from landscope.trajectory import attach_recording, build_problem, checkpoint_path, load_checkpoint, load_minimizer
 
     s = settings_of(settings)
     t_run = time.perf_counter()
@@ -584,7 +588,7 @@ def curvature_run(spec, ckpt_dir, minimizer_path, results, settings: dict) -> di
     x_k = minimizer.get("step") if minimizer else None
     all_steps = [c["step"] for c in manifest["checkpoints"]]
     steps = measured_steps(all_steps, s["every"], x_k)
-    problem = build_problem(spec)
+    problem = attach_recording(build_problem(spec), ckpt_dir)  # a recorded loop's own learning rates
     idx = eval_subset(len(problem.data), s["eval_samples"], s["seed"]).to(problem.device)
     x, y = problem.data.x[idx], problem.data.y[idx]
     rows, spec_rows = [], []
@@ -600,7 +604,7 @@ def curvature_run(spec, ckpt_dir, minimizer_path, results, settings: dict) -> di
             raise ValueError(f"curvature {spec.experiment}/{spec.run}: parameters without requires_grad; "
                              "the preconditioned sharpness needs every parameter trainable")
         row, spectrum = measure_operator(op, s, problem.device, precond)
-        lr = lr_at(spec.optimizer, spec.schedule, spec.steps, step)
+        lr = problem.lr(step)
         row.update(step=step, is_minimizer=step == x_k, lr=lr, eval_samples=len(idx),
                    **edge_of_stability(row["lambda_max"], lr, spec.optimizer, row["precond_lambda_max"]),
                    wall_s=time.perf_counter() - t0)

@@ -109,8 +109,8 @@ def curvature_charts(con, experiment: str) -> list[tuple[str, str, object | None
         out.append((title, caption, chart))
     dens = density_curves(con, experiment)
     out.append(("Spectral density", "SLQ density smoothed with a Gaussian of width σ (the Lanczos resolution), "
-                "first seed of each sweep point at its first, middle and last measured checkpoint; solid "
-                "grey: 0, dashed: 2/lr at that checkpoint (gradient descent's threshold)",
+                "first seed of each sweep point at its first, middle and last measured checkpoint, floored at "
+                "1e-6 of its peak; solid grey: 0, dashed: 2/lr at that checkpoint (gradient descent's threshold)",
                 density_chart(dens) if not dens.is_empty() else None))
     for title, col, se, caption in (
             ("Trace", "trace", "trace_se", "Hutchinson estimate; band: seeds' range ± one standard error over probes"),
@@ -159,7 +159,7 @@ ORDER BY k.point, k.step, s.probe, s.ritz
 def density_curves(con, experiment: str, points: int = 160) -> pl.DataFrame:
     """point, step, checkpoint (first/middle/last), eigenvalue, density, two_over_lr: the smoothed SLQ
     density (landscope.curvature.smoothed_density, averaged over probes) on an even grid over the
-    Ritz values ± 4 sigma; densities below 1e-6 of the curve's peak are cut (the chart is log-scale)."""
+    Ritz values ± 4 sigma, floored at 1e-6 of the curve's peak (the chart is log-scale)."""
     from landscope.curvature import smoothed_density
 
     nodes = con.sql(_DENSITY_SQL, params={"e": experiment}).pl()
@@ -175,11 +175,17 @@ def density_curves(con, experiment: str, points: int = 160) -> pl.DataFrame:
             sigma = max(float(ritz.max() - ritz.min()), 1e-12) / max(len(ritz) // g["probe"].n_unique(), 1)
         grid = torch.linspace(float(ritz.min()) - 4 * sigma, float(ritz.max()) + 4 * sigma, points,
                               dtype=torch.float64)
-        rho = smoothed_density(ritz, weight, grid, sigma)
-        keep = rho >= 1e-6 * rho.max()
+        rho = smoothed_density(ritz, weight, grid, sigma).clamp_min(1e-6 * rho_peak(ritz, weight, sigma))
         rows += [{"point": point, "step": step, "checkpoint": label, "eigenvalue": float(t), "density": float(r),
-                  "two_over_lr": g["two_over_lr"][0]} for t, r, k in zip(grid, rho, keep) if k]
+                  "two_over_lr": g["two_over_lr"][0]} for t, r in zip(grid, rho)]
     return pl.DataFrame(rows)
+
+
+def rho_peak(ritz: torch.Tensor, weight: torch.Tensor, sigma: float) -> float:
+    """The smoothed density's largest value at the Ritz nodes (its peak up to the grid)."""
+    from landscope.curvature import smoothed_density
+
+    return float(smoothed_density(ritz, weight, ritz, sigma).max())
 
 
 def density_chart(df: pl.DataFrame):
