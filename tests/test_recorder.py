@@ -130,6 +130,16 @@ def test_a_torch_scheduler_and_dataloader_order_are_replayed(tmp_path):
     assert train["epoch"] == [0] * 16 + [1] * 8
     rec_ = load_recording(ckpt, spec)
     assert all(torch.equal(rec_.batch(k), batches[k]) for k in range(spec.steps))
+    # curvature compares lambda_max with 2/lr: the loop's learning rates, not the config's constant one
+    from landscope.curvature import curvature_run
+
+    cheap = make_study({**EXP, "curvature": {"eval_samples": 32, "lanczos_iters": 4, "hutchinson_probes": 2,
+                                             "slq_probes": 1, "flatness_directions": 1, "llc_steps": 5,
+                                             "llc_chains": 1}}).experiments["t"].raw["curvature"]
+    curvature_run(spec, ckpt, ckpt / "minimizer.pt", tmp_path / "results", cheap)
+    curv = _table(tmp_path / "results", "curvature", spec)
+    assert curv["step"] == [0, 8, 16, 24]
+    assert curv["lr"] == [used[0], used[8], used[16], used[23]]  # the last checkpoint: the last step's
     assert not torch.equal(batches[0], batches[16])  # a new permutation in the second epoch
 
 

@@ -87,7 +87,8 @@ class Recording:
         return self.indices[self.offsets[step]:self.offsets[step + 1]]
 
     def lr(self, step: int) -> float:
-        return self.lrs[step]
+        """The learning rate of ``step``; at the end of the run (a last checkpoint), the last one."""
+        return self.lrs[min(step, len(self.lrs) - 1)]
 
 
 def load_recording(ckpt_dir: str | Path, spec: RunSpec) -> Recording:
