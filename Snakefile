@@ -8,12 +8,17 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
+# `snakemake --report report.zip` after a run: these pages with captions, under this description.
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/measure.smk"
 include: "workflow/rules/conditions.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/curvature.smk"
+include: "workflow/rules/surfaces.smk"
 
 
 # Every page is a target of its own: Snakemake does not rebuild a missing intermediate file whose
@@ -25,4 +30,5 @@ rule all:
         get_all_reports(),
         "results/landscope.duckdb",
         get_all_curvature_parts(),
+        get_all_surfaces_parts(),
     default_target: True

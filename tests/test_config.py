@@ -78,7 +78,7 @@ def test_schema_defaults_reach_the_run_spec():
     exp_props = schema["$defs"]["experiment"]["properties"]
     fields = set(RunSpec.__dataclass_fields__)
     not_per_run = {"title", "figure", "scale_note", "enabled", "if_data_missing", "seeds", "sweep",
-                   "conditions", "curvature"}
+                   "conditions", "curvature", "surfaces"}
     assert set(exp_props) - not_per_run <= fields
     for key in ("device", "data_dir", "torch_threads"):
         assert key in schema["properties"] and key in fields

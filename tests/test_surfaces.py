@@ -46,6 +46,9 @@ def test_path_steps_and_starts():
     assert sf.path_steps([0, 100], 0) == [0, 100]
     assert sf.path_steps([0, 100], 5) == [0, 25, 50, 75, 100]
     assert sf.path_steps([0, 40, 100], 3) == [0, 40, 50, 100]
+    assert sf.path_steps([0, 100], "auto") == [round(100 * i / 19) for i in range(20)]  # replay: 20 iterates
+    eight = list(range(0, 800, 100))
+    assert sf.path_steps(eight, "auto") == eight  # enough checkpoints: no replay
     steps, dist = [0, 25, 50, 75, 100], [4.0, 3.0, 2.0, 1.0, 0.0]
     assert sf.start_steps(steps, dist, 3) == [0, 50, 75]  # evenly over the 4 iterates that differ from x_K
     assert sf.start_steps(steps, dist, 1) == [0]
@@ -215,7 +218,8 @@ def test_pca_ranges_cover_the_path_and_x_k():
     ({"planes": ["random", "random"]}, "distinct planes"),
     ({"planes": ["hessian"]}, "distinct planes"),
     ({"span_2d": 0}, "span_2d must be a number > 0"),
-    ({"path_points": 1}, "path_points must be 0"),
+    ({"path_points": 1}, "path_points must be 'auto', 0"),
+    ({"path_points": "many"}, "integer >= 0 or 'auto'"),
     ({"seeds": "some"}, "'all' or 'first'"),
     ({"gird": 3}, "unknown setting"),
 ])

@@ -1,3 +1,11 @@
 """landscope: does the loss landscape along *your* training trajectory satisfy the conditions the theory assumes?"""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):  # `from landscope import Recorder` without importing torch for every `import landscope`
+    if name in ("Recorder", "recorded_runs"):
+        from landscope import recorder
+
+        return getattr(recorder, name)
+    raise AttributeError(f"module 'landscope' has no attribute {name!r}")

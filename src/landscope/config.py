@@ -243,6 +243,9 @@ def _check_semantics(name: str, exp: dict) -> None:
         raise ConfigError(
             f"config key '{where}.snapshot_every': got {exp['snapshot_every']}, more than "
             f"steps={exp['steps']}; use a value <= steps")
+    from landscope.surfaces import check_experiment as check_surfaces
+
+    check_surfaces(name, exp)
     for key, values in exp["sweep"].items():
         parent, leaf = _walk(exp, key, f"{where}.sweep")
         for v in values:
@@ -305,6 +308,7 @@ class RunSpec:
     device: str = "auto"
     data_dir: str | None = None
     torch_threads: int = 1
+    source: str = "train"
 
     @property
     def checkpoint_steps(self) -> list[int]:
@@ -315,7 +319,10 @@ class RunSpec:
         return len(self.checkpoint_steps) - 1
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["source"] == "train":  # left out at its default: earlier results keep their config hash
+            del d["source"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunSpec":
@@ -381,7 +388,7 @@ def expand_experiment(name: str, exp: dict, top: dict) -> ExperimentSpec:
                 minimizer=concrete["minimizer"], drift_tolerance=concrete["drift_tolerance"],
                 eval_batch_size=concrete["eval_batch_size"],
                 directions_every=concrete["directions_every"], device=top["device"],
-                data_dir=top["data_dir"], torch_threads=top["torch_threads"]))
+                data_dir=top["data_dir"], torch_threads=top["torch_threads"], source=concrete["source"]))
     names = [r.run for r in runs]
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})

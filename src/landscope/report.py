@@ -376,10 +376,28 @@ def _kv_table(items: dict) -> str:
 @lru_cache(maxsize=1)
 def vega_bundle() -> str:
     """Vega, Vega-Lite and vega-embed as one script (from the vl-convert wheel: no network);
-    defines window.vegaEmbed. About 900 KB; built once per process."""
+    defines window.vegaEmbed. About 900 KB; building it takes ~4 s, so it is kept in the user cache
+    per vl-convert version (written atomically; rebuilt when missing or unreadable)."""
+    import os
+    from importlib import metadata
+
     import vl_convert
 
-    return vl_convert.javascript_bundle()
+    cache = (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "landscope"
+             / f"vega-bundle-{metadata.version('vl-convert-python')}.js")
+    try:
+        text = cache.read_text(encoding="utf-8")
+        if "vegaEmbed" in text:
+            return text
+    except (OSError, UnicodeDecodeError):
+        pass
+    text = vl_convert.javascript_bundle()
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        store.atomic_write_bytes(cache, text.encode("utf-8"))
+    except OSError:  # a read-only home: build it every time
+        pass
+    return text
 
 
 def spec_json(chart) -> str:
@@ -614,6 +632,26 @@ def curvature_sections(con, experiment: str) -> list[tuple[str, str, str, object
             for i, (title, caption, chart) in enumerate(curvature_charts(con, experiment))]
 
 
+def surface_sections(con, experiment: str) -> list[tuple[str, str, str, object | None]]:
+    """(id, heading, caption, chart) from landscope.report_surfaces when that module exists and the
+    surface tables have rows for the experiment (else [])."""
+    import importlib.util
+
+    if importlib.util.find_spec("landscope.report_surfaces") is None:
+        return []
+    views = {r[0] for r in con.sql("SELECT view_name FROM duckdb_views()").fetchall()}
+    if not {"surface_1d", "surface_2d"} <= views:
+        return []
+    n = con.sql("SELECT (SELECT count(*) FROM surface_1d WHERE experiment = $e) + "
+                "(SELECT count(*) FROM surface_2d WHERE experiment = $e)", params={"e": experiment}).fetchall()[0][0]
+    if not n:
+        return []
+    from landscope.report_surfaces import surface_charts as loss_surface_charts
+
+    return [(f"lsurf{_letters(i)}", title, caption, chart)
+            for i, (title, caption, chart) in enumerate(loss_surface_charts(con, experiment))]
+
+
 def _captioned_sections(sections: list[tuple[str, str, str, object | None]]) -> str:
     """h3 heading, caption note and chart (or 'no data') per (id, heading, caption, chart)."""
     parts = []
@@ -672,8 +710,8 @@ def _chart_sections(charts: list[tuple[str, str, object | None]]) -> str:
 
 
 def _paper_sections(con, results, experiment: str, summary: pl.DataFrame):
-    """(HTML, [(id, chart)]) of the page's optional parts: the x_K comparison of a minimizer sweep,
-    the surfaces of analytic examples, and the curvature charts."""
+    """(HTML, [(id, heading, chart)]) of the page's optional parts: the x_K comparison of a minimizer
+    sweep, the surfaces of analytic examples, the curvature charts and the loss surfaces."""
     from landscope.report_analytic import surface_charts
 
     parts, charts = [], []
@@ -683,7 +721,7 @@ def _paper_sections(con, results, experiment: str, summary: pl.DataFrame):
         parts.append("<h2>Choice of x<sub>K</sub></h2><p class=note>The exact feasible region of every "
                      "x<sub>K</sub> choice of this sweep, overlaid (dots: the smallest feasible &alpha;).</p>")
         parts.append(("<div class=chart id='xkregion'></div>" if chart is not None else NO_DATA) + table)
-        charts += [("xkregion", chart)] if chart is not None else []
+        charts += [("xkregion", "Choice of x_K", chart)] if chart is not None else []
     surfaces = surface_charts(con, results, experiment)
     if surfaces:
         parts.append("<h2>Surface</h2><p class=note>f(x, y) around the trajectories (as the paper's "
@@ -691,12 +729,26 @@ def _paper_sections(con, results, experiment: str, summary: pl.DataFrame):
                      "order, x<sub>K</sub> as a cross. Between checkpoints the path is drawn straight.</p>")
         for i, (point, chart) in enumerate(surfaces):
             parts.append(f"<h3>{html.escape(point)}</h3><div class=chart id='surface{_letters(i)}'></div>")
-            charts.append((f"surface{_letters(i)}", chart))
+            charts.append((f"surface{_letters(i)}", f"Surface: {point}", chart))
     curvature = curvature_sections(con, experiment)
     if curvature:
         parts.append("<h2>Curvature</h2>" + _captioned_sections(curvature))
-        charts += [(cid, ch) for cid, _, _, ch in curvature if ch is not None]
+        charts += [(cid, heading, ch) for cid, heading, _, ch in curvature if ch is not None]
+    loss_surfaces = surface_sections(con, experiment)
+    if loss_surfaces:
+        parts.append("<h2>Loss surfaces around x<sub>K</sub></h2>" + _captioned_sections(loss_surfaces))
+        charts += [(cid, heading, ch) for cid, heading, _, ch in loss_surfaces if ch is not None]
     return "".join(parts), charts
+
+
+def page_charts(con, experiment: str, results: str | Path = "results") -> list[tuple[str, str, object | None]]:
+    """(id, heading, chart) of every chart of the experiment's page, in page order: the main charts
+    (heatmaps, loss, gradient norm, angle, Aiming, PL; chart None where the page says 'no data'),
+    then the optional sections (x_K comparison, analytic surfaces, curvature, loss surfaces).
+    ``results``: the folder ``con`` reads (the analytic surfaces also read its checkpoints)."""
+    charts = experiment_charts(con, experiment)
+    _, extra = _paper_sections(con, results, experiment, condition_summary(con, experiment))
+    return charts + extra
 
 
 def _setup(setup: dict | None, runs: pl.DataFrame, summary: pl.DataFrame) -> list[str]:
@@ -751,7 +803,7 @@ def write_experiment_report(results: str | Path, experiment: str, out_html: str 
         "<h2>Charts</h2>", _chart_sections(charts), extra_html,
         f"<h2>Runs</h2>{runs_html}",
         f"<h2>Provenance</h2>{prov_html}"])
-    embedded = [(cid, ch) for cid, _, ch in charts if ch is not None] + extra_charts
+    embedded = [(cid, ch) for cid, _, ch in charts + extra_charts if ch is not None]
     return _write(out_html, html_page(title or experiment, body, embedded))
 
 

@@ -16,9 +16,6 @@ import altair as alt
 import numpy as np
 import polars as pl
 
-from landscope import analytic
-from landscope.trajectory import checkpoint_path
-
 GRID_N = 50  # grid cells per axis of the surface
 PAD = 0.25  # the box extends this fraction of its size beyond the plotted points
 SEED_COLORS = ["#ffffff", "#ff9f1c", "#00e5ff", "#ff4fd8", "#b6ff3b", "#c0c0c0"]  # visible on viridis, not red
@@ -53,7 +50,8 @@ def checkpoint_points(results: str | Path, experiment: str, runs: pl.DataFrame) 
     """
     import torch
 
-    from landscope.trajectory import load_checkpoint, load_minimizer, parameter_path
+    from landscope import analytic
+    from landscope.trajectory import checkpoint_path, load_checkpoint, load_minimizer, parameter_path
 
     cps, xks = [], []
     for r in runs.iter_rows(named=True):
@@ -92,6 +90,8 @@ def surface_grid(example: int, xlim, ylim, n: int = GRID_N) -> pl.DataFrame:
     """f(x, y) at the centres of an n x n grid of cells (x0, x1, y0, y1 are the cell edges)."""
     import torch
 
+    from landscope import analytic
+
     ex, ey = np.linspace(*xlim, n + 1), np.linspace(*ylim, n + 1)
     cx, cy = (ex[:-1] + ex[1:]) / 2, (ey[:-1] + ey[1:]) / 2
     i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
@@ -107,6 +107,8 @@ def minimizer_set(example: int, xlim, ylim) -> pl.DataFrame:
     if example == 1:
         xs = np.clip(np.array([xlim[0], xlim[1]]), -0.5 - ylim[1], -0.5 - ylim[0])
         return pl.DataFrame({"x": xs, "y": -0.5 - xs, "part": [0, 0]})
+    from landscope import analytic
+
     pts = analytic.minimizers(example)
     inside = [(x, y) for x, y in pts if xlim[0] <= x <= xlim[1] and ylim[0] <= y <= ylim[1]]
     return pl.DataFrame({"x": [p[0] for p in inside], "y": [p[1] for p in inside],
@@ -144,6 +146,8 @@ def surface_charts(con, results: str | Path, experiment: str) -> list[tuple[str,
     runs = analytic_runs(con, experiment)
     if runs.is_empty():
         return []
+    from landscope import analytic  # here, not at the top: pages without analytic runs need no torch
+
     cps, xks = checkpoint_points(results, experiment, runs)
     out = []
     for point in sorted(set(runs["point"].to_list())):

@@ -76,7 +76,9 @@ def plane_path(con, experiment: str, run: str, plane: str) -> pl.DataFrame:
 
 
 def _loss_scale(values: pl.Series) -> alt.Scale:
-    return alt.Scale(type="log") if len(values) and values.min() > 0 else alt.Scale(zero=False)
+    if len(values) and values.min() > 0:
+        return alt.Scale(type="log", nice=False, padding=8)
+    return alt.Scale(zero=False)
 
 
 def _t_rules() -> alt.Chart:

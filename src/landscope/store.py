@@ -248,11 +248,16 @@ def write_database(results: str | Path = "results", path: str | Path | None = No
 
 
 # Curvature (landscope.curvature): per checkpoint of a run, and the SLQ nodes behind it.
+# neg_fraction: SLQ mass below -3 density_sigma (docs/conditions.md); eos_sharpness is
+# precond_lambda_max for Adam types, else lambda_max, compared with eos_threshold (rule eos_rule).
 SCHEMAS["curvature"] = {
     "experiment": STR, "run": STR, "step": I64, "is_minimizer": BOOL, "lambda_max": F64,
     "lambda_2": F64, "lambda_3": F64, "lambda_min": F64, "neg_fraction": F64,
-    "neg_fraction_se": F64, "trace": F64, "trace_se": F64, "lr": F64, "two_over_lr": F64,
-    "above_eos": BOOL, "eval_samples": I64, "n_hvp": I64, "wall_s": F64,
+    "neg_fraction_se": F64, "density_sigma": F64, "trace": F64, "trace_se": F64,
+    "trace_hutchpp": F64, "trace_hutchpp_se": F64, "precond_lambda_max": F64, "lr": F64,
+    "two_over_lr": F64, "eos_threshold": F64, "eos_rule": STR, "eos_sharpness": F64,
+    "above_eos": BOOL, "eval_samples": I64, "n_hvp": I64, "wall_s": F64, "slq_wall_s": F64,
+    "hutchinson_wall_s": F64, "hutchpp_wall_s": F64, "precond_wall_s": F64,
 }
 SCHEMAS["spectrum"] = {
     "experiment": STR, "run": STR, "step": I64, "probe": I64, "node": I64, "ritz": F64, "weight": F64,
@@ -276,3 +281,27 @@ SCHEMAS["flatness"] = {
     "flatness_wall_s": F64, "llc_wall_s": F64, "stationarity_wall_s": F64,
 }
 RUN_TABLES |= {"stationarity", "flatness"}
+
+# Plateau-escape events (landscope.flatness.plateau_events, rule plateaus): one row per plateau of
+# a run's replayed mini-batch loss, per experiment.
+SCHEMAS["plateaus"] = {
+    "experiment": STR, "run": STR, "start_step": I64, "end_step": I64, "n_windows": I64,
+    "window_steps": I64, "plateau_loss": F64, "plateau_grad_norm": F64, "grad_norm_max": F64,
+    "escaped": BOOL, "escape_step": I64, "loss_after": F64, "relative_drop": F64, "at_end": BOOL,
+}
+
+# Loss surfaces (landscope.surfaces, rule surfaces): 1-D lines x_a + t (x_K - x_a) from x_0 and later
+# iterates (start_step), 2-D grids x_K + a d1 + b d2 per plane ('random' filter-normalised, 'pca'),
+# and the iterates projected on each plane (captured_fraction repeated on every row of the plane).
+SCHEMAS["surface_1d"] = {
+    "experiment": STR, "run": STR, "seed": I64, "start_step": I64, "end_step": I64, "t": F64,
+    "loss": F64, "accuracy": F64, "distance": F64, "eval_samples": I64,
+}
+SCHEMAS["surface_2d"] = {
+    "experiment": STR, "run": STR, "seed": I64, "plane": STR, "a": F64, "b": F64, "loss": F64,
+}
+SCHEMAS["surface_path"] = {
+    "experiment": STR, "run": STR, "seed": I64, "plane": STR, "step": I64, "a": F64, "b": F64,
+    "loss": F64, "loss_on_plane": F64, "off_plane": F64, "captured_fraction": F64,
+}
+RUN_TABLES |= {"surface_1d", "surface_2d", "surface_path"}

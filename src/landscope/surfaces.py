@@ -23,7 +23,8 @@ exactly how much of the drawn path the picture shows (Li et al. centre the offse
 scikit-learn's PCA does; on a path that starts far from x_K the two planes nearly agree). Coordinates
 on either plane are least-squares solutions in the plane's basis (exact dot products for PCA).
 
-Iterates: with ``path_points`` > 0 the run is replayed from its checkpoints with the same batches
+Iterates: with ``path_points`` > 0 (``auto``: 20 when the run has fewer than 8 checkpoints, else 0)
+the run is replayed from its checkpoints with the same batches
 (the training step itself, bitwise on CPU) and every iterate on an evenly spaced grid of
 ``path_points`` steps is kept, plus the checkpoints; the replayed parameters are checked against
 every checkpoint (``drift_tolerance``). With 0 only the saved checkpoints are used.
@@ -47,7 +48,8 @@ from torch import nn
 
 F64 = torch.float64
 PLANES = ("random", "pca")
-DEFAULTS = {"enabled": True, "seeds": "all", "eval_samples": 256, "seed": 0, "path_points": 20,
+AUTO_MIN_CHECKPOINTS, AUTO_PATH_POINTS = 8, 20  # path_points: auto
+DEFAULTS = {"enabled": True, "seeds": "all", "eval_samples": 256, "seed": 0, "path_points": "auto",
             "points_1d": 25, "span_1d": 0.25, "starts_1d": 3, "planes": list(PLANES), "grid": 21,
             "span_2d": 1.0, "pca_margin": 0.25}
 
@@ -64,10 +66,13 @@ def settings_of(raw: dict | None) -> dict:
         raise ValueError(f"surfaces.seeds must be 'all' or 'first', got {s['seeds']!r}")
     for key, low in (("eval_samples", 1), ("points_1d", 2), ("starts_1d", 0), ("grid", 2), ("path_points", 0),
                      ("seed", 0)):
+        if key == "path_points" and s[key] == "auto":
+            continue
         if not isinstance(s[key], int) or isinstance(s[key], bool) or s[key] < low:
-            raise ValueError(f"surfaces.{key} must be an integer >= {low}, got {s[key]!r}")
+            also = " or 'auto'" if key == "path_points" else ""
+            raise ValueError(f"surfaces.{key} must be an integer >= {low}{also}, got {s[key]!r}")
     if s["path_points"] == 1:
-        raise ValueError("surfaces.path_points must be 0 (the saved checkpoints only) or >= 2, got 1")
+        raise ValueError("surfaces.path_points must be 'auto', 0 (the saved checkpoints only) or >= 2, got 1")
     for key in ("span_1d", "pca_margin"):
         if not (isinstance(s[key], (int, float)) and math.isfinite(s[key]) and s[key] >= 0):
             raise ValueError(f"surfaces.{key} must be a number >= 0, got {s[key]!r}")
@@ -81,9 +86,13 @@ def settings_of(raw: dict | None) -> dict:
     return s
 
 
-def path_steps(checkpoints: list[int], path_points: int) -> list[int]:
+def path_steps(checkpoints: list[int], path_points: int | str) -> list[int]:
     """The steps of the iterates a run's path uses: the checkpoints, plus with ``path_points`` > 0
-    ``path_points`` steps evenly spaced from the first to the last checkpoint (rounded)."""
+    ``path_points`` steps evenly spaced from the first to the last checkpoint (rounded). ``auto``:
+    the checkpoints alone when there are at least AUTO_MIN_CHECKPOINTS of them (no replay), else
+    AUTO_PATH_POINTS steps."""
+    if path_points == "auto":
+        path_points = 0 if len(checkpoints) >= AUTO_MIN_CHECKPOINTS else AUTO_PATH_POINTS
     steps = set(checkpoints)
     if path_points and checkpoints:
         lo, hi = checkpoints[0], checkpoints[-1]
@@ -103,11 +112,12 @@ def check_experiment(name: str, exp: dict) -> None:
         raise ConfigError(f"config key '{where}': {err}") from None
     if not s["enabled"] or "pca" not in s["planes"]:
         return
-    n = len(path_steps(checkpoint_steps(exp["steps"], exp["snapshot_every"]), s["path_points"]))
+    marks = checkpoint_steps(exp["steps"], exp["snapshot_every"])
+    n = len(path_steps(marks, s["path_points"]))
     if n < 3:
         raise ConfigError(
             f"config key '{where}.planes': the 'pca' plane needs at least 3 iterates, but with "
-            f"path_points: {s['path_points']} and {n} checkpoints the path has {n}; set "
+            f"path_points: {s['path_points']} and {len(marks)} checkpoints the path has {n}; set "
             "surfaces.path_points >= 3 (replays the run), a smaller snapshot_every, or planes: [random]")
 
 
@@ -194,7 +204,7 @@ def pca_plane(offsets: torch.Tensor) -> Plane:
     if m < 2 or float(torch.linalg.vector_norm(offsets)) == 0.0:
         raise ValueError(f"pca plane: {m} iterate(s) with nonzero offsets from x_K; need at least 2 "
                          "(more path_points, or a smaller snapshot_every)")
-    _, _, vh = torch.linalg.svd(offsets, full_matrices=True)
+    _, _, vh = torch.linalg.svd(offsets, full_matrices=False)  # (min(m, n), n): m >= 2 rows
     d1, d2 = vh[0].clone(), vh[1].clone()
     for d in (d1, d2):
         if float(offsets[0] @ d) > 0:
@@ -310,6 +320,9 @@ def random_plane(surface: SurfaceModel, w_k: torch.Tensor, seed: int, offsets: t
     gen = torch.Generator().manual_seed(int(seed))
     d1 = filter_normalized_direction(surface.params, gen)
     d2 = filter_normalized_direction(surface.params, gen)
+    if float(torch.linalg.vector_norm(d1)) == 0.0:
+        raise ValueError("random plane: every filter of x_K is zero, so filter-normalised directions are "
+                         "zero; use surfaces.planes: [pca]")
     return make_plane("random", offsets, d1, d2)
 
 

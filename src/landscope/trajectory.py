@@ -71,6 +71,7 @@ class Problem:
     loss_fn: object
     device: torch.device
     fstar: torch.Tensor | None  # per-sample minima (float64) or None for a constant
+    recorded: object | None = None  # a recorder.Recording: batches and learning rates of your own loop
 
     def __post_init__(self):
         if self.fstar is None:  # built once: batch_star runs inside the per-step loops
@@ -78,7 +79,18 @@ class Problem:
                                             device=self.device)
 
     def batch(self, step: int) -> torch.Tensor:
+        if self.recorded is not None:
+            return self.recorded.batch(step)
+        if self.spec.source == "recorded":
+            raise RuntimeError(_NOT_ATTACHED.format(self.spec))
         return batch_indices(len(self.data), self.spec.batch_size, self.spec.seed, step)
+
+    def lr(self, step: int) -> float:
+        if self.recorded is not None:
+            return self.recorded.lr(step)
+        if self.spec.source == "recorded":
+            raise RuntimeError(_NOT_ATTACHED.format(self.spec))
+        return lr_at(self.spec.optimizer, self.spec.schedule, self.spec.steps, step)
 
     def batch_star(self, idx: torch.Tensor) -> torch.Tensor:
         if self.fstar is None:
@@ -108,6 +120,19 @@ def build_problem(spec: RunSpec) -> Problem:
         fstar = data.f_i_star.to(device)
     data = Dataset(data.x.to(device), data.y.to(device), data.name, data.f_i_star, data.meta)
     return Problem(spec, data, model, loss_for(model, spec.loss), device, fstar)
+
+
+_NOT_ATTACHED = ("run {0.experiment}/{0.run} has source: recorded: a replay must use the batches and learning "
+                 "rates its loop recorded; call trajectory.attach_recording(problem, ckpt_dir) after build_problem")
+
+
+def attach_recording(problem: Problem, ckpt_dir) -> Problem:
+    """A run of ``source: recorded`` replays the batches and learning rates its own loop recorded."""
+    if problem.spec.source == "recorded":
+        from landscope.recorder import load_recording
+
+        problem.recorded = load_recording(ckpt_dir, problem.spec)
+    return problem
 
 
 POLYAK_OPTIMIZERS = ("sps_max", "decsps", "ngn")  # their step sizes use f_{i_k}*
@@ -149,7 +174,7 @@ def _step(problem: Problem, opt: torch.optim.Optimizer, step: int, hook=None) ->
     model, spec = problem.model, problem.spec
     idx = problem.batch(step).to(problem.device)
     xb, yb = problem.data.x[idx], problem.data.y[idx]
-    lr = lr_at(spec.optimizer, spec.schedule, spec.steps, step)
+    lr = problem.lr(step)
     for group in opt.param_groups:
         group["lr"] = lr
     if not model.training:  # every helper that switches modes restores each module's own flag
@@ -266,6 +291,9 @@ def train_run(spec: RunSpec, ckpt_dir: str | Path, results: str | Path, progress
     ``ckpt_dir/manifest.json``).
     """
     ckpt_dir = Path(ckpt_dir)
+    if spec.source == "recorded":
+        raise ValueError(f"run {spec.experiment}/{spec.run} has source: recorded: its trajectory comes from "
+                         "your own loop (landscope.Recorder), not from train_run; see recorder.finish_recording")
     t0 = time.perf_counter()
     # evaluation parts of an earlier configuration (e.g. more segments) must not outlive it
     for table in ("steps", "directions", "drift"):
@@ -427,7 +455,7 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
     of the final checkpoint for the last segment) and a ``drift`` row. Raises ReplayDriftError when
     the replayed parameters differ from the next checkpoint by more than the tolerance.
 
-    Cost: the training step itself, three reductions over the flat parameter vector, and f_{i_k}(x_K).
+    Cost: the training step itself, three dot products over the flat parameter vector, and f_{i_k}(x_K).
     When x_K is fixed and the model has no batch-norm, f_{i_k}(x_K) of all steps is computed after
     the loop in large no-grad batches (checked against a per-step forward at the first and last
     step); nothing is copied to the host before the segment ends.
@@ -441,7 +469,7 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
     chash = spec.config_hash()
     if read_divergence(ckpt_dir, chash) is not None:
         return _empty_segment(spec, segment, results, chash)
-    problem = build_problem(spec)
+    problem = attach_recording(build_problem(spec), ckpt_dir)
     opt = make_optimizer(spec.optimizer, problem.model.parameters())
     _restore(problem, opt, load_checkpoint(checkpoint_path(ckpt_dir, lo), chash))
     xk_state = load_minimizer(minimizer_path, problem.device)["model"]
@@ -465,7 +493,7 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
                          "has not; use minimizer: last or best")
     # x_K fixed and every sample's loss its own: f_{i_k}(x_K) for all steps after the loop, batched
     deferred = not projecting and not batchnorm
-    reference = {"flat": _flat(params_k)}
+    reference = {"flat": _flat(params_k).double()}
 
     def sync_reference():
         """With minimizer: projection, the reference point is Proj(x_k, S), step by step."""
@@ -473,7 +501,7 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
             with torch.no_grad():
                 for q, v in zip(params_k, problem.model.project(params)):
                     q.copy_(v)
-            reference["flat"] = _flat(params_k)
+            reference["flat"] = _flat(params_k).double()
 
     n_steps = hi - lo
     dev, f64 = problem.device, torch.float64
@@ -492,12 +520,11 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
         else:
             mloss, grads = loss, [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         with torch.no_grad():
-            g = _flat(grads)
-            d = _flat(params) - reference["flat"]
-            # float32 products, float64 accumulation: as exact as the float32 gradient itself
-            dot = (g * d).sum(dtype=f64)
-            gn = torch.linalg.vector_norm(g, dtype=f64)
-            dist = torch.linalg.vector_norm(d, dtype=f64)
+            # float64 throughout (exact products of float32 numbers): three BLAS dot products over
+            # the flat vectors, faster than per-tensor reductions or mixed-precision sums here
+            g = _flat(grads).double()
+            d = _flat(params).double() - reference["flat"]
+            dot, gn, dist = torch.dot(g, d), torch.dot(g, g).sqrt(), torch.dot(d, d).sqrt()
             lk = nan if deferred else problem.loss_fn(model_k, model_k(xb), yb).mean().double()
             rows[i] = torch.stack([mloss.detach().double(), lk, problem.batch_star(idx), dot, gn, dist])
         state["i"] = i + 1
@@ -537,7 +564,7 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
         directions.append(measure.direction_row(problem, model_k, hi, f_at_min))
     cols = dict(zip(STEP_COLUMNS, rows.cpu().T.tolist()))  # the segment's one copy to the host
     steps = list(range(lo, hi))
-    cols["lr"] = [lr_at(spec.optimizer, spec.schedule, spec.steps, s) for s in steps]
+    cols["lr"] = [problem.lr(s) for s in steps]
     store.write_table(store.part_path(results, "steps", spec.experiment, spec.run, segment), "steps",
                       {"experiment": [spec.experiment] * n_steps, "run": [spec.run] * n_steps,
                        "step": steps, **cols}, meta)
@@ -628,7 +655,7 @@ def parameter_path(ckpt_dir: str | Path, max_params: int = 16) -> tuple[list[int
     if "spec" not in manifest:
         raise CheckpointError(f"{ckpt_dir}/manifest.json has no run spec (written by an older landscope); re-run training")
     spec = RunSpec.from_dict(manifest["spec"])
-    problem = build_problem(spec)
+    problem = attach_recording(build_problem(spec), ckpt_dir)
     if problem.n_params > max_params:
         raise ValueError(f"run {spec.run} has {problem.n_params} parameters; parameter_path is for <= {max_params}")
     opt = make_optimizer(spec.optimizer, problem.model.parameters())

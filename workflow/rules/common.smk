@@ -14,6 +14,11 @@ for _name, _why in STUDY.skipped.items():
 for _name, _why in STUDY.deferred.items():
     print(f"landscope: experiment '{_name}' stays in the DAG but its train jobs will fail: {_why}", file=sys.stderr)
 
+for _r in STUDY.runs():
+    if _r.source == "recorded" and not Path(f"results/checkpoints/experiment={_r.experiment}/run={_r.run}/recording.json").is_file():
+        print(f"landscope: run {_r.experiment}/{_r.run} has source: recorded but no recording yet: run your "
+              "training loop with landscope.Recorder first (README: 'Your own training loop')", file=sys.stderr)
+
 CKPT = "results/checkpoints/experiment={experiment}/run={run}"
 TABLE = "results/tables/{table}/experiment={experiment}"
 ENV = "../../envs/landscope.yaml"
@@ -27,6 +32,13 @@ wildcard_constraints:
 
 def get_run_spec(wildcards):
     return STUDY.run(wildcards.experiment, wildcards.run).to_dict()
+
+
+def get_recording(wildcards):
+    """A recorded run's train job needs what landscope.Recorder wrote; a trained run needs nothing."""
+    if STUDY.run(wildcards.experiment, wildcards.run).source != "recorded":
+        return []
+    return [f"results/checkpoints/experiment={wildcards.experiment}/run={wildcards.run}/recording.json"]
 
 
 def get_experiment_runs(experiment):
@@ -66,6 +78,7 @@ def get_report_inputs(wildcards):
     for t in ("runs", "train", "snapshots", "minimizers"):
         out += get_run_parts(wildcards, t)
     out += get_curvature_parts(wildcards)
+    out += get_surfaces_parts(wildcards)
     if is_analytic(wildcards.experiment):  # the surface plot reads checkpoints and x_K
         out += [f"results/checkpoints/experiment={r.experiment}/run={r.run}/{f}"
                 for r in get_experiment_runs(wildcards.experiment) for f in ("manifest.json", "minimizer.pt")]
@@ -162,18 +175,54 @@ def get_table2_results(wildcards, input):
 
 # ----------------------------------------------------------------------------------- curvature
 def get_curvature_settings(wildcards):
-    """The experiment's validated, default-filled ``curvature:`` section."""
-    return STUDY.experiments[wildcards.experiment].raw["curvature"]
+    """The experiment's validated, default-filled ``curvature:`` section, less the plateau_* keys
+    (changing those re-runs only the cheap plateaus rule)."""
+    raw = STUDY.experiments[wildcards.experiment].raw["curvature"]
+    return {k: v for k, v in raw.items() if not k.startswith("plateau_")}
+
+
+def get_plateau_settings(wildcards):
+    """The ``plateau_*`` keys of the experiment's ``curvature:`` section."""
+    raw = STUDY.experiments[wildcards.experiment].raw["curvature"]
+    return {k: v for k, v in raw.items() if k.startswith("plateau_")}
 
 
 def get_all_curvature_parts():
-    """The curvature part of every run of every experiment whose curvature is enabled."""
+    """The curvature part of every run of every experiment whose curvature is enabled, and the
+    plateaus part of every experiment."""
     return [f"results/tables/curvature/experiment={r.experiment}/run={r.run}/part-00000.parquet"
-            for e in STUDY.experiments.values() if e.raw["curvature"]["enabled"] for r in e.runs]
+            for e in STUDY.experiments.values() if e.raw["curvature"]["enabled"] for r in e.runs] + [
+        f"results/tables/plateaus/experiment={e}/part-00000.parquet" for e in STUDY.experiments]
 
 
 def get_curvature_parts(wildcards):
-    """The experiment's curvature parts (none when disabled), for rules that read the table."""
+    """The experiment's curvature parts and its plateaus part (none when curvature is disabled),
+    for rules that read the tables."""
     if not STUDY.experiments[wildcards.experiment].raw["curvature"]["enabled"]:
         return []
-    return get_run_parts(wildcards, "curvature")
+    return get_run_parts(wildcards, "curvature") + [
+        f"results/tables/plateaus/experiment={wildcards.experiment}/part-00000.parquet"]
+
+
+# ----------------------------------------------------------------------------------- surfaces
+def get_surfaces_settings(wildcards):
+    """The experiment's validated, default-filled ``surfaces:`` section."""
+    return STUDY.experiments[wildcards.experiment].raw["surfaces"]
+
+
+def _surface_parts(experiment, table):
+    from landscope.surfaces import surface_runs
+
+    return [f"results/tables/{table}/experiment={r.experiment}/run={r.run}/part-00000.parquet"
+            for r in surface_runs(STUDY.experiments[experiment])]
+
+
+def get_all_surfaces_parts():
+    """The surface_2d part of every run that gets surfaces (enabled; all seeds or the first)."""
+    return [p for e in STUDY.experiments for p in _surface_parts(e, "surface_2d")]
+
+
+def get_surfaces_parts(wildcards):
+    """The experiment's surface parts (none when disabled), for rules that read the tables."""
+    return [p for t in ("surface_1d", "surface_2d", "surface_path")
+            for p in _surface_parts(wildcards.experiment, t)]

@@ -3,7 +3,8 @@ rule report:
     input:
         get_report_inputs,
     output:
-        "reports/{experiment}.html",
+        report("reports/{experiment}.html", caption="../report/experiment.rst", category="Experiments",
+               labels={"experiment": "{experiment}", "page": "report"}),
     wildcard_constraints:
         experiment=r"(?!(?:index|table2)\.html$)[a-z][a-z0-9_-]*",
     params:
@@ -34,7 +35,8 @@ rule report_index:
         reports=get_all_reports(),
         table2="reports/table2.html",
     output:
-        "reports/index.html",
+        report("reports/index.html", caption="../report/index.rst", category="Overview",
+               labels={"page": "index"}),
     params:
         experiments=list(STUDY.experiments),
         skipped=get_skipped(),
@@ -57,7 +59,8 @@ rule table2:
     input:
         get_table2_summaries(),
     output:
-        "reports/table2.html",
+        report("reports/table2.html", caption="../report/table2.rst", category="Overview",
+               labels={"page": "Table 2"}),
     params:
         sequences=get_table2_sequences(),
         results=get_table2_results,

@@ -1,7 +1,10 @@
 rule train:
     """Deterministic training of one run (checkpoints every snapshot_every steps; resumes), then in
     the same process the full-batch snapshot of every checkpoint and the choice of x_K: one job
-    instead of three saves two interpreter and torch start-ups per run."""
+    instead of three saves two interpreter and torch start-ups per run. A run of a `source:
+    recorded` experiment is not trained: the job imports what your own loop recorded."""
+    input:
+        recording=get_recording,
     output:
         manifest=f"{CKPT}/manifest.json",
         train="results/tables/train/experiment={experiment}/run={run}/part-00000.parquet",

@@ -4,13 +4,17 @@ from pathlib import Path
 from landscope.config import RunSpec
 from landscope.jobs import job_logging
 from landscope.measure import select_minimizer, snapshot_run
+from landscope.recorder import finish_recording
 from landscope.trajectory import train_run
 
 spec = RunSpec.from_dict(snakemake.params.spec)
 ckpt = Path(snakemake.output.manifest).parent
 results = snakemake.params.results
 with job_logging(snakemake.log[0], f"train {spec.experiment}/{spec.run}") as log:
-    train_run(spec, ckpt, results, progress=True)
+    if spec.source == "recorded":  # your own loop trained it (landscope.Recorder): import, do not train
+        finish_recording(spec, ckpt, results)
+    else:
+        train_run(spec, ckpt, results, progress=True)
     snaps = snapshot_run(spec, ckpt, results)
     chosen = select_minimizer(spec, ckpt, snaps, snakemake.output.minimizer, results)
     log.info("x_K = checkpoint step %d (%s), full loss %.6g", chosen["step"], chosen["method"], chosen["full_loss"])
