@@ -50,7 +50,7 @@ def test_path_steps_and_starts():
     eight = list(range(0, 800, 100))
     assert sf.path_steps(eight, "auto") == eight  # enough checkpoints: no replay
     steps, dist = [0, 25, 50, 75, 100], [4.0, 3.0, 2.0, 1.0, 0.0]
-    assert sf.start_steps(steps, dist, 3) == [0, 50, 75]  # evenly over the 4 iterates that differ from x_K
+    assert sf.start_steps(steps, dist, 2) == [0, 50]  # the first and the middle of the 4 that differ from x_K
     assert sf.start_steps(steps, dist, 1) == [0]
     assert sf.start_steps(steps, dist, 0) == []
     assert sf.start_steps(steps, dist, 10) == [0, 25, 50, 75]
@@ -305,7 +305,7 @@ def test_trained_run_surfaces_match_direct_evaluations(trained):
     flat = {s: torch.cat([v.reshape(-1).double() for v in state[s].values()]) for s in state}
     assert line[0.5] == pytest.approx(subset_loss(spec, ckpt, 0.5 * (flat[0] + flat[12])), rel=1e-6)
     starts = [r[0] for r in con.sql("SELECT DISTINCT start_step FROM surface_1d ORDER BY 1").fetchall()]
-    assert starts == [0, 10]  # x_0 and the last iterate before x_K
+    assert starts == [0, 6]  # x_0 and the middle of the path
     # the path: the replayed iterate at a checkpoint step has the checkpoint's loss; x_K sits at (0, 0)
     rows = {(r["plane"], r["step"]): r for r in con.sql("SELECT * FROM surface_path").pl().to_dicts()}
     assert rows[("pca", 4)]["loss"] == pytest.approx(subset_loss(spec, ckpt, state[4]), rel=1e-6)

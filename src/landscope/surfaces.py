@@ -371,15 +371,12 @@ def collect_iterates(problem, ckpt_dir, marks: list[int], steps: list[int]) -> t
 
 
 def start_steps(steps: list[int], distances: list[float], count: int) -> list[int]:
-    """``count`` starting iterates for the x_k -> x_K lines, evenly spaced over the path's steps
-    whose iterate differs from x_K; the first one (x_0) always, the others deduplicated."""
+    """``count`` starting iterates for the x_k -> x_K lines: of the path's iterates that differ
+    from x_K, the first (x_0) and those at the fractions 1/count, 2/count, ... of the list
+    (deduplicated), so the last line does not start next to x_K."""
     cands = [s for s, d in zip(steps, distances) if d > 0]
-    if not cands or count == 0:
-        return []
-    if count == 1 or len(cands) == 1:
-        return cands[:1]
-    idx = sorted({round(i * (len(cands) - 1) / (count - 1)) for i in range(count)})
-    return [cands[i] for i in idx]
+    idx = sorted({i * len(cands) // count for i in range(count)}) if count else []
+    return [cands[i] for i in idx if i < len(cands)]
 
 
 # ----------------------------------------------------------------------------------- per run
