@@ -274,9 +274,14 @@ def test_curvature_sections_only_with_module_and_rows(analytic_results, monkeypa
         fake.__spec__ = importlib.machinery.ModuleSpec("landscope.report_curvature", None)
         chart = alt.Chart(pl.DataFrame({"x": [1]})).mark_point().encode(x="x:Q")
         fake.curvature_charts = lambda con, e: [("Sharpness", "λ_max vs 2/lr", chart), ("Trace", "", None)]
+        fake.plateau_section = lambda con, e: ("Plateaus", "2 plateaus", chart)
         monkeypatch.setitem(sys.modules, "landscope.report_curvature", fake)
         con.execute("CREATE OR REPLACE TEMP VIEW curvature AS SELECT 'other' AS experiment")
+        con.execute("CREATE OR REPLACE TEMP VIEW plateaus AS SELECT 'other' AS experiment")
         assert report.curvature_sections(con, XK_EXP) == []  # no rows for this experiment
+        # curvature off, plateaus (from the replay) present: the plateaus panel alone
+        con.execute(f"CREATE OR REPLACE TEMP VIEW plateaus AS SELECT '{XK_EXP}' AS experiment")
+        assert report.curvature_sections(con, XK_EXP) == [("curva", "Plateaus", "2 plateaus", chart)]
         con.execute(f"CREATE OR REPLACE TEMP VIEW curvature AS SELECT '{XK_EXP}' AS experiment")
         got = report.curvature_sections(con, XK_EXP)
     assert [s[:3] for s in got] == [("curva", "Sharpness", "λ_max vs 2/lr"), ("curvb", "Trace", "")]

@@ -614,22 +614,29 @@ def minimizer_comparison(summary: pl.DataFrame, region: pl.DataFrame):
 
 # ----------------------------------------------------------------------------------- extra sections
 def curvature_sections(con, experiment: str) -> list[tuple[str, str, str, object | None]]:
-    """(id, heading, caption, chart) from landscope.report_curvature when that module exists and
-    the curvature table has rows for the experiment (else [])."""
+    """(id, heading, caption, chart) from landscope.report_curvature when that module exists: every
+    curvature panel when the curvature table has rows for the experiment, else the plateaus panel
+    alone when the plateaus table has rows (plateaus come from the replay, curvature or not)."""
     import importlib.util
 
     if importlib.util.find_spec("landscope.report_curvature") is None:
         return []
     views = {r[0] for r in con.sql("SELECT view_name FROM duckdb_views()").fetchall()}
-    if "curvature" not in views:
-        return []
-    n = con.sql("SELECT count(*) FROM curvature WHERE experiment = $e", params={"e": experiment}).fetchall()[0][0]
-    if not n:
-        return []
-    from landscope.report_curvature import curvature_charts
 
-    return [(f"curv{_letters(i)}", title, caption, chart)
-            for i, (title, caption, chart) in enumerate(curvature_charts(con, experiment))]
+    def rows(view: str) -> int:
+        if view not in views:
+            return 0
+        return con.sql(f"SELECT count(*) FROM {view} WHERE experiment = $e", params={"e": experiment}).fetchall()[0][0]
+
+    from landscope.report_curvature import curvature_charts, plateau_section
+
+    if rows("curvature"):
+        sections = curvature_charts(con, experiment)
+    elif rows("plateaus"):
+        sections = [plateau_section(con, experiment)]
+    else:
+        return []
+    return [(f"curv{_letters(i)}", title, caption, chart) for i, (title, caption, chart) in enumerate(sections)]
 
 
 def surface_sections(con, experiment: str) -> list[tuple[str, str, str, object | None]]:
@@ -732,7 +739,8 @@ def _paper_sections(con, results, experiment: str, summary: pl.DataFrame):
             charts.append((f"surface{_letters(i)}", f"Surface: {point}", chart))
     curvature = curvature_sections(con, experiment)
     if curvature:
-        parts.append("<h2>Curvature</h2>" + _captioned_sections(curvature))
+        heading = "Curvature" if len(curvature) > 1 else "Plateaus"
+        parts.append(f"<h2>{heading}</h2>" + _captioned_sections(curvature))
         charts += [(cid, heading, ch) for cid, heading, _, ch in curvature if ch is not None]
     loss_surfaces = surface_sections(con, experiment)
     if loss_surfaces:

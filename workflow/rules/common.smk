@@ -196,12 +196,12 @@ def get_all_curvature_parts():
 
 
 def get_curvature_parts(wildcards):
-    """The experiment's curvature parts and its plateaus part (none when curvature is disabled),
-    for rules that read the tables."""
+    """The experiment's curvature parts (none when curvature is disabled) and its plateaus part
+    (always: plateaus come from the replay), for rules that read the tables."""
+    plateaus = [f"results/tables/plateaus/experiment={wildcards.experiment}/part-00000.parquet"]
     if not STUDY.experiments[wildcards.experiment].raw["curvature"]["enabled"]:
-        return []
-    return get_run_parts(wildcards, "curvature") + [
-        f"results/tables/plateaus/experiment={wildcards.experiment}/part-00000.parquet"]
+        return plateaus
+    return get_run_parts(wildcards, "curvature") + plateaus
 
 
 # ----------------------------------------------------------------------------------- surfaces
