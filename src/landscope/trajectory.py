@@ -424,12 +424,17 @@ def _flat(tensors) -> torch.Tensor:
     return torch.cat([t.detach().reshape(-1) for t in tensors])
 
 
+CPU_FORWARD_SAMPLES = 512  # measured: MLP and CNN forwards on one core are fastest near 512 samples
+
+
 def _losses_at(problem: Problem, model: nn.Module, steps: range) -> torch.Tensor:
     """f_{i_k}(x) for every step k in ``steps`` (float64), the batches of many steps in one no-grad
-    forward of up to ``eval_batch_size`` samples. Valid only for a model without batch-dependent
-    layers (no batch-norm in batch-statistics mode): each sample's loss is then its own."""
+    forward of up to ``eval_batch_size`` samples (on a CPU at most ~512: larger activations leave
+    the cache and are slower, 1.4-1.7x per-step forwards here). Valid only for a model without
+    batch-dependent layers (no batch-norm in batch-statistics mode): each sample's loss is its own."""
     spec = problem.spec
-    per = max(1, spec.eval_batch_size // spec.batch_size)
+    samples = spec.eval_batch_size if problem.device.type != "cpu" else min(spec.eval_batch_size, CPU_FORWARD_SAMPLES)
+    per = max(1, samples // spec.batch_size)
     out = torch.empty(len(steps), dtype=torch.float64, device=problem.device)
     with torch.no_grad():
         for a in range(0, len(steps), per):
@@ -505,8 +510,10 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
 
     n_steps = hi - lo
     dev, f64 = problem.device, torch.float64
-    rows = torch.full((n_steps, len(STEP_COLUMNS)), math.nan, dtype=f64, device=dev)
-    nan = torch.tensor(math.nan, dtype=f64, device=dev)
+    # per step: f_{i_k}(x_k), f_{i_k}(x_K), and the Gram matrix of (g, d) = (grad f_{i_k}(x_k), x_k - x_K)
+    losses = torch.full((n_steps, 2), math.nan, dtype=f64, device=dev)
+    grams = torch.empty(n_steps, 4, dtype=f64, device=dev)
+    pair = torch.empty(2, sum(p.numel() for p in params), dtype=f64, device=dev)
     state = {"i": 0}
 
     def hook(idx, xb, yb, loss):
@@ -520,25 +527,34 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
         else:
             mloss, grads = loss, [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         with torch.no_grad():
-            # float64 throughout (exact products of float32 numbers): three BLAS dot products over
-            # the flat vectors, faster than per-tensor reductions or mixed-precision sums here
-            g = _flat(grads).double()
-            d = _flat(params).double() - reference["flat"]
-            dot, gn, dist = torch.dot(g, d), torch.dot(g, g).sqrt(), torch.dot(d, d).sqrt()
-            lk = nan if deferred else problem.loss_fn(model_k, model_k(xb), yb).mean().double()
-            rows[i] = torch.stack([mloss.detach().double(), lk, problem.batch_star(idx), dot, gn, dist])
+            # g and d side by side in float64 (exact products of float32 numbers), then one BLAS
+            # product gives <g, d>, |g|^2, |d|^2: six kernels per step, no allocation
+            torch.cat([t.reshape(-1) for t in grads], out=pair[0])
+            torch.cat([t.detach().reshape(-1) for t in params], out=pair[1])
+            pair[1].sub_(reference["flat"])
+            torch.mm(pair, pair.T, out=grams[i].view(2, 2))
+            losses[i, 0] = mloss.detach()
+            if not deferred:
+                losses[i, 1] = problem.loss_fn(model_k, model_k(xb), yb).mean()
         state["i"] = i + 1
 
     meta = store.provenance(chash, str(problem.device))
-    sync_reference()
-    directions = [measure.direction_row(problem, model_k, lo)]
+    full_batch_s = [0.0]  # seconds spent on full-batch direction rows (reported, for the benchmarks)
+
+    def direction(step: int, f_k: float | None = None) -> dict:
+        t = time.perf_counter()
+        sync_reference()
+        out = measure.direction_row(problem, model_k, step, f_k)
+        full_batch_s[0] += time.perf_counter() - t
+        return out
+
+    directions = [direction(lo)]
     f_at_min = None if projecting else directions[0]["full_loss_at_min"]  # x_K fixed: f(x_K) once
     bar = _progress(progress, n_steps, 0, f"replay {spec.run} [{lo},{hi})")
     every = spec.directions_every
     for step in range(lo, hi):
         if every and step > lo and (step - lo) % every == 0:  # full-batch rows between checkpoints
-            sync_reference()
-            directions.append(measure.direction_row(problem, model_k, step, f_at_min))
+            directions.append(direction(step, f_at_min))
         _step(problem, opt, step, hook)
         if bar is not None:
             bar.update(1)
@@ -548,7 +564,7 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
                                                            map_location=problem.device)["model"])
     tol = drift_tolerance(spec, problem.device)
     if deferred:
-        rows[:, 1] = _deferred_losses_at_min(problem, model_k, range(lo, hi))
+        losses[:, 1] = _deferred_losses_at_min(problem, model_k, range(lo, hi))
     wall = time.perf_counter() - t0
     store.write_table(store.part_path(results, "drift", spec.experiment, spec.run, segment), "drift", {
         "experiment": [spec.experiment], "run": [spec.run], "segment": [segment], "step": [hi],
@@ -560,8 +576,11 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
             f"{tol:.1e}. Training is not reproducible here (nondeterministic kernels?); raise "
             "drift_tolerance only if you accept approximate measurements")
     if hi == spec.steps:
-        sync_reference()
-        directions.append(measure.direction_row(problem, model_k, hi, f_at_min))
+        directions.append(direction(hi, f_at_min))
+    star = (problem.batch_star(None).expand(n_steps) if problem.fstar is None else
+            torch.stack([problem.batch_star(problem.batch(s).to(dev)) for s in range(lo, hi)]))
+    rows = torch.stack([losses[:, 0], losses[:, 1], star.to(f64), grams[:, 1],
+                        grams[:, 0].sqrt(), grams[:, 3].sqrt()], 1)
     cols = dict(zip(STEP_COLUMNS, rows.cpu().T.tolist()))  # the segment's one copy to the host
     steps = list(range(lo, hi))
     cols["lr"] = [problem.lr(s) for s in steps]
@@ -572,7 +591,7 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
     store.write_table(store.part_path(results, "directions", spec.experiment, spec.run, segment),
                       "directions", {"experiment": [spec.experiment] * len(directions),
                                      "run": [spec.run] * len(directions), **dcols}, meta)
-    return {"segment": segment, "drift": drift, "wall_s": wall}
+    return {"segment": segment, "drift": drift, "wall_s": wall, "full_batch_s": full_batch_s[0]}
 
 
 BATCHED_RTOL, BATCHED_ATOL = 1e-4, 1e-6
