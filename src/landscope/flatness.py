@@ -10,8 +10,10 @@ Three measurements the per-run ``curvature`` job adds (landscope.curvature.curva
   f(x_K + t d) - f(x_K) <= eps before the first crossing, along random filter-normalised
   directions d (Li et al. 2018), and :func:`log_volume_proxy`, -1/2 sum log lambda_i over the
   positive top eigenvalues (volume ~ eps^(d/2) / prod sqrt(lambda_i)).
-- :func:`sgld_llc`: the local learning coefficient by SGLD on the localised tempered posterior
-  exp(-n beta L_n(w) - gamma/2 |w - w*|^2), beta = 1 / log n (Lau et al. 2023).
+- :func:`local_learning_coefficient`: the local learning coefficient by SGLD on the localised
+  tempered posterior exp(-n beta L_n(w) - gamma/2 |w - w*|^2), beta = 1 / log n (Lau et al. 2023),
+  with the step size and length planned from the curvature at w* (:func:`llc_plan`), run by
+  :func:`sgld_llc` and diagnosed (per-chain drift, split R-hat, equilibrated or not and why).
 - :func:`plateau_events`: plateaus of the training loss (flat, with a small gradient) and whether
   the loss then dropped (an escape, as from a saddle), from the replayed per-step table.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -197,17 +200,73 @@ def log_volume_proxy(eigenvalues: list[float | None]) -> tuple[float, int]:
 
 
 # ----------------------------------------------------------------------------------- LLC
+# SGLD on the localised tempered posterior exp(-U), U(w) = n beta L_n(w) + gamma/2 |w - w*|^2:
+#     w' = w - (eps/2) grad U(w) + N(0, eps I).
+# Near w* the drift in a Hessian eigendirection h is that of an AR(1) process with precision
+# p = n beta h + gamma: stable for eps p < 4, with stationary variance 1 / (p (1 - eps p / 4)) (a
+# relative step-size bias eps p / 4 in that direction's share of lambda), and its second moment --
+# what the loss, hence the estimate, measures -- relaxes as exp(-eps p t). The stiffest direction
+# (p_max = n beta lambda_max + gamma) bounds the step, the loosest (p_min = gamma + n beta
+# min(lambda_min, 0); gamma for a convex loss, the Bakry-Emery rate of a gamma-strongly convex U)
+# bounds the time to equilibrium.
+LLC_STEP_FRACTION = 0.2  # auto step: eps = 0.2 / p_max (step-size bias <= 5 % in the stiffest direction)
+LLC_RELAXATIONS = 8      # equilibrated: steps >= 8 relaxation times 1/(eps p_min); burn-in 1/4 of them
+LLC_BURNIN = 0.25        # burn-in 2 relaxation times, averaging over 6: <= 2.3 % residual deficit
+LLC_MIN_STEPS = 200      # auto steps: at least this many, so a fast-mixing chain still averages enough
+LLC_RETRIES = 2          # auto step: a diverged chain retries the estimate at a 4x smaller step
+LLC_RHAT_WARN = 1.1      # split R-hat above this is named in llc_note
+
+
+@dataclass
+class SGLDRun:
+    """One SGLD estimate: per chain the estimate n beta (mean post-burn-in loss - L_n(w*)) and its
+    drift n beta (mean of the second half - mean of the first half of the post-burn-in losses, in
+    lambda units: ~0 at equilibrium), the split R-hat of the post-burn-in loss traces over all
+    chains (Gelman et al. 2013; each chain split in halves, so it works with one chain), and which
+    chains left the finite numbers (their estimate and drift are NaN)."""
+
+    estimates: list[float]
+    drifts: list[float]
+    rhat: float
+    diverged: list[bool]
+    burnin_steps: int
+
+    @property
+    def mean(self) -> float:
+        return float(torch.tensor(self.estimates, dtype=F64).mean())
+
+    @property
+    def std(self) -> float:
+        """Standard deviation over chains (Bessel's correction; NaN for one chain)."""
+        vals = torch.tensor(self.estimates, dtype=F64)
+        return float(vals.std(correction=1)) if len(vals) > 1 else math.nan
+
+
+def split_rhat(traces: list[list[float]]) -> float:
+    """Split R-hat (potential scale reduction) of equal-length traces: each trace is cut into two
+    halves (the middle value of an odd length dropped), then R = sqrt(((N-1)/N W + B/N) / W) over
+    the 2m halves of length N, W the mean within-half variance, B/N the variance of the half means.
+    NaN when a half has fewer than 2 values or W = 0."""
+    half = min((len(t) for t in traces), default=0) // 2
+    if half < 2:
+        return math.nan
+    seqs = torch.tensor([s for t in traces for s in (t[:half], t[len(t) - half:])], dtype=F64)
+    w = float(seqs.var(dim=1, correction=1).mean())
+    if not w > 0:
+        return math.nan
+    b_over_n = float(seqs.mean(dim=1).var(correction=1))
+    return math.sqrt(((half - 1) / half * w + b_over_n) / w)
+
+
 def sgld_llc(loss_grad: Callable[[torch.Tensor], tuple[float, torch.Tensor]], w_star: torch.Tensor, n: int,
              chains: int, steps: int, step_size: float, gamma: float, seed: int = 0,
-             burnin: float = 0.25) -> tuple[float, float, list[float]]:
-    """(mean, standard deviation over chains, per-chain estimates) of the local learning coefficient.
+             burnin: float = LLC_BURNIN) -> SGLDRun:
+    """The local learning coefficient lambda = n beta (E[L_n(w)] - L_n(w*)), beta = 1 / log n, by SGLD.
 
-    Each chain starts at w* and runs SGLD on the localised tempered posterior (full batch over the
-    n samples behind ``loss_grad``):
-        w' = w - (eps/2) (n beta grad L_n(w) + gamma (w - w*)) + N(0, eps),   beta = 1 / log n,
-    and estimates lambda = n beta (E[L_n(w)] - L_n(w*)) from the losses after the first ``burnin``
-    fraction of its steps. A chain that leaves the finite numbers gives NaN. The standard deviation
-    has Bessel's correction (NaN for one chain).
+    Each chain starts at w* and runs ``steps`` full-batch SGLD steps on the localised tempered
+    posterior (see the comment above); the first ``int(burnin * steps)`` are burn-in. A chain whose
+    loss leaves the finite numbers stops and gives NaN. Plain numbers in, no planning: see
+    :func:`local_learning_coefficient` for the step size and length chosen from the curvature.
     """
     if n < 2:
         raise ValueError(f"sgld_llc: n must be >= 2 (beta = 1/log n), got {n}")
@@ -222,33 +281,177 @@ def sgld_llc(loss_grad: Callable[[torch.Tensor], tuple[float, torch.Tensor]], w_
     gen = torch.Generator().manual_seed(int(seed))
     first = int(burnin * steps)
     sd = math.sqrt(step_size)
-    estimates = []
+    estimates, drifts, diverged, traces = [], [], [], []
     for _ in range(chains):
-        w, total, count = w_star.clone(), 0.0, 0
+        w, trace, blown = w_star.clone(), [], False
         for s in range(steps):
             loss, g = loss_grad(w)
             if not math.isfinite(loss):
-                total = math.nan
+                blown = True
                 break
             if s >= first:
-                total, count = total + loss, count + 1
+                trace.append(loss)
             noise = torch.randn(w.shape, dtype=F64, generator=gen).to(w.device)
             w = w - 0.5 * step_size * (nbeta * g + gamma * (w - w_star)) + sd * noise
-        estimates.append(nbeta * (total / count - l_star) if count and math.isfinite(total) else math.nan)
-    vals = torch.tensor(estimates, dtype=F64)
-    std = float(vals.std(correction=1)) if chains > 1 else math.nan
-    return float(vals.mean()), std, estimates
+        diverged.append(blown)
+        if blown or not trace:
+            estimates.append(math.nan)
+            drifts.append(math.nan)
+            continue
+        traces.append(trace)
+        estimates.append(nbeta * (math.fsum(trace) / len(trace) - l_star))
+        h = len(trace) // 2
+        drifts.append(nbeta * (math.fsum(trace[len(trace) - h:]) - math.fsum(trace[:h])) / h if h else math.nan)
+    return SGLDRun(estimates, drifts, split_rhat(traces) if traces else math.nan, diverged, first)
+
+
+@dataclass
+class LLCPlan:
+    """Step size and length of an SGLD LLC estimate, and whether they reach equilibrium.
+
+    ``relax_steps`` = 1 / (eps p_min), the relaxation time of the loss in steps (inf when the
+    posterior is not localised, p_min <= 0); ``needed_steps`` = LLC_RELAXATIONS of them;
+    ``equilibrated`` is None when there is no bound to judge by (gamma = 0 with a convex loss).
+    ``note`` names what is wrong and the fix, or is None."""
+
+    step_size: float
+    steps: int
+    p_max: float
+    p_min: float
+    relax_steps: float
+    needed_steps: float
+    equilibrated: bool | None
+    note: str | None
+
+
+def llc_plan(n: int, gamma: float, lambda_max: float, lambda_min: float = 0.0, step_size: float | str = "auto",
+             steps: int | str = "auto", max_steps: int = 2000) -> LLCPlan:
+    """Choose (or check) the SGLD step size and length from the curvature at w*.
+
+    ``step_size`` 'auto': eps = LLC_STEP_FRACTION / p_max, p_max = n beta max(lambda_max, 0) + gamma.
+    ``steps`` 'auto': LLC_RELAXATIONS / (eps p_min) (at least LLC_MIN_STEPS), capped at
+    ``max_steps``; when the cap binds the plan is not equilibrated and says so. Explicit values are
+    used as given and checked the same way (an explicit step with eps p_max >= 2 is named: its
+    stationary variance is off by >= 2x in the stiffest direction, and it diverges at 4).
+    """
+    if n < 2:
+        raise ValueError(f"llc_plan: n must be >= 2 (beta = 1/log n), got {n}")
+    if gamma < 0 or max_steps < 1:
+        raise ValueError(f"llc_plan: need gamma >= 0 and max_steps >= 1, got {gamma}, {max_steps}")
+    auto_step, auto_steps = step_size == "auto", steps == "auto"
+    if not auto_step and not (isinstance(step_size, (int, float)) and step_size > 0):
+        raise ValueError(f"llc_plan: step_size must be 'auto' or a number > 0, got {step_size!r}")
+    if not auto_steps and not (isinstance(steps, int) and steps >= 1):
+        raise ValueError(f"llc_plan: steps must be 'auto' or an integer >= 1, got {steps!r}")
+    if auto_step and not math.isfinite(lambda_max):
+        raise ValueError(f"llc_plan: step_size 'auto' needs a finite lambda_max at w*, got {lambda_max}; "
+                         "measure it (Lanczos) or give llc_step_size a number")
+    nbeta = n / math.log(n)
+    p_max = nbeta * max(lambda_max, 0.0) + gamma if math.isfinite(lambda_max) else math.nan
+    lam_min = lambda_min if math.isfinite(lambda_min) else 0.0
+    p_min = gamma + nbeta * min(lam_min, 0.0)
+    if auto_step and not p_max > 0:
+        raise ValueError("llc_plan: step_size 'auto' needs lambda_max > 0 or gamma > 0 (the stiffest "
+                         "precision n beta lambda_max + gamma is 0); give llc_step_size a number")
+    eps = LLC_STEP_FRACTION / p_max if auto_step else float(step_size)
+    notes = []
+    if p_min > 0:
+        relax = 1.0 / (eps * p_min)
+        needed = LLC_RELAXATIONS * relax
+    elif gamma == 0 and lam_min >= 0:
+        relax = needed = math.nan
+    else:
+        relax = needed = math.inf
+        notes.append(f"not localised: n beta lambda_min = {nbeta * lam_min:.4g} <= -gamma = {-gamma:g}, the "
+                     f"posterior is not confined near w*; raise llc_gamma above {-nbeta * lam_min:.4g}")
+    if auto_steps:
+        if math.isnan(needed):
+            raise ValueError("llc_plan: steps 'auto' needs llc_gamma > 0 (the relaxation time is 1/(eps gamma)); "
+                             "set llc_gamma > 0 or give llc_steps a number")
+        want = max(math.ceil(needed), LLC_MIN_STEPS) if math.isfinite(needed) else max_steps
+        n_steps = min(want, max_steps)
+    else:
+        n_steps = steps
+    if math.isnan(needed):
+        equilibrated = None
+        notes.append("gamma = 0: no relaxation bound; judge equilibrium by llc_rhat and llc_drift")
+    else:
+        equilibrated = n_steps >= needed
+        if not equilibrated and math.isfinite(needed):
+            fix = (f"llc_max_steps = {max_steps} caps it; raise llc_max_steps or llc_gamma" if auto_steps
+                   else "use llc_steps: auto or more steps")
+            notes.append(f"not equilibrated: {n_steps} steps < {math.ceil(needed)} needed ({LLC_RELAXATIONS} "
+                         f"relaxation times 1/(eps p_min) = {relax:.4g} steps each); {fix}")
+    if not auto_step and math.isfinite(p_max) and eps * p_max >= 2:
+        equilibrated = False
+        notes.append(f"unstable step: llc_step_size * (n beta lambda_max + gamma) = {eps * p_max:.3g} >= 2 "
+                     f"(diverges at 4); use llc_step_size: auto or at most {LLC_STEP_FRACTION / p_max:.3g}")
+    return LLCPlan(eps, n_steps, p_max, p_min, relax, needed, equilibrated, "; ".join(notes) or None)
+
+
+@dataclass
+class LLCResult:
+    """A planned, diagnosed LLC estimate (the flatness table's llc_* columns)."""
+
+    plan: LLCPlan
+    run: SGLDRun
+    lambda_max: float
+    retries: int
+    equilibrated: bool | None
+    note: str | None
+
+    @property
+    def mean(self) -> float:
+        return self.run.mean
+
+    @property
+    def std(self) -> float:
+        return self.run.std
+
+
+def local_learning_coefficient(loss_grad: Callable[[torch.Tensor], tuple[float, torch.Tensor]], w_star: torch.Tensor,
+                               n: int, chains: int, gamma: float, lambda_max: float, lambda_min: float = 0.0,
+                               step_size: float | str = "auto", steps: int | str = "auto",
+                               max_steps: int = 2000, seed: int = 0) -> LLCResult:
+    """:func:`llc_plan` then :func:`sgld_llc`, with diagnostics.
+
+    With an automatic step, a chain that diverges (the curvature away from w* can exceed
+    lambda_max) makes the whole estimate restart at a 4x smaller step (and the longer plan that
+    goes with it), at most LLC_RETRIES times. ``equilibrated`` is the plan's, False when a chain
+    still diverged; ``note`` adds the retries, diverged chains and a split R-hat above LLC_RHAT_WARN.
+    """
+    lam_top = lambda_max
+    retries, notes = 0, []
+    while True:
+        plan = llc_plan(n, gamma, lam_top, lambda_min, step_size, steps, max_steps)
+        run = sgld_llc(loss_grad, w_star, n, chains, plan.steps, plan.step_size, gamma, seed)
+        if not any(run.diverged) or step_size != "auto" or retries == LLC_RETRIES:
+            break
+        retries += 1
+        notes.append(f"a chain diverged at step size {plan.step_size:.3g}; retried at a 4x smaller one")
+        lam_top = (4 * plan.p_max - gamma) * math.log(n) / n  # p_max 4x larger: eps exactly 4x smaller
+    equilibrated = plan.equilibrated
+    if any(run.diverged):
+        equilibrated = False
+        notes.append(f"{sum(run.diverged)} of {chains} chains diverged (NaN); lower llc_step_size")
+    if run.rhat > LLC_RHAT_WARN:
+        notes.append(f"split R-hat {run.rhat:.3g} > {LLC_RHAT_WARN}: the chains disagree or drift")
+    note = "; ".join([plan.note] * (plan.note is not None) + notes) or None
+    return LLCResult(plan, run, lambda_max, retries, equilibrated, note)
 
 
 # ----------------------------------------------------------------------------------- per run
 def flatness_row(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, settings: dict,
-                 top_eigenvalues: list[float | None]) -> dict:
+                 top_eigenvalues: list[float | None], lambda_min: float | None = None) -> dict:
     """The ``flatness`` table's measured columns at the model's current parameters (x_K).
 
     ``settings`` is a validated ``curvature:`` section (landscope.curvature.settings_of): the radius
     uses ``flatness_directions`` directions (seed + 2) and is skipped (NaN) when that is 0; the LLC
-    uses ``llc_chains`` chains (seed + 3) over the n = len(x) evaluation samples, skipped when 0.
-    The model's parameters and train flags are restored before returning.
+    (:func:`local_learning_coefficient`) uses ``llc_chains`` chains (seed + 3) over the n = len(x)
+    evaluation samples, skipped when 0, with its step size and length planned from lambda_max (the
+    first of ``top_eigenvalues``; when missing, a ``lanczos_iters``-step Lanczos run at x_K
+    measures it) and ``lambda_min``. The model's parameters and train flags are restored before
+    returning.
     """
     import time
 
@@ -256,8 +459,7 @@ def flatness_row(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.
     params = trainable(model)
     x0 = torch.cat([p.detach().reshape(-1).to("cpu", F64) for p in params])
     row = {"eps": s["flatness_eps"], "t_max": s["flatness_t_max"], "directions": s["flatness_directions"],
-           "llc_chains": s["llc_chains"], "llc_steps": s["llc_steps"], "llc_step_size": s["llc_step_size"],
-           "llc_gamma": s["llc_gamma"]}
+           "llc_chains": s["llc_chains"], "llc_gamma": s["llc_gamma"], "llc_max_steps": s["llc_max_steps"]}
     row["log_volume_proxy"], row["n_positive_eigs"] = log_volume_proxy(top_eigenvalues)
     t0 = time.perf_counter()
     with restoring(model):
@@ -270,12 +472,30 @@ def flatness_row(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.
                                               s["flatness_eps"], s["flatness_t_max"])
         row["radius_q25"], row["radius_median"], row["radius_q75"] = quartiles(radii)
         row["capped_fraction"] = sum(capped) / len(capped) if capped else math.nan
-        t1 = time.perf_counter()
-        llc = (math.nan, math.nan)
-        if s["llc_chains"] > 0:
-            llc = sgld_llc(model_loss(model, loss_fn, x, y, grad=True), x0, len(x), s["llc_chains"],
-                           s["llc_steps"], s["llc_step_size"], s["llc_gamma"], int(s["seed"]) + 3)[:2]
-        row["llc_mean"], row["llc_std"] = llc
+    t1 = time.perf_counter()
+    row.update(llc_mean=math.nan, llc_std=math.nan, llc_steps=None, llc_step_size=math.nan, llc_burnin_steps=None,
+               llc_lambda_max=math.nan, llc_relax_steps=math.nan, llc_equilibrated=None, llc_rhat=math.nan,
+               llc_drift=math.nan, llc_per_chain_json=None, llc_note=None)
+    if s["llc_chains"] > 0:
+        top = top_eigenvalues[0] if top_eigenvalues and top_eigenvalues[0] is not None else math.nan
+        low = math.nan if lambda_min is None else lambda_min
+        if not math.isfinite(top) and s["llc_step_size"] == "auto":
+            from landscope.curvature import hessian_operator, top_eigenvalues as lanczos_top
+
+            (top,), low, _ = lanczos_top(hessian_operator(model, loss_fn, x, y), len(x0), 1, s["lanczos_iters"],
+                                         int(s["seed"]) + 3, x.device)
+        with restoring(model):
+            res = local_learning_coefficient(model_loss(model, loss_fn, x, y, grad=True), x0, len(x),
+                                             s["llc_chains"], s["llc_gamma"], top, low, s["llc_step_size"],
+                                             s["llc_steps"], s["llc_max_steps"], int(s["seed"]) + 3)
+        drifts = [d for d in res.run.drifts if math.isfinite(d)]
+        row.update(llc_mean=res.mean, llc_std=res.std, llc_steps=res.plan.steps, llc_step_size=res.plan.step_size,
+                   llc_burnin_steps=res.run.burnin_steps, llc_lambda_max=top, llc_relax_steps=res.plan.relax_steps,
+                   llc_equilibrated=res.equilibrated, llc_rhat=res.run.rhat,
+                   llc_drift=sum(drifts) / len(drifts) if drifts else math.nan, llc_note=res.note,
+                   llc_per_chain_json=json.dumps([{"llc": e if math.isfinite(e) else None,
+                                                   "drift": d if math.isfinite(d) else None}
+                                                  for e, d in zip(res.run.estimates, res.run.drifts)]))
     row.update(flatness_wall_s=t1 - t0, llc_wall_s=time.perf_counter() - t1)
     return row
 

@@ -278,6 +278,8 @@ SCHEMAS["flatness"] = {
     "t_max": F64, "directions": I64, "radius_q25": F64, "radius_median": F64, "radius_q75": F64,
     "capped_fraction": F64, "log_volume_proxy": F64, "n_positive_eigs": I64, "llc_mean": F64,
     "llc_std": F64, "llc_chains": I64, "llc_steps": I64, "llc_step_size": F64, "llc_gamma": F64,
+    "llc_max_steps": I64, "llc_burnin_steps": I64, "llc_lambda_max": F64, "llc_relax_steps": F64,
+    "llc_equilibrated": BOOL, "llc_rhat": F64, "llc_drift": F64, "llc_per_chain_json": STR, "llc_note": STR,
     "flatness_wall_s": F64, "llc_wall_s": F64, "stationarity_wall_s": F64,
 }
 RUN_TABLES |= {"stationarity", "flatness"}
