@@ -1,4 +1,6 @@
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -42,6 +44,31 @@ def run_pipeline(spec, root: Path):
 PYTHON = sys.executable
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 LANDSCOPE = [sys.executable, "-m", "landscope.cli"]
+
+
+def snakemake_cmd(workdir: Path, configfile, *args, cores: int | None = 2) -> list[str]:
+    """The repository's Snakefile run in ``workdir`` on ``configfile`` (``cores=None``: let a
+    ``--workflow-profile`` in ``args`` decide)."""
+    return [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+            *(["--cores", str(cores)] if cores else []), "--configfile", str(configfile), *args]
+
+
+def run_snakemake(workdir: Path, configfile, *args, cores: int | None = 2, timeout: float = 900,
+                  check: bool = True, cwd=None) -> subprocess.CompletedProcess:
+    """Run Snakemake to completion; with ``check``, a failure raises with the tails of its output."""
+    out = subprocess.run(snakemake_cmd(workdir, configfile, *args, cores=cores), capture_output=True,
+                         text=True, timeout=timeout, cwd=cwd)
+    if check and out.returncode != 0:
+        raise AssertionError(f"snakemake failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-6000:]}")
+    return out
+
+
+def landscope_sql(results: Path, query: str, fmt: str = "json", cwd=None):
+    """`landscope sql` on a results folder: rows as dicts (json) or the printed text."""
+    out = subprocess.run([*LANDSCOPE, "sql", "--results", str(results), "--format", fmt, query],
+                         capture_output=True, text=True, timeout=60, cwd=cwd)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout) if fmt == "json" else out.stdout
 
 
 # A bring-your-own model that diverges (used by the divergence tests of several modules)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, SNAKEMAKE
+from conftest import ROOT, run_snakemake
 from test_cli import tiny_results  # noqa: F401  (module fixture: a real results folder of one run)
 
 PROBE = """<script>
@@ -171,10 +171,7 @@ def smoke_reports(tmp_path_factory):
     """reports/ of the whole smoke DAG (config/smoke.yaml), built by Snakemake."""
     work = tmp_path_factory.mktemp("smoke-browser")
     (work / "smoke.yaml").write_text((ROOT / "config" / "smoke.yaml").read_text())
-    cmd = [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work), "--cores", "2",
-           "--configfile", str(work / "smoke.yaml")]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-    assert out.returncode == 0, f"snakemake failed:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
+    run_snakemake(work, work / "smoke.yaml", timeout=1200)
     return work / "reports"
 
 

@@ -1,14 +1,12 @@
 """The bring-your-own example (examples/byo.py + examples/byo.yaml) runs through the whole DAG."""
 
-import json
 import shutil
-import subprocess
 
 import numpy as np
 import torch
 import yaml
 
-from conftest import LANDSCOPE, ROOT, SNAKEMAKE
+from conftest import ROOT, landscope_sql, run_snakemake
 
 
 def test_byo_factories_give_what_the_config_promises():
@@ -31,16 +29,10 @@ def test_byo_study_runs_from_its_own_folder(tmp_path):
     exp = cfg["experiments"]["spirals_gated_mlp"]
     exp.update(steps=60, snapshot_every=30, directions_every=15)
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(cfg))
-    cmd = [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "2",
-           "--configfile", str(tmp_path / "study.yaml")]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-4000:]
+    run_snakemake(tmp_path, tmp_path / "study.yaml", cwd=tmp_path)
     q = ("SELECT r.point, count(DISTINCT r.run) AS runs, max(d.max_abs_drift) AS drift, "
          "max(r.n_params) AS n_params FROM runs r JOIN drift d USING (experiment, run) GROUP BY ALL ORDER BY ALL")
-    got = subprocess.run([*LANDSCOPE, "sql", "--results", str(tmp_path / "results"), "--format", "json", q],
-                         capture_output=True, text=True, timeout=60)
-    assert got.returncode == 0, got.stderr
-    rows = json.loads(got.stdout)
+    rows = landscope_sql(tmp_path / "results", q)
     # width 8: 2->16 GLU 8->16 GLU 8->2; width 32: 2->64 GLU 32->64 GLU 32->2
     assert rows == [{"point": "width=32", "runs": 2, "drift": 0.0, "n_params": 192 + 2112 + 66},
                     {"point": "width=8", "runs": 2, "drift": 0.0, "n_params": 48 + 144 + 18}]

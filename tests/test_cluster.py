@@ -7,14 +7,13 @@ in-process. Also: the SLURM and Kubernetes profiles hold only options this Snake
 """
 
 import re
-import subprocess
 from collections import Counter
 
 import polars as pl
 import pytest
 import yaml
 
-from conftest import ROOT, SNAKEMAKE, run_pipeline
+from conftest import ROOT, run_pipeline, run_snakemake
 
 SUBMIT = """#!/bin/bash
 # usage: submit.sh SPOOL RULE MEM_MB RUNTIME JOBSCRIPT -> starts JOBSCRIPT detached; prints its job id
@@ -73,9 +72,8 @@ def cluster_study(tmp_path_factory):
         "cluster-generic-submit-cmd": f"{work}/submit.sh {spool} {{rule}} {{resources.mem_mb}} {{resources.runtime}}",
         "cluster-generic-status-cmd": f"{work}/status.sh {spool}",
         "jobs": 4, "latency-wait": 5, "rerun-incomplete": True}))
-    cmd = [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
-           "--configfile", str(work / "smoke.yaml"), "--workflow-profile", str(profile)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    out = run_snakemake(work, work / "smoke.yaml", "--workflow-profile", str(profile), cores=None,
+                        timeout=1800, check=False)
     logs = {p.name: p.read_text()[-1500:] for p in spool.glob("*.out")}
     assert out.returncode == 0, f"snakemake failed:\n{out.stderr[-5000:]}\njob logs: {logs}"
     return work, spool, out.stdout + out.stderr
@@ -134,8 +132,6 @@ def test_cluster_profiles_hold_only_options_this_snakemake_knows(name, tmp_path)
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "config.yaml").write_text(yaml.safe_dump(rest))
     (tmp_path / "smoke.yaml").write_text((ROOT / "config" / "smoke.yaml").read_text())
-    out = subprocess.run([*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-                          "--configfile", str(tmp_path / "smoke.yaml"), "--workflow-profile", str(tmp_path / "p"),
-                          "-n"], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_snakemake(tmp_path, tmp_path / "smoke.yaml", "--workflow-profile", str(tmp_path / "p"), "-n",
+                        cores=None, timeout=300)
     assert job_stats(out.stdout + out.stderr)["evaluate"] == 12

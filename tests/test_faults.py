@@ -6,7 +6,6 @@ the library and the drift error; here: the same faults inside real Snakemake run
 """
 
 import glob
-import json
 import os
 import re
 import signal
@@ -19,9 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import EXPLODING_MODULE, ROOT, SNAKEMAKE, make_study, run_pipeline
+import conftest
+from conftest import EXPLODING_MODULE, ROOT, make_study, run_pipeline
 from landscope import conditions, measure, report, store, trajectory
-from landscope.config import ExperimentSpec
 
 
 
@@ -155,13 +154,11 @@ SMOKE_SUBSET = smoke_subset()  # read once: every run of this module sees the sa
 
 
 def snakemake_cmd(work: Path, *args) -> list[str]:
-    return [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work), "--cores", "2",
-            "--configfile", str(work / "smoke.yaml"), *args]
+    return conftest.snakemake_cmd(work, work / "smoke.yaml", *args)
 
 
 def run_snakemake(work: Path, *args) -> str:
-    out = subprocess.run(snakemake_cmd(work, *args), capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
+    out = conftest.run_snakemake(work, work / "smoke.yaml", *args)
     return out.stdout + out.stderr
 
 

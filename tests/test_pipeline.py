@@ -1,7 +1,6 @@
 """The whole DAG on config/smoke.yaml: tables, SQL, reports, and exact re-run behaviour."""
 
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -10,25 +9,18 @@ import duckdb
 import pytest
 import yaml
 
-from conftest import LANDSCOPE, ROOT, SNAKEMAKE
+from conftest import LANDSCOPE, ROOT, run_snakemake
+from conftest import landscope_sql as sql
 
 SMOKE = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
 
 
 def snakemake(workdir: Path, *args, config: Path | None = None, check=True):
-    cmd = [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--cores", "2", "--configfile", str(config or workdir / "smoke.yaml"), *args]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    if check and out.returncode != 0:
-        raise AssertionError(f"snakemake failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-6000:]}")
-    return out
+    return run_snakemake(workdir, config or workdir / "smoke.yaml", *args, check=check)
 
 
 def landscope_sql(workdir: Path, query: str, fmt="json"):
-    out = subprocess.run([*LANDSCOPE, "sql", "--results", str(workdir / "results"), "--format", fmt, query],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout) if fmt == "json" else out.stdout
+    return sql(workdir / "results", query, fmt)
 
 
 @pytest.fixture(scope="module")

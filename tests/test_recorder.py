@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from conftest import LANDSCOPE, PYTHON, ROOT, SNAKEMAKE, make_study, run_pipeline
+from conftest import PYTHON, ROOT, landscope_sql, make_study, run_pipeline, run_snakemake
 
 EXP = {"model": {"name": "mlp", "width": 16, "depth": 2}, "dataset": {"name": "digits", "n_train": 256},
        "optimizer": {"name": "sgd", "lr": 0.2, "momentum": 0.9}, "batch_size": 16, "steps": 24,
@@ -215,20 +215,14 @@ def test_own_loop_example_through_the_pipeline(tmp_path):
     (tmp_path / "examples" / "own_loop.yaml").write_text(yaml.safe_dump(cfg))
     out = subprocess.run([PYTHON, "examples/own_loop.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    cmd = [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "2",
-           "--configfile", "examples/own_loop.yaml"]
-    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-4000:]
+    run_snakemake(tmp_path, "examples/own_loop.yaml", cwd=tmp_path)
     assert (tmp_path / "reports" / "own_loop.html").stat().st_size > 10_000
     q = ("SELECT t.run, max(d.max_abs_drift) AS drift, count(DISTINCT t.step) AS steps, "
          "max(abs(t.lr - s.lr)) AS lr_diff, max(abs(t.batch_loss - s.batch_loss) / t.batch_loss) AS loss_rel, "
          "max(abs(t.lr - 0.05 * (1 + cos(pi() * t.step / 64)))) AS cosine_diff "
          "FROM train t JOIN steps s USING (experiment, run, step) JOIN drift d USING (experiment, run) "
          "GROUP BY ALL ORDER BY ALL")
-    got = subprocess.run([*LANDSCOPE, "sql", "--results", str(tmp_path / "results"), "--format", "json", q],
-                         capture_output=True, text=True, timeout=60)
-    assert got.returncode == 0, got.stderr
-    rows = json.loads(got.stdout)
+    rows = landscope_sql(tmp_path / "results", q)
     assert [r["run"] for r in rows] == ["seed-0", "seed-1"]
     for r in rows:
         assert r["drift"] == 0.0 and r["steps"] == 64 and r["lr_diff"] == 0.0

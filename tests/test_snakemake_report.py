@@ -3,13 +3,12 @@
 
 import json
 import re
-import subprocess
 import zipfile
 
 import pytest
 import yaml
 
-from conftest import ROOT, SNAKEMAKE
+from conftest import run_snakemake
 
 STUDY = {"device": "cpu", "experiments": {"tinyrep": {
     "title": "snakemake --report test", "model": {"name": "logistic_regression"},
@@ -19,11 +18,7 @@ STUDY = {"device": "cpu", "experiments": {"tinyrep": {
 
 
 def _snakemake(work, *args):
-    cmd = [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work), "--cores", "2",
-           "--configfile", str(work / "study.yaml"), *args]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
-    return out
+    return run_snakemake(work, work / "study.yaml", *args)
 
 
 @pytest.mark.slow

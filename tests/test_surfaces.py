@@ -3,7 +3,6 @@ parabolas and whose planes are known quadratic forms, trajectories lying in a kn
 norms, a trained run's endpoints, the config's errors, and the rule through Snakemake."""
 
 import math
-import subprocess
 
 import pytest
 import torch
@@ -360,11 +359,10 @@ def test_surfaces_run_rejects_another_configuration(trained, spec_factory):
 @pytest.mark.slow
 def test_surfaces_rule_through_snakemake(tmp_path):
     """The surfaces rule on a tiny study: tables queryable with `landscope sql`, panel on the page."""
-    import json
 
     import yaml
 
-    from conftest import LANDSCOPE, ROOT, SNAKEMAKE
+    from conftest import landscope_sql, run_snakemake
 
     config = {"device": "cpu", "experiments": {"tiny": {
         "model": {"name": "mlp", "depth": 2, "width": 8}, "dataset": {"name": "digits", "n_train": 256},
@@ -372,16 +370,10 @@ def test_surfaces_rule_through_snakemake(tmp_path):
         "seeds": [0, 1], "curvature": {"enabled": False},
         "surfaces": {"seeds": "first", "grid": 7, "points_1d": 9, "path_points": 6}}}}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
-    cmd = [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "2",
-           "--configfile", str(tmp_path / "tiny.yaml")]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-4000:]
+    run_snakemake(tmp_path, tmp_path / "tiny.yaml")
     q = ("SELECT plane, count(*) AS n, count(DISTINCT run) AS runs FROM surface_2d "
          "GROUP BY plane ORDER BY plane")
-    res = subprocess.run([*LANDSCOPE, "sql", "--results", str(tmp_path / "results"), "--format", "json", q],
-                         capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout) == [{"plane": "pca", "n": 49, "runs": 1}, {"plane": "random", "n": 49, "runs": 1}]
+    assert landscope_sql(tmp_path / "results", q) == [{"plane": "pca", "n": 49, "runs": 1}, {"plane": "random", "n": 49, "runs": 1}]
     page = (tmp_path / "reports" / "tiny.html").read_text()
     assert "Loss surfaces around x<sub>K</sub>" in page and "Trajectory (PCA) plane" in page
     assert (tmp_path / "results/benchmarks/surfaces/tiny/seed-0.tsv").is_file()
