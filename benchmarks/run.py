@@ -166,7 +166,7 @@ def train_and_replay(label: str, model: dict, steps: int, repeats: int, study_ev
                 s, bare = timed(lambda: bare_train(spec))
                 bare_s.append((s, timed.cpu))
             else:
-                train_s.append(timed_both(lambda: trajectory.train_run(spec, ck, res)))
+                train_s.append(timed_both(lambda ck=ck, res=res: trajectory.train_run(spec, ck, res)))
     final = trajectory.load_checkpoint(trajectory.checkpoint_path(ck, steps))["model"]
     identical = all(torch.equal(v, final[k]) for k, v in bare.state_dict().items())
     rows = [row("a", f"{label}: instrumented training vs bare loop", min(train_s)[0], min(bare_s)[0], "s", 1.05,
@@ -225,8 +225,8 @@ def bench_c(args) -> list[dict]:
     import duckdb
     import numpy as np
     import pyarrow.parquet as pq
-
     from conditions_bench import make_rows
+
     from landscope import conditions as C
 
     n, size, margin, box = (100_000, 20, 0.1, 5.0) if args.quick else (1_000_000, 100, 0.1, 5.0)
@@ -253,7 +253,7 @@ def bench_c(args) -> list[dict]:
 
         fast_s = [timed(fast) for _ in range(args.repeats)]
         brute_s, got = timed(brute)
-    reg, (A, B, T, valid) = fast_s[0][1]
+    reg, (_, _, T, valid) = fast_s[0][1]
     ours = T.reshape(size, size)
     diff = max(abs(ours[i, j] - t) for i, j, t in zip(got["i"], got["j"], got["min_t"]))
     scale = float(np.nanmax(np.abs(ours)))
@@ -302,9 +302,9 @@ def bench_d(args) -> list[dict]:
 
 # ----------------------------------------------------------------------------------- e: curvature
 def bench_e(args) -> list[dict]:
+    import curvature_bench as cb
     import torch
 
-    import curvature_bench as cb
     from landscope import curvature as cv
     from landscope.trajectory import build_problem
 
@@ -374,7 +374,7 @@ def bench_f(args) -> list[dict]:
     real = Path(args.study_results)
     if (real / "tables" / "condition_summary").is_dir() and not args.quick:
         results = real
-        experiment = sorted(p.name.split("=", 1)[1] for p in (real / "tables" / "condition_summary").iterdir())[0]
+        experiment = min(p.name.split("=", 1)[1] for p in (real / "tables" / "condition_summary").iterdir())
         runs, where = None, f"{real} (experiment {experiment})"
     else:
         results = tmp / "results"
@@ -463,7 +463,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         try:
             got = fn(args)
-        except Exception as exc:  # recorded and reported; the other items still run
+        except Exception as exc:  # noqa: BLE001 -- recorded in the JSON and the exit code; the other items still run
             failed = True
             got = [{"item": item, "name": f"item {item}", "error": f"{type(exc).__name__}: {exc}"}]
         rows += [r for r in got if r["item"] in only or "error" in r]

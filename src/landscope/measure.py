@@ -47,7 +47,7 @@ def full_loss_and_grad(problem, model: nn.Module) -> tuple[float, list[torch.Ten
     x, y, n, chunk = problem.data.x, problem.data.y, len(problem.data), problem.spec.eval_batch_size
     params = [p for p in model.parameters() if p.requires_grad]
     grads = [torch.zeros_like(p, dtype=torch.float64) for p in params]
-    f64 = dict(dtype=torch.float64, device=problem.device)
+    f64 = {"dtype": torch.float64, "device": problem.device}
     total, correct = torch.zeros((), **f64), torch.zeros((), **f64)  # summed on the device
     classify = False
     signs = bool(((y == 1) | (y == -1)).all()) if y.is_floating_point() else False

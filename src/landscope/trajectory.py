@@ -171,7 +171,7 @@ def epoch_of(n: int, batch_size: int, step: int) -> int:
 
 def _step(problem: Problem, opt: torch.optim.Optimizer, step: int, hook=None) -> torch.Tensor:
     """One optimizer step of the trajectory; ``hook(idx, xb, yb, loss)`` runs before ``opt.step``."""
-    model, spec = problem.model, problem.spec
+    model = problem.model
     idx = problem.batch(step).to(problem.device)
     xb, yb = problem.data.x[idx], problem.data.y[idx]
     lr = problem.lr(step)
