@@ -197,7 +197,7 @@ def density_chart(df: pl.DataFrame):
     panels = []
     for point in order:
         part = df.filter(pl.col("point") == point)
-        marks = part.group_by("checkpoint", "step").agg(pl.col("two_over_lr").first()).filter(
+        marks = part.group_by("checkpoint", "step", maintain_order=True).agg(pl.col("two_over_lr").first()).filter(
             pl.col("two_over_lr").is_finite())
         line = alt.Chart(part).mark_line().encode(
             x=alt.X("eigenvalue:Q", title="eigenvalue λ"),
