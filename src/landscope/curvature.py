@@ -582,16 +582,14 @@ def curvature_run(spec, ckpt_dir, minimizer_path, results, settings: dict) -> di
 
     from landscope import store
     from landscope.flatness import flatness_row, stationarity
-    from landscope.trajectory import attach_recording, build_problem, checkpoint_path, load_checkpoint, load_minimizer
+    from landscope.trajectory import (attach_recording, build_problem, checkpoint_path, load_checkpoint,
+                                      load_minimizer, run_manifest)
 
     s = settings_of(settings)
     t_run = time.perf_counter()
     ckpt_dir = Path(ckpt_dir)
-    manifest = json.loads((ckpt_dir / "manifest.json").read_text())
+    manifest = run_manifest(spec, ckpt_dir, "curvature")
     chash = spec.config_hash()
-    if manifest.get("config_hash") != chash:
-        raise ValueError(f"curvature {spec.experiment}/{spec.run}: the manifest was written by another "
-                         "configuration; re-run the train rule for this run")
     minimizer = load_minimizer(minimizer_path) if minimizer_path else None
     x_k = minimizer.get("step") if minimizer else None
     all_steps = [c["step"] for c in manifest["checkpoints"]]

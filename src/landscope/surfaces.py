@@ -392,16 +392,13 @@ def surfaces_run(spec, ckpt_dir, minimizer_path, results, settings: dict) -> dic
 
     from landscope import store
     from landscope.curvature import eval_subset
-    from landscope.trajectory import attach_recording, build_problem, load_minimizer
+    from landscope.trajectory import attach_recording, build_problem, load_minimizer, run_manifest
 
     s = settings_of(settings)
     t0 = time.perf_counter()
     ckpt_dir = Path(ckpt_dir)
-    manifest = json.loads((ckpt_dir / "manifest.json").read_text())
+    manifest = run_manifest(spec, ckpt_dir, "surfaces")
     chash = spec.config_hash()
-    if manifest.get("config_hash") != chash:
-        raise ValueError(f"surfaces {spec.experiment}/{spec.run}: the manifest was written by another "
-                         "configuration; re-run the train rule for this run")
     problem = attach_recording(build_problem(spec), ckpt_dir)
     minimizer = load_minimizer(minimizer_path, problem.device)
     marks = [c["step"] for c in manifest["checkpoints"]]  # fewer when the run diverged

@@ -664,6 +664,16 @@ def drift_tolerance(spec: RunSpec, device: torch.device) -> float:
     return float(spec.drift_tolerance)
 
 
+def run_manifest(spec: RunSpec, ckpt_dir: str | Path, job: str) -> dict:
+    """The run's ``manifest.json``, refused (naming ``job`` and the run) when another configuration
+    wrote it: the checkpoints it lists are not this spec's."""
+    manifest = json.loads((Path(ckpt_dir) / "manifest.json").read_text())
+    if manifest.get("config_hash") != spec.config_hash():
+        raise ValueError(f"{job} {spec.experiment}/{spec.run}: the manifest was written by another "
+                         "configuration; re-run the train rule for this run")
+    return manifest
+
+
 def parameter_path(ckpt_dir: str | Path, max_params: int = 16) -> tuple[list[int], np.ndarray]:
     """Every iterate x_0 .. x_K of a small model (at most ``max_params`` parameters), replayed from
     its first checkpoint with the run's own spec (from ``manifest.json``): (steps, array (K+1, d)).
