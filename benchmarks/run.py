@@ -113,7 +113,7 @@ def bare_train(spec, at_min=None):
 
 
 def interleaved_steps(spec, rounds: int, block: int = 50) -> tuple[float, float]:
-    """Median seconds per step of landscope's training step (``trajectory._step`` plus its loss
+    """Median seconds per step of landscope's training step (``trajectory.take_step`` plus its loss
     record) and of a bare step, on the same model and optimizer, alternating in blocks of
     ``block`` steps: bursts of load from other processes hit both alike."""
     import torch
@@ -134,7 +134,7 @@ def interleaved_steps(spec, rounds: int, block: int = 50) -> tuple[float, float]
         opt.step()
 
     def ours(step):
-        record[step] = trajectory._step(problem, opt, step)
+        record[step] = trajectory.take_step(problem, opt, step)
 
     got, step = {bare: [], ours: []}, 0
     for r in range(rounds):

@@ -139,12 +139,12 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     path = trajectory.checkpoint_path(tmp_path, 0)
     torch.save({"model": {}, "evil": _Payload(marker)}, path, pickle_protocol=2)
-    path.with_suffix(".json").write_text(json.dumps({"sha256": trajectory._sha256(path), "config_hash": "x"}))
+    path.with_suffix(".json").write_text(json.dumps({"sha256": trajectory.file_sha256(path), "config_hash": "x"}))
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         trajectory.load_checkpoint(path, "x")
     assert not marker.exists()
     torch.save({"model": {}, "evil": _Payload(marker)}, tmp_path / "minimizer.pt")
-    (tmp_path / "minimizer.json").write_text(json.dumps({"sha256": trajectory._sha256(tmp_path / "minimizer.pt")}))
+    (tmp_path / "minimizer.json").write_text(json.dumps({"sha256": trajectory.file_sha256(tmp_path / "minimizer.pt")}))
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         trajectory.load_minimizer(tmp_path / "minimizer.pt")
     assert not marker.exists()

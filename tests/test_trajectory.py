@@ -79,7 +79,7 @@ def test_replay_is_bitwise_and_drift_is_caught(tmp_path, spec_factory):
     state["model"]["net.0.weight"][0, 0] += 1e-3
     torch.save(state, path)
     side = json.loads(path.with_suffix(".json").read_text())
-    side["sha256"] = trajectory._sha256(path)
+    side["sha256"] = trajectory.file_sha256(path)
     path.with_suffix(".json").write_text(json.dumps(side))
     with pytest.raises(trajectory.ReplayDriftError, match=r"t/seed-0 segment 1 .*step=20.*1\.0+e-03"):
         trajectory.replay_segment(spec, ckpt, ckpt / "minimizer.pt", 1, results)

@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name):  # `from landscope import Recorder` without importing torch for every `import landscope`
     if name in ("Recorder", "recorded_runs"):
-        from landscope import recorder
+        from landscope.trajectory import record
 
-        return getattr(recorder, name)
+        return getattr(record, name)
     raise AttributeError(f"module 'landscope' has no attribute {name!r}")

@@ -107,10 +107,10 @@ def cmd_runs(args) -> int:
 
 
 def cmd_tables(args) -> int:
-    from landscope.store import SCHEMAS, _duck_type
+    from landscope.store import SCHEMAS, duck_type
 
     for name, cols in SCHEMAS.items():
-        print(f"{name}: " + ", ".join(f"{c} {_duck_type(t)}" for c, t in cols.items()))
+        print(f"{name}: " + ", ".join(f"{c} {duck_type(t)}" for c, t in cols.items()))
     return 0
 
 
@@ -122,7 +122,8 @@ def cmd_db(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from landscope.config import ConfigError, load_study
+    from landscope.config import load_study
+    from landscope.factories import ConfigError
 
     try:
         study = load_study(args.config)
@@ -181,7 +182,8 @@ def export_figures(results: Path, experiment: str, out: Path, fmt: str = "svg", 
     """Write every chart of the experiment's page (report.page_charts) to ``out`` as
     ``<experiment>-<chart id>.<fmt>``. Returns (written [(path, heading)], headings with no data).
     Raises LookupError when the results hold no such experiment."""
-    from landscope import report, store
+    from landscope import store
+    from landscope.report import page as report
 
     con = store.connect(results)
     try:
@@ -247,7 +249,7 @@ CHECK_LOADS = {  # the loader calls that `data check` makes: each reads and veri
 
 
 def _dataset_names(name: str | None) -> list[str]:
-    from landscope.data import SOURCES
+    from landscope.problem.data import SOURCES
 
     if name is None:
         return list(SOURCES)
@@ -258,7 +260,7 @@ def _dataset_names(name: str | None) -> list[str]:
 
 def dataset_rows(data_dir: str | None, names: list[str]) -> list[tuple[str, str, str]]:
     """(name, 'yes'/'no', where it was found, or where we looked and how to get it) per dataset."""
-    from landscope.data import SOURCES, availability_problem
+    from landscope.problem.data import SOURCES, availability_problem
 
     rows = []
     for name in names:
@@ -270,7 +272,7 @@ def dataset_rows(data_dir: str | None, names: list[str]) -> list[tuple[str, str,
 
 def check_dataset(name: str, data_dir: str | None) -> tuple[str, str]:
     """('ok' | 'missing' | 'FAILED', detail): load the dataset's splits with verification on."""
-    from landscope.data import SOURCES, load_dataset
+    from landscope.problem.data import SOURCES, load_dataset
 
     src = SOURCES[name]
     where = src.locate(data_dir)
@@ -313,7 +315,7 @@ def _data_check(names: list[str], data_dir: str | None, named: bool) -> int:
 
 
 def _data_fetch(name: str, dest: str | None, url: str | None) -> int:
-    from landscope.data import SOURCES
+    from landscope.problem.data import SOURCES
 
     src = SOURCES[name]
     if src.fetch is None:

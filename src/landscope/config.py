@@ -8,12 +8,11 @@ are filled in; every experiment expands into :class:`RunSpec` objects (sweep val
 from __future__ import annotations
 
 import copy
-import hashlib
+import inspect
 import itertools
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,57 +20,12 @@ from typing import Any
 import jsonschema
 import yaml
 
+from landscope.factories import ConfigError, check_keywords
+from landscope.problem import data, models
+from landscope.settings import check_surfaces
+from landscope.spec import ExperimentSpec, RunSpec, Study
+
 SAFE_VALUE = re.compile(r"^[A-Za-z0-9.+_-]{1,64}$")
-
-
-class ConfigError(ValueError):
-    """A configuration problem, phrased as: where, what was given, what is allowed."""
-
-
-def import_factory(path: str, where: str):
-    """Resolve a factory named 'package.module:function'; errors name the config key.
-
-    The working directory is importable (as with ``python -m``), so a study folder's own modules
-    resolve in every job process without setting PYTHONPATH.
-    """
-    import importlib
-    import os
-    import sys
-
-    if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
-    module, _, attr = path.partition(":")
-    try:
-        mod = importlib.import_module(module)
-    except Exception as exc:  # noqa: BLE001 - any import failure is the user's to fix
-        raise ConfigError(f"config key '{where}': cannot import module '{module}' of factory "
-                          f"'{path}': {type(exc).__name__}: {exc}. Is it installed / on PYTHONPATH?") from exc
-    fn = getattr(mod, attr, None)
-    if not callable(fn):
-        raise ConfigError(f"config key '{where}': module '{module}' has no callable '{attr}'")
-    return fn
-
-
-def check_component(name: str, builtin, kind: str, where: str) -> None:
-    """A built-in name of ``kind`` or an importable factory path; else a ConfigError listing both."""
-    if ":" in name:
-        import_factory(name, where)
-    elif name not in builtin:
-        raise ConfigError(f"config key '{where}': unknown {kind} {name!r}; built-in {kind}s: "
-                          f"{', '.join(sorted(builtin))}, or a factory 'package.module:function'")
-
-
-def check_keywords(section: dict, factory, kind: str, where: str, implicit: tuple[str, ...] = ()) -> None:
-    """The keys of a built-in component section must be keyword arguments of its factory: a typo
-    (``seq_len`` for ``bptt``) is an error naming the allowed keys, not a silently ignored option."""
-    import inspect
-
-    params = inspect.signature(factory).parameters.values()
-    allowed = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - set(implicit)
-    unknown = sorted(set(section) - {"name"} - allowed)
-    if unknown:
-        raise ConfigError(f"config key '{where}': unknown option(s) {', '.join(map(repr, unknown))} for {kind} "
-                          f"{section['name']!r}; its options: {', '.join(sorted(allowed)) or '(none)'}")
 
 
 def load_schema() -> dict:
@@ -218,8 +172,6 @@ def _section_values(name: str, exp: dict, key: str, values: list, exp_schema: di
 
 
 def _check_semantics(name: str, exp: dict) -> None:
-    from landscope import data, models  # local: keep config import light
-
     where = f"experiments.{name}"
     models.check_name(exp["model"]["name"], f"{where}.model.name")
     data.check_name(exp["dataset"]["name"], f"{where}.dataset.name")
@@ -243,7 +195,6 @@ def _check_semantics(name: str, exp: dict) -> None:
         raise ConfigError(
             f"config key '{where}.snapshot_every': got {exp['snapshot_every']}, more than "
             f"steps={exp['steps']}; use a value <= steps")
-    from landscope.surfaces import check_experiment as check_surfaces
 
     check_surfaces(name, exp)
     for key, values in exp["sweep"].items():
@@ -281,87 +232,6 @@ def _fmt(v) -> str:
     if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
         return repr(v)
     return str(v)
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """Everything one run needs, as plain data (JSON-able)."""
-
-    experiment: str
-    run: str
-    point: str
-    sweep: dict
-    seed: int
-    model: dict
-    dataset: dict
-    loss: str | None
-    optimizer: dict
-    schedule: dict
-    batch_size: int
-    steps: int
-    snapshot_every: int
-    f_i_star: float | str
-    minimizer: str
-    drift_tolerance: float | str
-    eval_batch_size: int
-    directions_every: int | None = None
-    device: str = "auto"
-    data_dir: str | None = None
-    torch_threads: int = 1
-    source: str = "train"
-
-    @property
-    def checkpoint_steps(self) -> list[int]:
-        return checkpoint_steps(self.steps, self.snapshot_every)
-
-    @property
-    def n_segments(self) -> int:
-        return len(self.checkpoint_steps) - 1
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        if d["source"] == "train":  # left out at its default: earlier results keep their config hash
-            del d["source"]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RunSpec":
-        return cls(**d)
-
-    def config_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def checkpoint_steps(steps: int, every: int) -> list[int]:
-    out = list(range(0, steps, every))
-    out.append(steps)
-    return out
-
-
-@dataclass(frozen=True)
-class ExperimentSpec:
-    name: str
-    title: str
-    runs: list[RunSpec]
-    conditions: dict
-    sweep_keys: list[str] = field(default_factory=list)
-    raw: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Study:
-    experiments: dict[str, ExperimentSpec]
-    skipped: dict[str, str]
-    deferred: dict[str, str] = field(default_factory=dict)
-
-    def runs(self) -> list[RunSpec]:
-        return [r for e in self.experiments.values() for r in e.runs]
-
-    def run(self, experiment: str, run: str) -> RunSpec:
-        for r in self.experiments[experiment].runs:
-            if r.run == run:
-                return r
-        raise KeyError(f"no run {run!r} in experiment {experiment!r}")
 
 
 def expand_experiment(name: str, exp: dict, top: dict) -> ExperimentSpec:
@@ -404,7 +274,6 @@ def load_study(config: dict | str | Path) -> Study:
     Experiments with ``if_data_missing: skip`` whose dataset is not available are left out and
     listed in ``Study.skipped`` with the reason; with ``defer`` they stay, listed in ``Study.deferred``.
     """
-    from landscope import data
 
     if isinstance(config, (str, Path)):
         with open(config) as fh:
@@ -459,8 +328,6 @@ def _schema_rows(props: dict, prefix: str, root: dict) -> list[str]:
 
 
 def _factory_rows(builtin: dict, keywords_of) -> list[str]:
-    import inspect
-
     rows = []
     for name in sorted(builtin):
         fn = keywords_of(name)
@@ -477,7 +344,6 @@ def _factory_rows(builtin: dict, keywords_of) -> list[str]:
 def config_reference() -> str:
     """The config reference in Markdown, generated from the schema and the built-in factories'
     signatures (docs/config.md is this text; a test keeps them equal)."""
-    from landscope import data, models
 
     schema = load_schema()
     exp = _resolve(schema["$defs"]["experiment"], schema)

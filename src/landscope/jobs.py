@@ -36,3 +36,12 @@ def job_logging(log_path: str | Path | None, what: str):
         for h in handlers:
             log.removeHandler(h)
             h.close()
+
+
+def progress_bar(enabled: bool, total: int, initial: int, desc: str):
+    """A tqdm bar of ``total`` steps (None when disabled); tqdm is imported only when a bar is drawn."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", mininterval=1.0)

@@ -179,7 +179,7 @@ def read_meta(path: str | Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------- DuckDB
-def _duck_type(t: pa.DataType) -> str:
+def duck_type(t: pa.DataType) -> str:
     return {I64: "BIGINT", F64: "DOUBLE", STR: "VARCHAR", BOOL: "BOOLEAN"}[t]
 
 
@@ -197,10 +197,10 @@ def view_sql(results: str | Path, table: str, where: str = "", con=None) -> str:
         present = set(cols)
         if con is not None:
             present = {r[0] for r in con.sql(f"DESCRIBE SELECT * FROM {src}").fetchall()}
-        select = ", ".join(f"CAST({c if c in present else 'NULL'} AS {_duck_type(t)}) AS {c}"
+        select = ", ".join(f"CAST({c if c in present else 'NULL'} AS {duck_type(t)}) AS {c}"
                            for c, t in cols.items())
         return f"CREATE OR REPLACE VIEW {table} AS SELECT {select} FROM {src}" + (f" WHERE {where}" if where else "")
-    empty = ", ".join(f"CAST(NULL AS {_duck_type(t)}) AS {c}" for c, t in cols.items())
+    empty = ", ".join(f"CAST(NULL AS {duck_type(t)}) AS {c}" for c, t in cols.items())
     return f"CREATE OR REPLACE VIEW {table} AS SELECT {empty} WHERE false"
 
 

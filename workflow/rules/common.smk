@@ -2,7 +2,9 @@
 import sys
 from pathlib import Path
 
-from landscope.config import ConfigError, load_study
+from landscope.config import load_study
+from landscope.factories import ConfigError
+from landscope.settings import surface_runs
 
 try:
     STUDY = load_study(config)
@@ -159,7 +161,7 @@ def _distinct(values):
 
 
 def get_table2_sequences():
-    from landscope.report_table2 import sweep_sequences
+    from landscope.report.table2 import sweep_sequences
 
     return [s for e in STUDY.experiments.values() for s in sweep_sequences(e)]
 
@@ -211,8 +213,6 @@ def get_surfaces_settings(wildcards):
 
 
 def _surface_parts(experiment, table):
-    from landscope.surfaces import surface_runs
-
     return [f"results/tables/{table}/experiment={r.experiment}/run={r.run}/part-00000.parquet"
             for r in surface_runs(STUDY.experiments[experiment])]
 

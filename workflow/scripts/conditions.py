@@ -1,6 +1,6 @@
 """Snakemake adapter: conditions of one experiment (logic in landscope.conditions)."""
-from landscope.conditions import experiment_conditions
-from landscope.config import ExperimentSpec, RunSpec
+from landscope.measures.conditions import experiment_conditions
+from landscope.spec import ExperimentSpec, RunSpec
 from landscope.jobs import job_logging
 
 p = snakemake.params.experiment

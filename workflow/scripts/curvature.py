@@ -1,8 +1,8 @@
 """Snakemake adapter: curvature of one run's checkpoints (logic in landscope.curvature)."""
 from pathlib import Path
 
-from landscope.config import RunSpec
-from landscope.curvature import curvature_run
+from landscope.spec import RunSpec
+from landscope.measures.curvature import curvature_run
 from landscope.jobs import job_logging
 
 spec = RunSpec.from_dict(snakemake.params.spec)

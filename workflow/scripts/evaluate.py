@@ -1,9 +1,9 @@
-"""Snakemake adapter: replay one segment and measure every step (logic in landscope.trajectory)."""
+"""Snakemake adapter: replay one segment and measure every step (logic in landscope.trajectory.replay)."""
 from pathlib import Path
 
-from landscope.config import RunSpec
+from landscope.spec import RunSpec
 from landscope.jobs import job_logging
-from landscope.trajectory import replay_segment
+from landscope.trajectory.replay import replay_segment
 
 spec = RunSpec.from_dict(snakemake.params.spec)
 segment = int(snakemake.wildcards.segment)

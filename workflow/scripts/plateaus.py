@@ -1,5 +1,5 @@
 """Snakemake adapter: plateau-escape events of one experiment (logic in landscope.flatness)."""
-from landscope.flatness import plateaus_experiment
+from landscope.measures.plateaus import plateaus_experiment
 from landscope.jobs import job_logging
 
 with job_logging(snakemake.log[0], f"plateaus {snakemake.wildcards.experiment}") as log:

@@ -1,6 +1,6 @@
 """Snakemake adapter: one experiment's HTML report (logic in landscope.report)."""
 from landscope.jobs import job_logging
-from landscope.report import write_experiment_report
+from landscope.report.page import write_experiment_report
 
 experiment = snakemake.wildcards.experiment
 with job_logging(snakemake.log[0], f"report {experiment}"):

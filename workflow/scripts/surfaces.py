@@ -1,9 +1,9 @@
-"""Snakemake adapter: loss surfaces of one run around x_K (logic in landscope.surfaces)."""
+"""Snakemake adapter: loss surfaces of one run around x_K (logic in landscope.measures.surfaces)."""
 from pathlib import Path
 
-from landscope.config import RunSpec
+from landscope.spec import RunSpec
 from landscope.jobs import job_logging
-from landscope.surfaces import surfaces_run
+from landscope.measures.surfaces import surfaces_run
 
 spec = RunSpec.from_dict(snakemake.params.spec)
 with job_logging(snakemake.log[0], f"surfaces {spec.experiment}/{spec.run}") as log:

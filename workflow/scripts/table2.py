@@ -1,6 +1,6 @@
 """Snakemake adapter: reports/table2.html (logic in landscope.report_table2)."""
 from landscope.jobs import job_logging
-from landscope.report_table2 import write_table2
+from landscope.report.table2 import write_table2
 
 with job_logging(snakemake.log[0], "table2"):
     write_table2(snakemake.params.results, snakemake.params.sequences, snakemake.output[0])

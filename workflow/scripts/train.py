@@ -1,11 +1,11 @@
 """Snakemake adapter: train one run, snapshot its checkpoints, choose x_K (logic in landscope)."""
 from pathlib import Path
 
-from landscope.config import RunSpec
+from landscope.spec import RunSpec
 from landscope.jobs import job_logging
-from landscope.measure import select_minimizer, snapshot_run
-from landscope.recorder import finish_recording
-from landscope.trajectory import train_run
+from landscope.trajectory.snapshot import select_minimizer, snapshot_run
+from landscope.trajectory.record import finish_recording
+from landscope.trajectory.train import train_run
 
 spec = RunSpec.from_dict(snakemake.params.spec)
 ckpt = Path(snakemake.output.manifest).parent

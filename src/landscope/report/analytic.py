@@ -15,6 +15,11 @@ from pathlib import Path
 import altair as alt
 import numpy as np
 import polars as pl
+import torch
+
+from landscope.problem import analytic
+from landscope.trajectory.replay import parameter_path
+from landscope.trajectory.rundir import checkpoint_path, load_checkpoint, load_minimizer
 
 GRID_N = 50  # grid cells per axis of the surface
 PAD = 0.25  # the box extends this fraction of its size beyond the plotted points
@@ -48,10 +53,6 @@ def checkpoint_points(results: str | Path, experiment: str, runs: pl.DataFrame) 
     parameters); without a replayable manifest only the checkpoints are drawn. Every file is loaded
     through its SHA-256 check. x_K comes from minimizer.pt; for ``projection`` it is Proj(x_last, S).
     """
-    import torch
-
-    from landscope import analytic
-    from landscope.trajectory import checkpoint_path, load_checkpoint, load_minimizer, parameter_path
 
     cps, xks = [], []
     for r in runs.iter_rows(named=True):
@@ -88,16 +89,13 @@ def plot_box(xs, ys, pad: float = PAD) -> tuple[tuple[float, float], tuple[float
 
 def surface_grid(example: int, xlim, ylim, n: int = GRID_N) -> pl.DataFrame:
     """f(x, y) at the centres of an n x n grid of cells (x0, x1, y0, y1 are the cell edges)."""
-    import torch
-
-    from landscope import analytic
 
     ex, ey = np.linspace(*xlim, n + 1), np.linspace(*ylim, n + 1)
     cx, cy = (ex[:-1] + ex[1:]) / 2, (ey[:-1] + ey[1:]) / 2
     i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
     i, j = i.ravel(), j.ravel()
     w = torch.tensor(np.stack([cx[i], cy[j]], 1), dtype=torch.float64)  # (n*n, 2): every cell at once
-    f1, f2 = analytic._terms(example, w)
+    f1, f2 = analytic.terms(example, w)
     return pl.DataFrame({"x0": ex[i], "x1": ex[i + 1], "y0": ey[j], "y1": ey[j + 1], "x": cx[i], "y": cy[j],
                          "f": ((f1 + f2) / 2).numpy()})
 
@@ -107,7 +105,6 @@ def minimizer_set(example: int, xlim, ylim) -> pl.DataFrame:
     if example == 1:
         xs = np.clip(np.array([xlim[0], xlim[1]]), -0.5 - ylim[1], -0.5 - ylim[0])
         return pl.DataFrame({"x": xs, "y": -0.5 - xs, "part": [0, 0]})
-    from landscope import analytic
 
     pts = analytic.minimizers(example)
     inside = [(x, y) for x, y in pts if xlim[0] <= x <= xlim[1] and ylim[0] <= y <= ylim[1]]
@@ -146,7 +143,6 @@ def surface_charts(con, results: str | Path, experiment: str) -> list[tuple[str,
     runs = analytic_runs(con, experiment)
     if runs.is_empty():
         return []
-    from landscope import analytic  # here, not at the top: pages without analytic runs need no torch
 
     cps, xks = checkpoint_points(results, experiment, runs)
     out = []

@@ -3,7 +3,6 @@
 An experiment with ``source: recorded`` describes your loop in the config (model factory, dataset,
 optimizer, batch_size, steps, snapshot_every, seeds) and is not trained by landscope. Instead::
 
-    from landscope import Recorder
 
     with Recorder("my_study.yaml", "mine", run="seed-0", model=model, optimizer=opt) as rec:
         x, y = rec.data.x, rec.data.y          # the dataset exactly as the pipeline loads it
@@ -36,16 +35,21 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from landscope import store
-from landscope.config import ConfigError, RunSpec, load_study
-from landscope.optim import make_optimizer
+from landscope.config import load_study
+from landscope.factories import ConfigError
+from landscope.problem.build import build_problem
+from landscope.problem.optim import make_optimizer
+from landscope.spec import RunSpec
+from landscope.trajectory.rundir import (RECORDING, CheckpointError, checkpoint_dir, checkpoint_path, checkpoint_valid,
+                                         diverged_path, file_sha256, load_recording, read_divergence,
+                                         save_checkpoint, segment_rows_path)
+from landscope.trajectory.train import finish_train
 
-RECORDING = "recording.pt"
 
 # optimizer settings that do not change the numbers of a step (or that the replay sets itself)
 _NOT_COMPARED = {"params", "lr", "initial_lr", "foreach", "fused", "capturable", "differentiable"}
@@ -53,11 +57,6 @@ _NOT_COMPARED = {"params", "lr", "initial_lr", "foreach", "fused", "capturable",
 
 class RecordingError(RuntimeError):
     """The loop being recorded does not match its experiment, or the recording is incomplete."""
-
-
-def checkpoint_dir(results: str | Path, experiment: str, run: str) -> Path:
-    """Where the pipeline expects the run's checkpoints (the train rule's folder)."""
-    return Path(results) / "checkpoints" / f"experiment={experiment}" / f"run={run}"
 
 
 def recorded_runs(config: dict | str | Path, experiment: str) -> list[RunSpec]:
@@ -72,43 +71,6 @@ def recorded_runs(config: dict | str | Path, experiment: str) -> list[RunSpec]:
         raise ConfigError(f"experiment {experiment!r} has source: {runs[0].source}, so the pipeline trains it "
                           "itself; set `source: recorded` in experiments.{experiment} to record your own loop")
     return runs
-
-
-@dataclass(frozen=True)
-class Recording:
-    """A recorded trajectory: the samples and learning rate of every step (and its losses)."""
-
-    indices: torch.Tensor  # int64, every step's sample indices, concatenated
-    offsets: list[int]  # step k used indices[offsets[k]:offsets[k + 1]]
-    lrs: list[float]
-    losses: list[float]
-
-    def batch(self, step: int) -> torch.Tensor:
-        return self.indices[self.offsets[step]:self.offsets[step + 1]]
-
-    def lr(self, step: int) -> float:
-        """The learning rate of ``step``; at the end of the run (a last checkpoint), the last one."""
-        return self.lrs[min(step, len(self.lrs) - 1)]
-
-
-def load_recording(ckpt_dir: str | Path, spec: RunSpec) -> Recording:
-    """Read ``recording.pt`` after checking its SHA-256 and that this experiment's config wrote it."""
-    from landscope.trajectory import CheckpointError, _sha256
-
-    path = Path(ckpt_dir) / RECORDING
-    side = path.with_suffix(".json")
-    if not path.is_file() or not side.is_file():
-        raise CheckpointError(
-            f"run {spec.experiment}/{spec.run} has source: recorded, but {path} (or its sidecar) is missing: "
-            "run your training loop with landscope.Recorder first (README: 'Your own training loop')")
-    meta = json.loads(side.read_text())
-    if meta.get("sha256") != _sha256(path):
-        raise CheckpointError(f"recording {path} is corrupted (SHA-256 differs from {side.name}); record the run again")
-    if meta.get("config_hash") != spec.config_hash():
-        raise CheckpointError(f"recording {path} was made with another configuration of experiment "
-                              f"{spec.experiment!r}; record the run again with the current config")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return Recording(state["indices"], state["offsets"].tolist(), state["lr"].tolist(), state["loss"].tolist())
 
 
 class Recorder:
@@ -126,8 +88,6 @@ class Recorder:
 
     def __init__(self, spec: RunSpec | dict | str | Path, experiment: str | None = None, *, model: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, run: str | None = None, results: str | Path = "results"):
-        from landscope.trajectory import build_problem
-
         self.spec = _resolve_spec(spec, experiment, run)
         if self.spec.source != "recorded":
             raise ConfigError(f"experiment {self.spec.experiment!r} has source: {self.spec.source}, so the "
@@ -155,7 +115,6 @@ class Recorder:
         self._t0 = time.perf_counter()
         self._clear_old_recording()
         self._hook = optimizer.register_step_pre_hook(self._before_opt_step)
-        from landscope.trajectory import save_checkpoint
 
         save_checkpoint(self.ckpt_dir, 0, self.problem, optimizer)
 
@@ -213,7 +172,6 @@ class Recorder:
             self._diverge(k)
         elif done in self._marks:
             self._write_segment_rows(done)
-            from landscope.trajectory import save_checkpoint
 
             save_checkpoint(self.ckpt_dir, done, self.problem, self.optimizer)
 
@@ -226,7 +184,6 @@ class Recorder:
         if self.diverged is None and self.step_count != self.steps:
             raise RecordingError(f"run {self.spec.run}: recorded {self.step_count} steps, but the experiment has "
                                  f"steps: {self.steps}; record all of them (or set steps: {self.step_count})")
-        from landscope.trajectory import _sha256
 
         n = len(self._indices)
         offsets = [0]
@@ -242,7 +199,7 @@ class Recorder:
         tmp.replace(path)
         chash = self.spec.config_hash()
         side = {"experiment": self.spec.experiment, "run": self.spec.run, "config_hash": chash,
-                "steps": n, "sha256": _sha256(path), "wall_s": time.perf_counter() - self._t0,
+                "steps": n, "sha256": file_sha256(path), "wall_s": time.perf_counter() - self._t0,
                 "diverged_step": None if self.diverged is None else self.diverged["step"],
                 "provenance": store.provenance(chash, str(self.problem.device))}
         store.atomic_write_bytes(path.with_suffix(".json"), json.dumps(side, indent=1).encode())
@@ -268,12 +225,10 @@ class Recorder:
                 f.unlink()
 
     def _write_segment_rows(self, end: int) -> None:
-        from landscope.trajectory import _segment_rows_path
-
         lo = self._segment_start
         j = self.spec.checkpoint_steps.index(lo)
         steps = list(range(lo, end))
-        store.write_table(_segment_rows_path(self.ckpt_dir, j), "train", {
+        store.write_table(segment_rows_path(self.ckpt_dir, j), "train", {
             "experiment": [self.spec.experiment] * len(steps), "run": [self.spec.run] * len(steps),
             "step": steps, "epoch": self._epochs[lo:end], "lr": self._lrs[lo:end],
             "batch_loss": self._losses[lo:end]})
@@ -282,19 +237,16 @@ class Recorder:
     def _diverge(self, k: int) -> None:
         """A non-finite loss: as landscope's training does, keep the rows up to it, mark the run
         diverged, and take no more checkpoints."""
-        from landscope.trajectory import _diverged_path
 
         j = self.spec.checkpoint_steps.index(self._segment_start)
         self._write_segment_rows(k + 1)
         self.diverged = {"step": k, "segment": j, "config_hash": self.spec.config_hash()}
-        store.atomic_write_bytes(_diverged_path(self.ckpt_dir), json.dumps(self.diverged).encode())
+        store.atomic_write_bytes(diverged_path(self.ckpt_dir), json.dumps(self.diverged).encode())
 
 
 def finish_recording(spec: RunSpec, ckpt_dir: str | Path, results: str | Path) -> dict:
     """The train job of a recorded run: check the recording and its checkpoints, then write the
     ``train`` and ``runs`` tables and ``manifest.json`` exactly as landscope's training would."""
-    from landscope.trajectory import (CheckpointError, _finish_train, build_problem, checkpoint_path,
-                                      checkpoint_valid, read_divergence)
 
     ckpt_dir = Path(ckpt_dir)
     for table in ("steps", "directions", "drift"):  # parts measured on an earlier recording
@@ -313,10 +265,9 @@ def finish_recording(spec: RunSpec, ckpt_dir: str | Path, results: str | Path) -
         raise RecordingError(f"run {spec.experiment}/{spec.run}: the recording indexes sample "
                              f"{int(rec.indices.max())}, but the dataset has {len(problem.data)} samples")
     wall = json.loads((ckpt_dir / RECORDING).with_suffix(".json").read_text()).get("wall_s", math.nan)
-    return _finish_train(spec, problem, ckpt_dir, results, wall, diverged)
+    return finish_train(spec, problem, ckpt_dir, results, wall, diverged)
 
 
-# ----------------------------------------------------------------------------------- checks
 def _resolve_spec(spec, experiment, run) -> RunSpec:
     if isinstance(spec, RunSpec):
         return spec

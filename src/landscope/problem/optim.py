@@ -198,7 +198,6 @@ class _Polyak(_ScalarStep):
 
 class SPSMax(_Polyak):
     """SPS_max (Loizou, Vaswani, Laradji, Lacoste-Julien, AISTATS 2021, arXiv 2002.10542):
-
         gamma_k = min{ (f_{i_k}(x_k) - f_{i_k}*) / (c ||g_k||^2), gamma_b },   x_{k+1} = x_k - gamma_k g_k
 
     with gamma_b = lr_k (the scheduled learning rate) and c = ``c``. The gap is clamped at 0 (an
@@ -218,7 +217,6 @@ class SPSMax(_Polyak):
 
 class DecSPS(_Polyak):
     """DecSPS (Orvieto, Lacoste-Julien, Loizou, NeurIPS 2022, arXiv 2205.04583, eq. (8)):
-
         gamma_k = (1 / c_k) min{ (f_{i_k}(x_k) - f_{i_k}*) / ||g_k||^2, c_{k-1} gamma_{k-1} },
         c_k = c0 sqrt(k + 1),  c_{-1} = c0,  gamma_{-1} = gamma_b,  x_{k+1} = x_k - gamma_k g_k.
 
@@ -249,7 +247,6 @@ class DecSPS(_Polyak):
 
 class NGN(_Polyak):
     """NGN, non-negative Gauss-Newton step (Orvieto & Xiao 2024, arXiv 2407.04358):
-
         gamma_k = gamma / (1 + gamma ||g_k||^2 / (2 (f_{i_k}(x_k) - f_{i_k}*))),  x_{k+1} = x_k - gamma_k g_k
 
     with gamma = lr_k. The paper writes 2 f_i (losses with f_i* = 0); using f_i - f_i* is the same

@@ -14,7 +14,7 @@ from __future__ import annotations
 import altair as alt
 import polars as pl
 
-from landscope.report import _color, point_order
+from landscope.report.base import point_color, point_order
 
 PLANE_TEXT = {
     "random": ("Random plane",
@@ -90,7 +90,7 @@ def first_line_chart(df: pl.DataFrame):
     order = point_order(df["point"].to_list())
     line = alt.Chart(df).mark_line().encode(
         x=alt.X("t:Q", title="t  (x_0 + t (x_K − x_0))"), y=alt.Y("loss:Q", title="loss", scale=_loss_scale(df["loss"])),
-        color=_color(order), detail="run:N",
+        color=point_color(order), detail="run:N",
         tooltip=["point:N", "run:N", alt.Tooltip("t:Q", format=".3g"), alt.Tooltip("loss:Q", format=".4g"),
                  alt.Tooltip("accuracy:Q", format=".3f")])
     return alt.layer(line, _t_rules()).properties(title="Loss on the line from x_0 to x_K", width=460, height=260)
@@ -112,14 +112,14 @@ def starts_chart(df: pl.DataFrame, per_row: int = 3):
     return alt.vconcat(*rows).properties(title="Loss on the lines from x_k to x_K")
 
 
-def _spacing(values: list[float]) -> float:
+def _grid_spacing(values: list[float]) -> float:
     v = sorted(set(values))
     return (v[-1] - v[0]) / (len(v) - 1) if len(v) > 1 else 1.0
 
 
 def plane_chart(grid: pl.DataFrame, path: pl.DataFrame, title: str):
     """Heatmap of the loss over (a, b) (log colour when positive), the projected path over it."""
-    da, db = _spacing(grid["a"].to_list()), _spacing(grid["b"].to_list())
+    da, db = _grid_spacing(grid["a"].to_list()), _grid_spacing(grid["b"].to_list())
     g = grid.with_columns(a0=pl.col("a") - da / 2, a1=pl.col("a") + da / 2,
                           b0=pl.col("b") - db / 2, b1=pl.col("b") + db / 2)
     scale = (alt.Scale(type="log", scheme="viridis") if g["loss"].min() > 0

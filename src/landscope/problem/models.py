@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from landscope.config import ConfigError, check_component, import_factory
+from landscope.factories import ConfigError, check_component, import_factory
+from landscope.problem.analytic import AnalyticExample
 
 
 class HalfSpace(nn.Module):
@@ -386,8 +387,6 @@ class TransformerLM(nn.Module):
 
 
 def _analytic(**kw):
-    from landscope.analytic import AnalyticExample
-
     return AnalyticExample(**kw)
 
 
@@ -412,7 +411,6 @@ def check_name(name: str, where: str) -> None:
 def keywords_of(name: str) -> Callable:
     """The callable whose signature lists the options of built-in model ``name`` (factories that
     forward ``**kw`` name the class they build)."""
-    from landscope.analytic import AnalyticExample
 
     return {"analytic": AnalyticExample, "resnet18": ResNet, "resnet34": ResNet}.get(name, BUILTIN[name])
 

@@ -18,7 +18,8 @@ import altair as alt
 import polars as pl
 import torch
 
-from landscope.report import _color, band_chart, point_order
+from landscope.measures.hvp import smoothed_density
+from landscope.report.base import band_chart, point_color, point_order
 
 # (column, its standard error or None): aggregated per (point, step) over the point's runs
 _AGG_SQL = """
@@ -78,7 +79,7 @@ def sharpness_chart(stat: pl.DataFrame, lines: pl.DataFrame, rules: list[str] | 
     if lines.is_empty():
         return chart
     dashed = alt.Chart(lines).mark_line(strokeDash=[6, 4]).encode(
-        x="step:Q", y=alt.Y("two_over_lr:Q", title=y_title), color=_color(order),
+        x="step:Q", y=alt.Y("two_over_lr:Q", title=y_title), color=point_color(order),
         tooltip=["point:N", "step:Q", alt.Tooltip("two_over_lr:Q", format=".4g")])
     return alt.layer(*chart.layer, dashed).properties(title=chart.title, width=460, height=260)
 
@@ -160,7 +161,6 @@ def density_curves(con, experiment: str, points: int = 160) -> pl.DataFrame:
     """point, step, checkpoint (first/middle/last), eigenvalue, density, two_over_lr: the smoothed SLQ
     density (landscope.curvature.smoothed_density, averaged over probes) on an even grid over the
     Ritz values ± 4 sigma, floored at 1e-6 of the curve's peak (the chart is log-scale)."""
-    from landscope.curvature import smoothed_density
 
     nodes = con.sql(_DENSITY_SQL, params={"e": experiment}).pl()
     if nodes.is_empty():
@@ -183,7 +183,6 @@ def density_curves(con, experiment: str, points: int = 160) -> pl.DataFrame:
 
 def rho_peak(ritz: torch.Tensor, weight: torch.Tensor, sigma: float) -> float:
     """The smoothed density's largest value at the Ritz nodes (its peak up to the grid)."""
-    from landscope.curvature import smoothed_density
 
     return float(smoothed_density(ritz, weight, ritz, sigma).max())
 
@@ -249,17 +248,17 @@ def plateau_section(con, experiment: str) -> tuple[str, str, object | None]:
     order = point_order(loss["point"].to_list() + ev["point"].to_list())
     y = alt.Y("loss:Q", scale=alt.Scale(type="log"), title="training loss (binned)")
     curve = alt.Chart(loss).mark_line(opacity=0.6).encode(x=alt.X("step:Q", title="step"), y=y,
-                                                          color=_color(order), detail="run:N")
+                                                          color=point_color(order), detail="run:N")
     bars = alt.Chart(ev.filter(pl.col("plateau_loss") > 0)).mark_rule(strokeWidth=7, opacity=0.45).encode(
         x="start_step:Q", x2="end_step:Q", y=alt.Y("plateau_loss:Q", scale=alt.Scale(type="log")),
-        color=_color(order), tooltip=["run:N", "start_step:Q", "end_step:Q", "escaped:N",
+        color=point_color(order), tooltip=["run:N", "start_step:Q", "end_step:Q", "escaped:N",
                                       alt.Tooltip("plateau_loss:Q", format=".4g"),
                                       alt.Tooltip("relative_drop:Q", format=".2f")])
     layers = [curve, bars]
     esc = escaped.filter(pl.col("loss_after") > 0) if not escaped.is_empty() else escaped
     if not esc.is_empty():
         layers.append(alt.Chart(esc).mark_point(shape="triangle-down", size=90, filled=True).encode(
-            x="escape_step:Q", y=alt.Y("loss_after:Q", scale=alt.Scale(type="log")), color=_color(order),
+            x="escape_step:Q", y=alt.Y("loss_after:Q", scale=alt.Scale(type="log")), color=point_color(order),
             tooltip=["run:N", "escape_step:Q", alt.Tooltip("relative_drop:Q", format=".2f")]))
     return "Plateaus", caption, alt.layer(*layers).properties(
         title="Plateaus of the training loss and their escapes", width=460, height=260)
@@ -305,7 +304,7 @@ def llc_stat(con, experiment: str) -> pl.DataFrame:
 def point_chart(df: pl.DataFrame, title: str, y_title: str):
     """Mean per sweep point (a dot) with a vertical bar from lo to hi, coloured by point."""
     order = point_order(df["point"].to_list())
-    base = alt.Chart(df).encode(x=alt.X("point:N", sort=order, title="sweep point"), color=_color(order))
+    base = alt.Chart(df).encode(x=alt.X("point:N", sort=order, title="sweep point"), color=point_color(order))
     tips = ["point:N", "n_runs:Q"] + [alt.Tooltip(f"{c}:Q", format=".4g") for c in ("mean", "lo", "hi")]
     bar = base.mark_rule(strokeWidth=2).encode(y=alt.Y("lo:Q", title=y_title, scale=alt.Scale(zero=False)),
                                                 y2="hi:Q")

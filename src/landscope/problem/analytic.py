@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from landscope.data import Dataset
+from landscope.problem.dataset import Dataset
 
 
-def _terms(example: int, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def terms(example: int, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = w[..., 0], w[..., 1]
     if example == 1:
         u = x + y
@@ -45,7 +45,7 @@ TERM_MINIMA = {1: (0.0, 0.0), 2: (0.0, 0.0), 3: (0.25, 0.0)}
 
 
 def f_value(example: int, w) -> float:
-    f1, f2 = _terms(example, torch.as_tensor(w, dtype=torch.float64))
+    f1, f2 = terms(example, torch.as_tensor(w, dtype=torch.float64))
     return float((f1 + f2) / 2)
 
 
@@ -87,7 +87,7 @@ class AnalyticExample(nn.Module):
         self.w = nn.Parameter(start)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        f1, f2 = _terms(self.example, self.w)
+        f1, f2 = terms(self.example, self.w)
         i = idx.reshape(len(idx), -1)[:, 0].long()
         return torch.where(i == 0, f1, f2)
 
