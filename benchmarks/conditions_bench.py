@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from landscope import conditions as C
+from landscope.measures import conditions as C
 
 
 def make_rows(n: int, seed: int = 0) -> pa.Table:

@@ -37,11 +37,13 @@ from pathlib import Path
 
 import torch
 
-from landscope import curvature as cv
-from landscope import flatness as fl
+from landscope import settings
 from landscope.config import load_study
-from landscope.data import locate_fashion
-from landscope.trajectory import build_problem
+from landscope.measures import curvature as cv
+from landscope.measures import flatness as fl
+from landscope.measures import hvp as hvps
+from landscope.problem.build import build_problem
+from landscope.problem.data import locate_fashion
 
 OUT = Path(__file__).parent / "out" / "curvature.json"
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
@@ -73,11 +75,11 @@ def train_briefly(problem, steps: int, lr: float) -> None:
 
 def products_to_tolerance(op, ref: float) -> dict:
     """Products until |estimate - ref| <= TOL * |ref| for Lanczos and power iteration."""
-    run = cv.lanczos(op, torch.randn(op.n, dtype=torch.float64, generator=torch.Generator().manual_seed(1)), 60)
+    run = hvps.lanczos(op, torch.randn(op.n, dtype=torch.float64, generator=torch.Generator().manual_seed(1)), 60)
     lanczos_n = next((j for j in range(1, run.n_hvp + 1)
                       if abs(float(run.ritz_after(j)[-1]) - ref) <= TOL * abs(ref)), None)
     history = []
-    cv.power_iteration(op, op.n, tol=0.0, max_iters=500, seed=1, history=history)
+    hvps.power_iteration(op, op.n, tol=0.0, max_iters=500, seed=1, history=history)
     power_n = next((i + 1 for i, h in enumerate(history) if abs(h - ref) <= TOL * abs(ref)), None)
     return {"lanczos": lanczos_n, "power": power_n}
 
@@ -99,7 +101,7 @@ def estimator_costs(problem, x, y, s: dict) -> tuple[list[dict], dict]:
     rows, extra = [], {}
 
     def fresh():
-        return cv.hessian_operator(model, loss_fn, x, y)
+        return hvps.hessian_operator(model, loss_fn, x, y)
 
     def add(name, fn, forward=0, gradients=0):
         op = fresh()
@@ -119,17 +121,17 @@ def estimator_costs(problem, x, y, s: dict) -> tuple[list[dict], dict]:
     rows.append({"estimator": "one product", "hvp": 1, "forward": 0, "gradients": 0,
                  "seconds": (time.perf_counter() - t0) / 3})
     k, m = s["top_k"], s["lanczos_iters"]
-    add(f"Lanczos top-{k} + lambda_min ({m} steps)", lambda o: cv.top_eigenvalues(o, o.n, k, m, s["seed"]))
+    add(f"Lanczos top-{k} + lambda_min ({m} steps)", lambda o: hvps.top_eigenvalues(o, o.n, k, m, s["seed"]))
     dens = add(f"SLQ density + negative fraction ({s['slq_probes']} x {m})",
-               lambda o: cv.slq(o, o.n, s["slq_probes"], m, s["seed"]))
+               lambda o: hvps.slq(o, o.n, s["slq_probes"], m, s["seed"]))
     add(f"Hutchinson trace ({s['hutchinson_probes']} probes)",
-        lambda o: cv.hutchinson(o, o.n, s["hutchinson_probes"], s["seed"] + 1))
+        lambda o: hvps.hutchinson(o, o.n, s["hutchinson_probes"], s["seed"] + 1))
     add(f"Hutch++ trace ({s['hutchinson_probes']} products)",
-        lambda o: cv.hutchpp(o, o.n, s["hutchinson_probes"], s["seed"] + 4))
+        lambda o: hvps.hutchpp(o, o.n, s["hutchinson_probes"], s["seed"] + 4))
     precond = 0.5 + torch.rand(fresh().n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     add(f"preconditioned Lanczos, Adam only ({m} steps)",
-        lambda o: cv.lanczos(cv.preconditioned_operator(o, precond), torch.ones(o.n, dtype=torch.float64), m))
-    lam_power = add(f"power iteration (to {TOL:g} relative)", lambda o: cv.power_iteration(o, o.n, tol=TOL))
+        lambda o: hvps.lanczos(cv.preconditioned_operator(o, precond), torch.ones(o.n, dtype=torch.float64), m))
+    lam_power = add(f"power iteration (to {TOL:g} relative)", lambda o: hvps.power_iteration(o, o.n, tol=TOL))
     extra["power_iteration"] = {"lambda": lam_power[0], "products": lam_power[1]}
     add("checkpoint total (measure_operator, SGD)", lambda o: cv.measure_operator(o, s))
 
@@ -148,7 +150,7 @@ def estimator_costs(problem, x, y, s: dict) -> tuple[list[dict], dict]:
         if s["llc_chains"] > 0:
             grad = Counting(fl.model_loss(model, loss_fn, x, y, grad=True))
             t0 = time.perf_counter()
-            (top,), low, _ = cv.top_eigenvalues(fresh(), len(x0), 1, s["lanczos_iters"], s["seed"] + 3)
+            (top,), low, _ = hvps.top_eigenvalues(fresh(), len(x0), 1, s["lanczos_iters"], s["seed"] + 3)
             res = fl.local_learning_coefficient(grad, x0, len(x), s["llc_chains"], s["llc_gamma"], top, low,
                                                 s["llc_step_size"], s["llc_steps"], s["llc_max_steps"],
                                                 int(s["seed"]) + 3)
@@ -180,7 +182,7 @@ def unit_costs(spec, samples: int, seed: int = 0) -> dict:
     idx = cv.eval_subset(len(problem.data), samples, seed).to(problem.device)
     x, y = problem.data.x[idx], problem.data.y[idx]
     t0 = time.perf_counter()
-    op = cv.hessian_operator(problem.model, problem.loss_fn, x, y)
+    op = hvps.hessian_operator(problem.model, problem.loss_fn, x, y)
     graph = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(2):
@@ -188,7 +190,7 @@ def unit_costs(spec, samples: int, seed: int = 0) -> dict:
     hvp = (time.perf_counter() - t0) / 2
     grad_fn = fl.model_loss(problem.model, problem.loss_fn, x, y, grad=True)
     loss_fn = fl.model_loss(problem.model, problem.loss_fn, x, y)
-    x0 = cv.flat_parameters(problem.model)
+    x0 = hvps.flat_parameters(problem.model)
     with fl.restoring(problem.model):
         t0 = time.perf_counter()
         loss_fn(x0)
@@ -214,7 +216,7 @@ def other_models(threads: int) -> dict:
         for r in study.experiments[exp].runs:
             name = label or r.model["name"]
             try:
-                out[name] = {**unit_costs(r, cv.DEFAULTS["eval_samples"]), "experiment": exp, "run": r.run}
+                out[name] = {**unit_costs(r, settings.CURVATURE_DEFAULTS["eval_samples"]), "experiment": exp, "run": r.run}
             except (FileNotFoundError, ValueError, RuntimeError) as err:
                 out[name] = {"skipped": str(err)}
     return out
@@ -227,11 +229,11 @@ def run(quick: bool, steps: int | None = None, threads: int = 1) -> dict:
     problem = build_problem(spec)
     steps = (30 if quick else 300) if steps is None else steps
     train_briefly(problem, steps, float(spec.optimizer["lr"]))
-    s = cv.settings_of({"eval_samples": 64} if quick else {})
+    s = settings.curvature_settings({"eval_samples": 64} if quick else {})
     idx = cv.eval_subset(len(problem.data), s["eval_samples"], s["seed"])
     x, y = problem.data.x[idx], problem.data.y[idx]
-    op = cv.hessian_operator(problem.model, problem.loss_fn, x, y)
-    ref = cv.lanczos(op, cv.rademacher(op.n, torch.Generator().manual_seed(0)), 100).ritz[-1].item()
+    op = hvps.hessian_operator(problem.model, problem.loss_fn, x, y)
+    ref = hvps.lanczos(op, hvps.rademacher(op.n, torch.Generator().manual_seed(0)), 100).ritz[-1].item()
     need = products_to_tolerance(op, ref)
     rows, extra = estimator_costs(problem, x, y, s)
     report = {"model": spec.model, "dataset": spec.dataset["name"], "n_params": op.n,

@@ -35,6 +35,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from landscope.measures import hvp
+from landscope.settings import curvature_settings
+from landscope.trajectory import replay, rundir, snapshot, train
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the sibling benchmark modules (conditions_bench, curvature_bench, scale_bench)
 
@@ -87,9 +91,9 @@ def bare_train(spec, at_min=None):
     step's batch, as a replay must do: the floor of the replay's cost."""
     import torch
 
-    from landscope.data import load_dataset
-    from landscope.models import build_model, loss_for
-    from landscope.trajectory import batch_indices
+    from landscope.problem.build import batch_indices
+    from landscope.problem.data import load_dataset
+    from landscope.problem.models import build_model, loss_for
 
     torch.set_num_threads(spec.torch_threads)
     data = load_dataset(spec.dataset, spec.data_dir)
@@ -113,28 +117,28 @@ def bare_train(spec, at_min=None):
 
 
 def interleaved_steps(spec, rounds: int, block: int = 50) -> tuple[float, float]:
-    """Median seconds per step of landscope's training step (``trajectory.take_step`` plus its loss
+    """Median seconds per step of landscope's training step (``train.take_step`` plus its loss
     record) and of a bare step, on the same model and optimizer, alternating in blocks of
     ``block`` steps: bursts of load from other processes hit both alike."""
     import torch
 
-    from landscope import trajectory
-    from landscope.optim import make_optimizer
+    from landscope.problem import build
+    from landscope.problem.optim import make_optimizer
 
-    problem = trajectory.build_problem(spec)
+    problem = build.build_problem(spec)
     model, loss_fn, data = problem.model, problem.loss_fn, problem.data
     opt = make_optimizer(spec.optimizer, model.parameters())
     record = torch.empty(rounds * block * 2, dtype=torch.float64)
 
     def bare(step):
-        idx = trajectory.batch_indices(len(data), spec.batch_size, spec.seed, step)
+        idx = build.batch_indices(len(data), spec.batch_size, spec.seed, step)
         loss = loss_fn(model, model(data.x[idx]), data.y[idx]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
     def ours(step):
-        record[step] = trajectory.take_step(problem, opt, step)
+        record[step] = train.take_step(problem, opt, step)
 
     got, step = {bare: [], ours: []}, 0
     for r in range(rounds):
@@ -151,13 +155,12 @@ def train_and_replay(label: str, model: dict, steps: int, repeats: int, study_ev
     """Rows a (training overhead), b (replay ratio, its floor, and with the study's full-batch rows)."""
     import torch
 
-    from landscope import measure, trajectory
 
     spec = run_spec(model, steps)
     tmp = Path(tempfile.mkdtemp(prefix="landscope-bench-"))
     warm = run_spec(model, 4)  # first calls pay one-time costs (lazy imports in torch.optim: ~1 s)
     bare_train(warm)
-    trajectory.train_run(warm, tmp / "warm", tmp / "warm-res")
+    train.train_run(warm, tmp / "warm", tmp / "warm-res")
     bare_s, train_s = [], []
     for r in range(repeats):  # alternate in ABBA order, so that neither always runs first
         ck, res = tmp / f"ck{r}", tmp / f"res{r}"
@@ -166,8 +169,8 @@ def train_and_replay(label: str, model: dict, steps: int, repeats: int, study_ev
                 s, bare = timed(lambda: bare_train(spec))
                 bare_s.append((s, timed.cpu))
             else:
-                train_s.append(timed_both(lambda ck=ck, res=res: trajectory.train_run(spec, ck, res)))
-    final = trajectory.load_checkpoint(trajectory.checkpoint_path(ck, steps))["model"]
+                train_s.append(timed_both(lambda ck=ck, res=res: train.train_run(spec, ck, res)))
+    final = rundir.load_checkpoint(rundir.checkpoint_path(ck, steps))["model"]
     identical = all(torch.equal(v, final[k]) for k, v in bare.state_dict().items())
     rows = [row("a", f"{label}: instrumented training vs bare loop", min(train_s)[0], min(bare_s)[0], "s", 1.05,
                 steps=steps, identical_parameters=identical, cpu_ratio=cpu_ratio(train_s, bare_s))]
@@ -177,11 +180,11 @@ def train_and_replay(label: str, model: dict, steps: int, repeats: int, study_ev
     rows.append(row("a", f"{label}: one training step vs one bare step (interleaved, median)", ours, plain,
                     "s", 1.05))
 
-    snaps = measure.snapshot_run(spec, ck, res)
-    measure.select_minimizer(spec, ck, snaps, ck / "minimizer.pt", res)
+    snaps = snapshot.snapshot_run(spec, ck, res)
+    snapshot.select_minimizer(spec, ck, snaps, ck / "minimizer.pt", res)
     replay_s, loop_s = [], []
     for _ in range(repeats):
-        wall, out = timed(lambda: trajectory.replay_segment(spec, ck, ck / "minimizer.pt", 0, res))
+        wall, out = timed(lambda: replay.replay_segment(spec, ck, ck / "minimizer.pt", 0, res))
         replay_s.append((wall, timed.cpu))
         loop_s.append((wall - out["full_batch_s"], timed.cpu - out["full_batch_s"]))
     rows.append(row("b", f"{label}: replay (all per-step quantities) vs training", min(replay_s)[0],
@@ -191,9 +194,9 @@ def train_and_replay(label: str, model: dict, steps: int, repeats: int, study_ev
     if study_every:  # the study's setting: full-batch direction rows every so many steps as well
         spec_d = run_spec(model, steps, directions_every=study_every)
         ckd, resd = tmp / "ckd", tmp / "resd"
-        trajectory.train_run(spec_d, ckd, resd)
-        measure.select_minimizer(spec_d, ckd, measure.snapshot_run(spec_d, ckd, resd), ckd / "minimizer.pt", resd)
-        sd = [timed_both(lambda: trajectory.replay_segment(spec_d, ckd, ckd / "minimizer.pt", 0, resd))
+        train.train_run(spec_d, ckd, resd)
+        snapshot.select_minimizer(spec_d, ckd, snapshot.snapshot_run(spec_d, ckd, resd), ckd / "minimizer.pt", resd)
+        sd = [timed_both(lambda: replay.replay_segment(spec_d, ckd, ckd / "minimizer.pt", 0, resd))
               for _ in range(max(1, repeats - 1))]
         rows.append(row("b", f"{label}: replay + full-batch rows every {study_every} steps vs training",
                         min(sd)[0], min(train_s)[0], "s", None, steps=steps, cpu_ratio=cpu_ratio(sd, train_s)))
@@ -227,7 +230,7 @@ def bench_c(args) -> list[dict]:
     import pyarrow.parquet as pq
     from conditions_bench import make_rows
 
-    from landscope import conditions as C
+    from landscope.measures import conditions as C
 
     n, size, margin, box = (100_000, 20, 0.1, 5.0) if args.quick else (1_000_000, 100, 0.1, 5.0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -305,17 +308,17 @@ def bench_e(args) -> list[dict]:
     import curvature_bench as cb
     import torch
 
-    from landscope import curvature as cv
-    from landscope.trajectory import build_problem
+    from landscope.measures import curvature as cv
+    from landscope.problem.build import build_problem
 
     spec = cb.largest_mlp_spec(1)
     problem = build_problem(spec)
     cb.train_briefly(problem, 30 if args.quick else 300, float(spec.optimizer["lr"]))
-    settings = cv.settings_of({})
+    settings = curvature_settings({})
     samples = 64 if args.quick else settings["eval_samples"]
     idx = cv.eval_subset(len(problem.data), samples, settings["seed"])
-    op = cv.hessian_operator(problem.model, problem.loss_fn, problem.data.x[idx], problem.data.y[idx])
-    ref = cv.lanczos(op, cv.rademacher(op.n, torch.Generator().manual_seed(0)), 100).ritz[-1].item()
+    op = hvp.hessian_operator(problem.model, problem.loss_fn, problem.data.x[idx], problem.data.y[idx])
+    ref = hvp.lanczos(op, hvp.rademacher(op.n, torch.Generator().manual_seed(0)), 100).ritz[-1].item()
     need = cb.products_to_tolerance(op, ref)
     if need["lanczos"] is None or need["power"] is None:
         raise AssertionError(f"e: an estimator did not reach {cb.TOL:g} relative: {need}")
@@ -368,7 +371,7 @@ def synthetic_results(root: Path, quick: bool) -> tuple[str, list[str]]:
 
 
 def bench_f(args) -> list[dict]:
-    from landscope import report
+    from landscope.report import page as report
 
     tmp = Path(tempfile.mkdtemp(prefix="landscope-bench-"))
     real = Path(args.study_results)

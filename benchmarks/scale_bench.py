@@ -132,7 +132,7 @@ def generate(results, points: int, seeds: int, steps: int) -> dict:
 
 # ----------------------------------------------------------------------------------- stages
 def stage_conditions(results: str, points: int, seeds: int, steps: int) -> None:
-    from landscope.conditions import experiment_conditions
+    from landscope.measures.conditions import experiment_conditions
 
     exp = study(points, seeds, steps)
     files = {t: sorted(glob.glob(f"{results}/tables/{t}/experiment=scale/*/*.parquet"))
@@ -141,7 +141,7 @@ def stage_conditions(results: str, points: int, seeds: int, steps: int) -> None:
 
 
 def stage_report(results: str, points: int, seeds: int, steps: int) -> None:
-    from landscope.report import write_experiment_report, write_index
+    from landscope.report.page import write_experiment_report, write_index
 
     exp = study(points, seeds, steps)
     write_experiment_report(results, "scale", Path(results).parent / "scale.html",

@@ -29,14 +29,14 @@ def spec_factory():
 
 def run_pipeline(spec, root: Path):
     """Train, snapshot, select x_K and replay every segment of one run (no Snakemake)."""
-    from landscope import measure, trajectory
+    from landscope.trajectory import replay, snapshot, train
 
     results = root / "results"
     ckpt = root / "ckpt"
-    trajectory.train_run(spec, ckpt, results)
-    snaps = measure.snapshot_run(spec, ckpt, results)
-    measure.select_minimizer(spec, ckpt, snaps, ckpt / "minimizer.pt", results)
-    drifts = [trajectory.replay_segment(spec, ckpt, ckpt / "minimizer.pt", j, results)["drift"]
+    train.train_run(spec, ckpt, results)
+    snaps = snapshot.snapshot_run(spec, ckpt, results)
+    snapshot.select_minimizer(spec, ckpt, snaps, ckpt / "minimizer.pt", results)
+    drifts = [replay.replay_segment(spec, ckpt, ckpt / "minimizer.pt", j, results)["drift"]
               for j in range(spec.n_segments)]
     return results, ckpt, drifts
 

@@ -4,9 +4,11 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-
 from conftest import make_study, run_pipeline
-from landscope import analytic, conditions
+
+from landscope.measures import conditions
+from landscope.problem import analytic
+from landscope.trajectory import replay, rundir, train
 
 
 def test_example_values_and_minimizers():
@@ -60,23 +62,23 @@ def test_example1_proven_region_is_feasible_with_exact_projection(tmp_path):
 
 
 def test_parameter_path_replays_every_iterate_through_the_checkpoints(tmp_path):
-    from landscope import trajectory
+    from landscope.problem import build
 
     spec = make_study({"model": {"name": "analytic", "example": 2, "init_scale": 1.5},
                        "dataset": {"name": "analytic", "example": 2}, "batch_size": 1,
                        "optimizer": {"name": "sgd", "lr": 0.5}, "steps": 40, "snapshot_every": 20,
                        "f_i_star": "exact"}).experiments["t"].runs[0]
     ckpt = tmp_path / "ckpt"
-    trajectory.train_run(spec, ckpt, tmp_path / "results")
-    steps, path = trajectory.parameter_path(ckpt)
+    train.train_run(spec, ckpt, tmp_path / "results")
+    steps, path = replay.parameter_path(ckpt)
     assert steps == list(range(41)) and path.shape == (41, 2)
     for s in (0, 20, 40):  # the replayed path passes exactly through every checkpoint
-        w = trajectory.load_checkpoint(trajectory.checkpoint_path(ckpt, s))["model"]["w"].double().numpy()
+        w = rundir.load_checkpoint(rundir.checkpoint_path(ckpt, s))["model"]["w"].double().numpy()
         assert np.array_equal(path[s], w)
     # each step is one SGD step on the term of that step's batch: x_{k+1} = x_k - lr grad f_{i_k}(x_k)
     k = 7
-    i = int(trajectory.batch_indices(2, 1, spec.seed, k)[0])
+    i = int(build.batch_indices(2, 1, spec.seed, k)[0])
     w = torch.tensor(path[k], dtype=torch.float32, requires_grad=True)
-    f = analytic._terms(2, w)[i]
+    f = analytic.terms(2, w)[i]
     (g,) = torch.autograd.grad(f, w)
     np.testing.assert_allclose(path[k + 1], (w - 0.5 * g).detach().double().numpy(), rtol=1e-6)

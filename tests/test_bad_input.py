@@ -10,10 +10,12 @@ import pickle
 
 import pytest
 import torch
-
 from conftest import make_study
-from landscope import trajectory
-from landscope.config import ConfigError, load_study
+
+from landscope.config import load_study
+from landscope.factories import ConfigError
+from landscope.problem import build
+from landscope.trajectory import rundir
 
 BASE = {"model": {"name": "mlp"}, "dataset": {"name": "digits", "n_train": 200}}
 
@@ -108,7 +110,7 @@ def test_bring_your_own_factory_that_fails_to_import(broken_modules, section, fa
 def test_optimizer_needing_f_i_star_on_a_dataset_without_minima(optimizer):
     spec = make_study({**BASE, "optimizer": {"name": optimizer, "lr": 0.1}, "f_i_star": "exact"}).experiments["t"].runs[0]
     with pytest.raises(ValueError) as info:
-        trajectory.build_problem(spec)
+        build.build_problem(spec)
     assert str(info.value) == (
         f"run t/seed-0: f_i_star: exact, but dataset 'digits' provides no per-sample minima "
         f"(optimizer {optimizer} computes its step size from f_i* and the beta term of T uses it); "
@@ -119,7 +121,7 @@ def test_f_i_star_exact_with_a_dataset_that_has_minima_builds():
     spec = make_study({"model": {"name": "halfspace_logistic"}, "dataset": {"name": "halfspace", "n_per_class": 5},
                        "optimizer": {"name": "sps_max", "lr": 0.1}, "batch_size": 1, "f_i_star": "exact"}
                       ).experiments["t"].runs[0]
-    problem = trajectory.build_problem(spec)
+    problem = build.build_problem(spec)
     assert problem.fstar is not None and problem.fstar.shape == (10,) and bool((problem.fstar > 0).all())
 
 
@@ -137,14 +139,14 @@ class _Payload:
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     """Even with a matching SHA-256 sidecar (an attacker can write both), weights_only=True refuses."""
     marker = tmp_path / "pwned"
-    path = trajectory.checkpoint_path(tmp_path, 0)
+    path = rundir.checkpoint_path(tmp_path, 0)
     torch.save({"model": {}, "evil": _Payload(marker)}, path, pickle_protocol=2)
-    path.with_suffix(".json").write_text(json.dumps({"sha256": trajectory.file_sha256(path), "config_hash": "x"}))
+    path.with_suffix(".json").write_text(json.dumps({"sha256": rundir.file_sha256(path), "config_hash": "x"}))
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-        trajectory.load_checkpoint(path, "x")
+        rundir.load_checkpoint(path, "x")
     assert not marker.exists()
     torch.save({"model": {}, "evil": _Payload(marker)}, tmp_path / "minimizer.pt")
-    (tmp_path / "minimizer.json").write_text(json.dumps({"sha256": trajectory.file_sha256(tmp_path / "minimizer.pt")}))
+    (tmp_path / "minimizer.json").write_text(json.dumps({"sha256": rundir.file_sha256(tmp_path / "minimizer.pt")}))
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-        trajectory.load_minimizer(tmp_path / "minimizer.pt")
+        rundir.load_minimizer(tmp_path / "minimizer.pt")
     assert not marker.exists()

@@ -16,7 +16,8 @@ import pytest
 import torch
 from conftest import PYTHON, ROOT, run_pipeline
 
-from landscope import measure, trajectory
+from landscope.problem import build, evaluate
+from landscope.trajectory import replay, rundir, train
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import run as bench
@@ -87,8 +88,8 @@ def test_no_study_says_how_to_run_one(tmp_path):
 def test_bare_loop_and_instrumented_training_end_at_the_same_parameters(tmp_path):
     spec = bench.run_spec({"name": "mlp", "width": 16, "depth": 3}, 25)
     bare = bench.bare_train(spec)
-    trajectory.train_run(spec, tmp_path / "ck", tmp_path / "res")
-    final = trajectory.load_checkpoint(trajectory.checkpoint_path(tmp_path / "ck", 25))["model"]
+    train.train_run(spec, tmp_path / "ck", tmp_path / "res")
+    final = rundir.load_checkpoint(rundir.checkpoint_path(tmp_path / "ck", 25))["model"]
     assert all(torch.equal(v, final[k]) for k, v in bare.state_dict().items())
 
 
@@ -97,7 +98,7 @@ def test_hull_heatmap_equals_brute_force_duckdb_grid():
     import pyarrow as pa
     from conditions_bench import make_rows
 
-    from landscope import conditions as C
+    from landscope.measures import conditions as C
 
     rows = make_rows(3000, seed=4)
     u = (rows["batch_loss"].to_numpy() - rows["batch_loss_at_min"].to_numpy())
@@ -118,12 +119,12 @@ def test_hull_heatmap_equals_brute_force_duckdb_grid():
 # ----------------------------------------------------------------------------------- the replay's fast paths
 def test_batched_losses_at_x_k_equal_per_step_ones(tmp_path, spec_factory):
     spec = spec_factory(model={"name": "mlp", "width": 8}, steps=20, snapshot_every=20, eval_batch_size=40)
-    problem = trajectory.build_problem(spec)  # 40 // 16 = 2 steps per chunk: several chunks
-    batched = trajectory._losses_at(problem, problem.model, range(3, 20))
-    single = torch.stack([trajectory._loss_at(problem, problem.model, s) for s in range(3, 20)])
+    problem = build.build_problem(spec)  # 40 // 16 = 2 steps per chunk: several chunks
+    batched = replay._losses_at(problem, problem.model, range(3, 20))
+    single = torch.stack([replay._loss_at(problem, problem.model, s) for s in range(3, 20)])
     assert torch.allclose(batched, single, rtol=1e-6, atol=0)
     # and by hand: mean cross-entropy of step 7's batch
-    idx = trajectory.batch_indices(200, 16, 0, 7)
+    idx = build.batch_indices(200, 16, 0, 7)
     with torch.no_grad():
         ref = torch.nn.functional.cross_entropy(problem.model(problem.data.x[idx]), problem.data.y[idx]).item()
     assert batched[4].item() == pytest.approx(ref, rel=1e-6)
@@ -157,12 +158,12 @@ def test_batch_mixing_model_falls_back_to_per_step_losses(tmp_path, spec_factory
     results, ckpt, drifts = run_pipeline(spec, tmp_path / "run")
     assert drifts == [0.0, 0.0]
     steps = pl.read_parquet(f"{results}/tables/steps/**/*.parquet").sort("step")
-    problem = trajectory.build_problem(spec)
+    problem = build.build_problem(spec)
     problem.model.load_state_dict(torch.load(ckpt / "minimizer.pt", weights_only=True)["model"])
     problem.model.eval()
-    expected = [trajectory._loss_at(problem, problem.model, s).item() for s in range(8)]
+    expected = [replay._loss_at(problem, problem.model, s).item() for s in range(8)]
     assert np.allclose(steps["batch_loss_at_min"].to_numpy(), expected, rtol=1e-6)
-    batched = trajectory._losses_at(problem, problem.model, range(8))  # what batching would have given
+    batched = replay._losses_at(problem, problem.model, range(8))  # what batching would have given
     assert not np.allclose(batched.numpy(), expected, rtol=1e-3)
 
 
@@ -172,7 +173,7 @@ def test_measurement_mode_writes_no_buffer_and_restores_every_mode():
     m[2].eval()  # mixed modes must come back as they were
     before = {k: v.clone() for k, v in m.state_dict().items()}
     x = torch.randn(6, 3)
-    with trajectory.measurement_mode(m):
+    with evaluate.measurement_mode(m):
         assert m[1].training and not m[2].training and not m[0].training
         out = m(x)
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())  # incl. num_batches_tracked
@@ -186,7 +187,7 @@ def test_evaluation_mode_restores_each_module():
     m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     m.eval()
     m[1].train()
-    with measure.evaluation_mode(m):
+    with evaluate.evaluation_mode(m):
         assert not any(mod.training for mod in m.modules())
     assert [mod.training for mod in m] == [False, True]
 
@@ -195,9 +196,9 @@ def test_determinism_switch_for_accelerators(monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     was = torch.are_deterministic_algorithms_enabled()
     try:
-        trajectory.enable_determinism(torch.device("cpu"))
+        build.enable_determinism(torch.device("cpu"))
         assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
-        trajectory.enable_determinism(torch.device("cuda"))  # flags only: no CUDA call is made
+        build.enable_determinism(torch.device("cuda"))  # flags only: no CUDA call is made
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
         assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
     finally:
@@ -206,8 +207,8 @@ def test_determinism_switch_for_accelerators(monkeypatch):
 
 def test_device_auto_selection(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert trajectory.resolve_device("auto").type == "cpu"
+    assert build.resolve_device("auto").type == "cpu"
     with pytest.raises(RuntimeError, match="device: auto or cpu"):
-        trajectory.resolve_device("cuda")
+        build.resolve_device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert trajectory.resolve_device("auto").type == "cuda"
+    assert build.resolve_device("auto").type == "cuda"

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, run_snakemake
 from test_cli import tiny_results  # noqa: F401  (module fixture: a real results folder of one run)
 
@@ -152,7 +151,7 @@ def test_probe_sees_errors_missing_charts_and_network_requests(tmp_path):
 
 def test_report_pages_render_in_chromium(tiny_results, tmp_path):  # noqa: F811 (fixture)
     """An experiment page and the index, written by the report module from a real run."""
-    from landscope import report
+    from landscope.report import page as report
 
     chromium()
     pages = tmp_path / "reports"

@@ -5,7 +5,6 @@ import shutil
 import numpy as np
 import torch
 import yaml
-
 from conftest import ROOT, landscope_sql, run_snakemake
 
 

@@ -9,9 +9,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-
 from conftest import make_study, run_pipeline
-from landscope import cli, data
+
+from landscope import cli
+from landscope.problem import data
 
 FASHION_SYSTEM = Path(data.FASHION_SYSTEM_DIR)
 
@@ -22,8 +23,8 @@ def tiny_results(tmp_path_factory):
     folder."""
     import glob
 
-    from landscope.conditions import experiment_conditions
-    from landscope.curvature import curvature_run
+    from landscope.measures.conditions import experiment_conditions
+    from landscope.measures.curvature import curvature_run
 
     exp = make_study({"model": {"name": "logistic_regression"}, "dataset": {"name": "digits", "n_train": 200},
                       "batch_size": 16, "steps": 12, "snapshot_every": 4, "seeds": [0],
@@ -91,7 +92,8 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 
 def test_figures_writes_every_chart_of_the_page_as_svg_and_png(tiny_results, tmp_path, capsys):
-    from landscope import report, store
+    from landscope import store
+    from landscope.report import page as report
 
     con = store.connect(tiny_results)
     charts = report.page_charts(con, "tiny", tiny_results)
@@ -117,7 +119,7 @@ def test_figures_writes_every_chart_of_the_page_as_svg_and_png(tiny_results, tmp
 
 def test_figures_export_exactly_the_charts_the_page_draws(tiny_results, tmp_path, capsys):
     """One file per chart on the experiment page, curvature sections included, with the page's ids."""
-    from landscope import report
+    from landscope.report import page as report
 
     page = report.write_experiment_report(tiny_results, "tiny", tmp_path / "tiny.html").read_text()
     divs = re.findall(r"<div class=chart id='([a-z]+)'></div>", page)

@@ -12,7 +12,6 @@ from collections import Counter
 import polars as pl
 import pytest
 import yaml
-
 from conftest import ROOT, run_pipeline, run_snakemake
 
 SUBMIT = """#!/bin/bash

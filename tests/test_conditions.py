@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from landscope import conditions as C
+from landscope.measures import conditions as C
 
 
 def brute_min_t(alpha, beta, u, v, a):

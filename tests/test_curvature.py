@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from landscope import curvature as cv
+from landscope import settings
+from landscope.measures import curvature as cv
+from landscope.measures import hvp
 
 F64 = torch.float64
 
@@ -33,7 +35,7 @@ def rel(a, b):
 
 def test_lanczos_top3_and_bottom_of_known_spectrum():
     a = quadratic(SPECTRUM)
-    top, bottom, n_hvp = cv.top_eigenvalues(matvec(a), len(SPECTRUM), k=3, iters=40, seed=1)
+    top, bottom, n_hvp = hvp.top_eigenvalues(matvec(a), len(SPECTRUM), k=3, iters=40, seed=1)
     for got, want in zip(top, [12.0, 9.0, 7.0]):
         assert rel(got, want) < 1e-6
     assert rel(bottom, -4.0) < 1e-6
@@ -43,14 +45,14 @@ def test_lanczos_top3_and_bottom_of_known_spectrum():
 def test_lanczos_stops_when_krylov_space_is_invariant():
     """Four distinct eigenvalues: the Krylov space has dimension 4, so 4 products give them exactly."""
     d = torch.tensor([5.0] * 10 + [2.0] * 10 + [-1.0] * 10 + [0.5] * 10, dtype=F64)
-    run = cv.lanczos(matvec(quadratic(d)), torch.ones(40, dtype=F64), iters=30)
+    run = hvp.lanczos(matvec(quadratic(d)), torch.ones(40, dtype=F64), iters=30)
     assert run.n_hvp == 4
     assert torch.allclose(run.ritz, torch.tensor([-1.0, 0.5, 2.0, 5.0], dtype=F64), atol=1e-10)
     assert math.isclose(float(run.weights.sum()), 1.0, abs_tol=1e-12)
     assert torch.allclose(run.ritz_after(4), run.ritz) and len(run.ritz_after(2)) == 2
 
 
-def soft_negative_fraction(evals: torch.Tensor, sigma: float, sigmas: float = cv.NEG_SIGMAS) -> float:
+def soft_negative_fraction(evals: torch.Tensor, sigma: float, sigmas: float = hvp.NEG_SIGMAS) -> float:
     """The exact value SLQ's negative fraction estimates: (1/n) sum_k Phi((-sigmas sigma - lambda_k) / sigma)."""
     return float(torch.special.ndtr((-sigmas * sigma - evals) / sigma).mean())
 
@@ -60,7 +62,7 @@ def test_slq_negative_fraction_of_a_known_20_percent_share():
     signs, positives up to 20: the estimate is 0.2 within its stated uncertainty."""
     d = torch.cat([torch.linspace(-20.0, -13.0, 60, dtype=F64), torch.linspace(-1e-3, 1e-3, 150, dtype=F64),
                    torch.linspace(0.5, 20.0, 90, dtype=F64)])
-    dens = cv.slq(matvec(quadratic(d, seed=2)), 300, probes=30, iters=16, seed=3)
+    dens = hvp.slq(matvec(quadratic(d, seed=2)), 300, probes=30, iters=16, seed=3)
     mean, se = dens.negative_fraction()
     sigma = dens.sigma
     assert sigma == pytest.approx(40.0 / 16, rel=0.02)  # the spectrum's range over the Lanczos length
@@ -79,7 +81,7 @@ def test_slq_negative_fraction_ignores_the_near_zero_bulk(bulk):
     steps cannot resolve), 10% up to 40: about zero, not the bulk's weight."""
     lo = 0.0 if bulk == "psd" else -1e-3
     d = torch.cat([torch.linspace(lo, 1e-3, 360, dtype=F64), torch.linspace(0.5, 40.0, 40, dtype=F64)])
-    dens = cv.slq(matvec(quadratic(d, seed=5)), 400, probes=10, iters=16, seed=1)
+    dens = hvp.slq(matvec(quadratic(d, seed=5)), 400, probes=10, iters=16, seed=1)
     mean, se = dens.negative_fraction()
     assert 0 <= mean < 2e-3  # the smoothing floor: 0.9 * Phi(-3) = 1.2e-3
     assert mean == pytest.approx(soft_negative_fraction(d, dens.sigma), abs=3 * se + 1e-4)
@@ -87,7 +89,7 @@ def test_slq_negative_fraction_ignores_the_near_zero_bulk(bulk):
 
 def test_smoothed_density_integrates_to_one_and_peaks_at_the_eigenvalues():
     d = torch.tensor([-2.0] * 20 + [3.0] * 30 + [8.0] * 50, dtype=F64)
-    dens = cv.slq(matvec(quadratic(d, seed=7)), 100, probes=4, iters=10, seed=0)
+    dens = hvp.slq(matvec(quadratic(d, seed=7)), 100, probes=4, iters=10, seed=0)
     grid = torch.linspace(-10, 16, 2601, dtype=F64)
     rho = dens.density(grid, sigma=0.3)
     assert float(torch.trapezoid(rho, grid)) == pytest.approx(1.0, abs=1e-6)
@@ -100,7 +102,7 @@ def test_smoothed_density_integrates_to_one_and_peaks_at_the_eigenvalues():
 
 def test_slq_pooled_extremes_bound_the_spectrum():
     a = quadratic(SPECTRUM, seed=4)
-    dens = cv.slq(matvec(a), len(SPECTRUM), probes=3, iters=40, seed=5)
+    dens = hvp.slq(matvec(a), len(SPECTRUM), probes=3, iters=40, seed=5)
     top = dens.top(3)
     assert all(t <= w + 1e-9 for t, w in zip(top, [12.0, 9.0, 7.0]))  # Ritz values interlace
     assert rel(top[0], 12.0) < 1e-6 and rel(dens.bottom, -4.0) < 1e-6
@@ -109,7 +111,7 @@ def test_slq_pooled_extremes_bound_the_spectrum():
 def test_hutchinson_within_4_se_and_se_matches_theory():
     a = quadratic(SPECTRUM, seed=6)
     m = 400
-    est, se, n_hvp = cv.hutchinson(matvec(a), len(SPECTRUM), probes=m, seed=7)
+    est, se, n_hvp = hvp.hutchinson(matvec(a), len(SPECTRUM), probes=m, seed=7)
     true = float(SPECTRUM.sum())
     assert abs(est - true) < 4 * se
     off = a - torch.diag(torch.diag(a))
@@ -120,7 +122,7 @@ def test_hutchinson_within_4_se_and_se_matches_theory():
 
 def test_hutchinson_is_exact_on_a_diagonal_matrix():
     d = torch.arange(1.0, 31.0, dtype=F64)
-    est, se, _ = cv.hutchinson(matvec(torch.diag(d)), 30, probes=5, seed=0)
+    est, se, _ = hvp.hutchinson(matvec(torch.diag(d)), 30, probes=5, seed=0)
     assert est == pytest.approx(465.0, abs=1e-9) and se == pytest.approx(0.0, abs=1e-9)
 
 
@@ -132,8 +134,8 @@ def test_hutchpp_beats_hutchinson_on_a_fast_decaying_spectrum():
     a, true = quadratic(d, seed=8), float(d.sum())
     err_h, err_pp, z_pp = [], [], []
     for seed in range(40):
-        est, _, n_h = cv.hutchinson(matvec(a), 300, probes=30, seed=seed)
-        pp, se, n_pp = cv.hutchpp(matvec(a), 300, products=30, seed=seed)
+        est, _, n_h = hvp.hutchinson(matvec(a), 300, probes=30, seed=seed)
+        pp, se, n_pp = hvp.hutchpp(matvec(a), 300, products=30, seed=seed)
         assert n_h == n_pp == 30
         err_h.append(est - true)
         err_pp.append(pp - true)
@@ -149,7 +151,7 @@ def test_hutchpp_beats_hutchinson_on_a_fast_decaying_spectrum():
 def test_hutchpp_is_exact_for_low_rank():
     """Rank 3 <= the sketch's 4 columns: the low-rank part holds the whole trace, the rest is 0."""
     d = torch.cat([torch.tensor([5.0, -2.0, 1.0], dtype=F64), torch.zeros(47, dtype=F64)])
-    est, se, n_hvp = cv.hutchpp(matvec(quadratic(d, seed=9)), 50, products=12, seed=0)
+    est, se, n_hvp = hvp.hutchpp(matvec(quadratic(d, seed=9)), 50, products=12, seed=0)
     assert est == pytest.approx(4.0, abs=1e-9) and se == pytest.approx(0.0, abs=1e-9)
     assert n_hvp == 4 + 3 + 4  # sketch, the 3 kept directions, 4 deflated probes
 
@@ -157,7 +159,7 @@ def test_hutchpp_is_exact_for_low_rank():
 def test_power_iteration_converges_to_lambda_max():
     d = torch.cat([torch.tensor([10.0], dtype=F64), torch.linspace(0.0, 5.0, 49, dtype=F64)])
     history = []
-    lam, n_hvp = cv.power_iteration(matvec(quadratic(d)), 50, tol=1e-10, seed=0, history=history)
+    lam, n_hvp = hvp.power_iteration(matvec(quadratic(d)), 50, tol=1e-10, seed=0, history=history)
     assert rel(lam, 10.0) < 1e-8
     assert 5 < n_hvp < 200 and len(history) == n_hvp and history[-1] == lam
     errs = [10.0 - h for h in history]  # Rayleigh quotients rise monotonically to lambda_max (PSD)
@@ -165,11 +167,11 @@ def test_power_iteration_converges_to_lambda_max():
 
 
 @pytest.mark.parametrize("call, needle", [
-    (lambda: cv.top_eigenvalues(lambda v: v, 5, k=0), "k must be >= 1"),
-    (lambda: cv.slq(lambda v: v, 5, probes=0), "probes must be >= 1"),
-    (lambda: cv.hutchinson(lambda v: v, 5, probes=1), "probes must be >= 2"),
-    (lambda: cv.hutchpp(lambda v: v, 5, products=3), "products must be >= 4"),
-    (lambda: cv.lanczos(lambda v: v, torch.ones(5, dtype=F64), iters=0), "iters must be >= 1"),
+    (lambda: hvp.top_eigenvalues(lambda v: v, 5, k=0), "k must be >= 1"),
+    (lambda: hvp.slq(lambda v: v, 5, probes=0), "probes must be >= 1"),
+    (lambda: hvp.hutchinson(lambda v: v, 5, probes=1), "probes must be >= 2"),
+    (lambda: hvp.hutchpp(lambda v: v, 5, products=3), "products must be >= 4"),
+    (lambda: hvp.lanczos(lambda v: v, torch.ones(5, dtype=F64), iters=0), "iters must be >= 1"),
 ])
 def test_bad_settings_are_named(call, needle):
     with pytest.raises(ValueError, match=needle):
@@ -194,7 +196,7 @@ def exact_hessian(model, x, y):
     """torch.autograd.functional.hessian of the mean loss on the flat parameters, in eval mode."""
     names = [n for n, _ in model.named_parameters()]
     shapes = [p.shape for p in model.parameters()]
-    flat = cv.flat_parameters(model)
+    flat = hvp.flat_parameters(model)
     was = model.training
     model.eval()
 
@@ -217,7 +219,7 @@ def test_hvp_matches_exact_hessian_in_eval_mode(extra):
         extra.running_var.copy_(torch.linspace(0.5, 2, 5))
     model.train()
     h = exact_hessian(model, x, y)
-    op = cv.hessian_operator(model, ce, x, y)
+    op = hvp.hessian_operator(model, ce, x, y)
     assert model.training  # the caller's mode is restored
     v = torch.randn(op.n, dtype=F64, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(op(v), h @ v, rtol=1e-10, atol=1e-12)
@@ -228,14 +230,14 @@ def test_estimators_on_tiny_mlp_match_exact_spectrum_and_trace():
     model, x, y = tiny_problem()
     h = exact_hessian(model, x, y)
     evals = torch.linalg.eigvalsh(h)
-    op = cv.hessian_operator(model, ce, x, y)
-    top, bottom, _ = cv.top_eigenvalues(op, op.n, k=3, iters=op.n, seed=0)
+    op = hvp.hessian_operator(model, ce, x, y)
+    top, bottom, _ = hvp.top_eigenvalues(op, op.n, k=3, iters=op.n, seed=0)
     for got, want in zip(top, evals.flip(0)[:3].tolist()):
         assert rel(got, want) < 1e-6
     assert rel(bottom, float(evals[0])) < 1e-6
-    est, se, _ = cv.hutchinson(op, op.n, probes=64, seed=2)
+    est, se, _ = hvp.hutchinson(op, op.n, probes=64, seed=2)
     assert abs(est - float(torch.trace(h))) < 4 * se
-    pp, pp_se, _ = cv.hutchpp(op, op.n, products=30, seed=2)
+    pp, pp_se, _ = hvp.hutchpp(op, op.n, products=30, seed=2)
     assert abs(pp - float(torch.trace(h))) < max(4 * pp_se, 1e-8) and pp_se < se
 
 
@@ -248,11 +250,11 @@ def test_negative_fraction_of_tiny_mlp_matches_its_exact_hessian():
         for p in model.parameters():
             p.mul_(5.0)  # larger weights: a more indefinite Hessian
     evals = torch.linalg.eigvalsh(exact_hessian(model, x, y))
-    op = cv.hessian_operator(model, ce, x, y)
-    dens = cv.slq(op, op.n, probes=40, iters=12, seed=4)
+    op = hvp.hessian_operator(model, ce, x, y)
+    dens = hvp.slq(op, op.n, probes=40, iters=12, seed=4)
     mean, se = dens.negative_fraction()
     truth = soft_negative_fraction(evals, dens.sigma)
-    hard = float((evals < -cv.NEG_SIGMAS * dens.sigma).double().mean())
+    hard = float((evals < -hvp.NEG_SIGMAS * dens.sigma).double().mean())
     assert truth > 0.02 and abs(mean - truth) < 3 * se
     assert abs(truth - hard) < 0.05  # the soft count is close to the share below -3 sigma
     assert dens.sigma >= (float(evals[-1]) - float(evals[0])) / 12 * 0.8  # pooled Ritz range ~ the true range
@@ -264,8 +266,8 @@ def test_preconditioned_sharpness_of_tiny_mlp_matches_exact():
     h = exact_hessian(model, x, y)
     p = torch.linspace(0.01, 2.0, h.shape[0], dtype=F64)
     want = float(torch.linalg.eigvals(torch.diag(1 / p) @ h).real.max())
-    op = cv.hessian_operator(model, ce, x, y)
-    got = float(cv.lanczos(cv.preconditioned_operator(op, p), torch.ones(op.n, dtype=F64), op.n).ritz[-1])
+    op = hvp.hessian_operator(model, ce, x, y)
+    got = float(hvp.lanczos(cv.preconditioned_operator(op, p), torch.ones(op.n, dtype=F64), op.n).ritz[-1])
     assert rel(got, want) < 1e-8
 
 
@@ -350,19 +352,21 @@ def test_eos_threshold_of_adaptive_methods():
 
 def test_operator_rejects_wrong_length_and_non_finite_loss():
     model, x, y = tiny_problem()
-    op = cv.hessian_operator(model, ce, x, y)
+    op = hvp.hessian_operator(model, ce, x, y)
     with pytest.raises(ValueError, match="expected"):
         op(torch.ones(op.n + 1, dtype=F64))
     with pytest.raises(ValueError, match="finite"):
-        cv.hessian_operator(model, ce, x * float("nan"), y)
+        hvp.hessian_operator(model, ce, x * float("nan"), y)
 
 
 # ----------------------------------------------------------------------------------- a trained run
 def test_curvature_run_writes_tables_matching_exact_hessian(spec_factory, tmp_path):
     """Logistic regression on digits: convex, so no negative eigenvalue; λ_max, trace and 2/lr exact."""
     from conftest import run_pipeline
+
     from landscope import store
-    from landscope.trajectory import build_problem, checkpoint_path, load_checkpoint
+    from landscope.problem.build import build_problem
+    from landscope.trajectory.rundir import checkpoint_path, load_checkpoint
 
     spec = spec_factory(steps=8, snapshot_every=4)
     results, ckpt, _ = run_pipeline(spec, tmp_path)
@@ -397,8 +401,10 @@ def test_curvature_run_with_adam_measures_the_preconditioned_sharpness(spec_fact
     """Adam on logistic regression: at the last checkpoint precond_lambda_max is the exact largest
     eigenvalue of P^{-1} H with P from the checkpoint's optimizer state; the threshold is 38/lr."""
     from conftest import run_pipeline
+
     from landscope import store
-    from landscope.trajectory import build_problem, checkpoint_path, load_checkpoint
+    from landscope.problem.build import build_problem
+    from landscope.trajectory.rundir import checkpoint_path, load_checkpoint
 
     spec = spec_factory(steps=8, snapshot_every=4, optimizer={"name": "adam", "lr": 0.01})
     results, ckpt, _ = run_pipeline(spec, tmp_path)
@@ -432,7 +438,7 @@ def exact_hessian_of(problem, idx):
         out = torch.func.functional_call(model, {n: c.reshape(s) for n, c, s in zip(names, chunks, shapes)}, (x,))
         return problem.loss_fn(model, out, y).double().mean()
 
-    return torch.autograd.functional.hessian(f, cv.flat_parameters(model).float(), vectorize=True).double()
+    return torch.autograd.functional.hessian(f, hvp.flat_parameters(model).float(), vectorize=True).double()
 
 
 @pytest.mark.parametrize("raw, needle", [
@@ -443,7 +449,7 @@ def exact_hessian_of(problem, idx):
 ])
 def test_bad_curvature_settings_are_named(raw, needle):
     with pytest.raises(ValueError, match=needle):
-        cv.settings_of(raw)
+        settings.curvature_settings(raw)
 
 
 def test_measured_steps_keep_stride_last_and_minimizer():
@@ -488,8 +494,8 @@ def synthetic_results(root):
 
 
 def test_curvature_charts_on_synthetic_results(tmp_path):
-    from landscope import report_curvature as rc
     from landscope import store
+    from landscope.report import curvature as rc
 
     con = store.connect(synthetic_results(tmp_path))
     assert rc.eos_summary(con, "e") == (6, 8)  # lr 1: 4 of 4; lr 0.1: only step 10 (2 of 4)
@@ -517,8 +523,8 @@ def test_curvature_charts_on_synthetic_results(tmp_path):
 def test_density_curves_of_synthetic_spectrum(tmp_path):
     """Two nodes (weight 0.25 at -1, 0.75 at lambda_max) smoothed with sigma 0.5: the curve integrates
     to 1 and holds a quarter of its mass near -1; the first seed of each point, first and last step."""
-    from landscope import report_curvature as rc
     from landscope import store
+    from landscope.report import curvature as rc
 
     con = store.connect(synthetic_results(tmp_path))
     df = rc.density_curves(con, "e", points=2000)

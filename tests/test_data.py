@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from landscope import data
+from landscope.problem import data
 
 
 def write_idx(path, array: np.ndarray, gz: bool):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from landscope import data
+from landscope.problem import data
 
 
 @pytest.fixture(autouse=True)

@@ -13,15 +13,17 @@ import subprocess
 import time
 from pathlib import Path
 
+import conftest
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
-import conftest
 from conftest import EXPLODING_MODULE, ROOT, make_study, run_pipeline
-from landscope import conditions, measure, report, store, trajectory
 
+from landscope import store
+from landscope.measures import conditions
+from landscope.report import page as report
+from landscope.trajectory import replay, rundir, snapshot, train
 
 
 def tables(results: Path) -> dict[str, pl.DataFrame]:
@@ -83,16 +85,16 @@ def small_run(tmp_path, spec_factory):
 
 def test_truncated_checkpoint_is_detected_and_recomputed(small_run):
     spec, clean, results, ckpt = small_run
-    path = trajectory.checkpoint_path(ckpt, 8)
+    path = rundir.checkpoint_path(ckpt, 8)
     path.write_bytes(path.read_bytes()[:100])  # a copy cut short
-    with pytest.raises(trajectory.CheckpointError,
+    with pytest.raises(rundir.CheckpointError,
                        match=r"step=0000008.pt is corrupted: SHA-256 .* differs from the recorded .*re-run training"):
-        trajectory.replay_segment(spec, ckpt, ckpt / "minimizer.pt", 1, results)
-    trajectory.train_run(spec, ckpt, results)  # recomputes from step 4
-    snaps = measure.snapshot_run(spec, ckpt, results)
-    measure.select_minimizer(spec, ckpt, snaps, ckpt / "minimizer.pt", results)
+        replay.replay_segment(spec, ckpt, ckpt / "minimizer.pt", 1, results)
+    train.train_run(spec, ckpt, results)  # recomputes from step 4
+    snaps = snapshot.snapshot_run(spec, ckpt, results)
+    snapshot.select_minimizer(spec, ckpt, snaps, ckpt / "minimizer.pt", results)
     for j in range(spec.n_segments):
-        assert trajectory.replay_segment(spec, ckpt, ckpt / "minimizer.pt", j, results)["drift"] == 0.0
+        assert replay.replay_segment(spec, ckpt, ckpt / "minimizer.pt", j, results)["drift"] == 0.0
     assert_same_tables(results, clean)
 
 
@@ -109,8 +111,8 @@ def test_damaged_minimizer_is_reported(small_run, damage):
         path.with_suffix(".json").unlink()
     needle = "is missing; re-run the train rule" if damage == "no sidecar" else (
         r"minimizer .*minimizer.pt is corrupted: SHA-256 .* differs from the recorded .* re-run the train rule")
-    with pytest.raises(trajectory.CheckpointError, match=needle):
-        trajectory.replay_segment(spec, ckpt, path, 0, results)
+    with pytest.raises(rundir.CheckpointError, match=needle):
+        replay.replay_segment(spec, ckpt, path, 0, results)
 
 
 # ----------------------------------------------------------------------------------- divergence

@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from landscope import flatness as fl
+from landscope import settings as section_settings
+from landscope.measures import flatness as fl
+from landscope.measures import hvp, plateaus
 
 F64 = torch.float64
 
@@ -287,9 +289,15 @@ def test_llc_reproducible_and_bad_settings_named():
 def test_curvature_run_writes_stationarity_and_flatness(spec_factory, tmp_path):
     """Logistic regression on digits, checkpoints 0, 4, 8 (stride 2 measures 0 and 8 only)."""
     from conftest import run_pipeline
-    from landscope import curvature as cv
+
     from landscope import store
-    from landscope.trajectory import build_problem, checkpoint_path, load_checkpoint, load_minimizer
+    from landscope.measures import curvature as cv
+    from landscope.problem.build import build_problem
+    from landscope.trajectory.rundir import (
+        checkpoint_path,
+        load_checkpoint,
+        load_minimizer,
+    )
 
     spec = spec_factory(steps=8, snapshot_every=4)
     results, ckpt, _ = run_pipeline(spec, tmp_path)
@@ -303,7 +311,7 @@ def test_curvature_run_writes_stationarity_and_flatness(spec_factory, tmp_path):
     pts = {}
     for step in (0, 4, 8):  # every checkpoint, not only the stride
         problem.model.load_state_dict(load_checkpoint(checkpoint_path(ckpt, step))["model"])
-        pts[step] = cv.flat_parameters(problem.model)
+        pts[step] = hvp.flat_parameters(problem.model)
     assert [(r["step"], r["next_step"]) for r in rows] == [(0, 4), (4, 8)]
     for r in rows:
         want = float((pts[r["next_step"]] - pts[r["step"]]).norm())
@@ -312,13 +320,13 @@ def test_curvature_run_writes_stationarity_and_flatness(spec_factory, tmp_path):
         assert r["tail_checkpoints"] == 1 and r["tail_spread"] == 0.0  # steps >= 6: only 8
     mini = load_minimizer(ckpt / "minimizer.pt")
     problem.model.load_state_dict(mini["model"])
-    x_k = cv.flat_parameters(problem.model)
+    x_k = hvp.flat_parameters(problem.model)
     assert rows[0]["dist_xk_x0"] == pytest.approx(float((x_k - pts[0]).norm()), rel=1e-12)
 
     (f,) = con.sql("SELECT * FROM flatness").pl().to_dicts()
     (c,) = con.sql("SELECT * FROM curvature WHERE is_minimizer").pl().to_dicts()
     assert f["step"] == mini["step"] == c["step"]
-    tops = [c[k] for k in cv.TOP_COLUMNS if c[k] is not None and c[k] > 0]
+    tops = [c[k] for k in section_settings.TOP_COLUMNS if c[k] is not None and c[k] > 0]
     assert f["n_positive_eigs"] == len(tops) == 3
     assert f["log_volume_proxy"] == pytest.approx(-0.5 * sum(math.log(v) for v in tops), rel=1e-12)
     idx = cv.eval_subset(len(problem.data), 100, 0)
@@ -341,8 +349,9 @@ def test_curvature_run_writes_stationarity_and_flatness(spec_factory, tmp_path):
 
 def test_flatness_and_llc_can_be_skipped(spec_factory, tmp_path):
     from conftest import run_pipeline
-    from landscope import curvature as cv
+
     from landscope import store
+    from landscope.measures import curvature as cv
 
     spec = spec_factory(steps=4, snapshot_every=4)
     results, ckpt, _ = run_pipeline(spec, tmp_path)
@@ -365,18 +374,17 @@ def test_flatness_and_llc_can_be_skipped(spec_factory, tmp_path):
     ({"llc_gamma": 0.0}, "llc_steps auto needs llc_gamma > 0"),
 ])
 def test_bad_flatness_settings_are_named(raw, needle):
-    from landscope import curvature as cv
-
     with pytest.raises(ValueError, match=needle):
-        cv.settings_of(raw)
+        section_settings.curvature_settings(raw)
 
 
 # ----------------------------------------------------------------------------------- report charts
 def test_flatness_charts_on_synthetic_results(tmp_path):
     """Two points x two seeds (runs from test_curvature's synthetic results) with hand-chosen values."""
     from test_curvature import synthetic_results
-    from landscope import report_curvature as rc
+
     from landscope import store
+    from landscope.report import curvature as rc
 
     results = synthetic_results(tmp_path)
     for point in ("lr-0.1", "lr-1"):
@@ -432,7 +440,7 @@ def synthetic_curve(seed: int = 0):
 
 def test_plateau_escape_on_a_synthetic_loss_curve():
     steps, loss, grad = synthetic_curve()
-    events = fl.plateau_events(steps, loss, grad, window=50, min_windows=3, flat_tol=0.02, grad_tol=0.25, drop=0.1)
+    events = plateaus.plateau_events(steps, loss, grad, window=50, min_windows=3, flat_tol=0.02, grad_tol=0.25, drop=0.1)
     assert len(events) == 2
     first, last = events
     assert (first["start_step"], first["end_step"]) == (200, 599)  # blocks 4..11 exactly
@@ -449,28 +457,29 @@ def test_plateau_escape_on_a_synthetic_loss_curve():
 def test_plateau_needs_small_gradient_and_enough_windows():
     steps, loss, grad = synthetic_curve()
     # with the gradient as large as during the descent, the flat loss is no plateau (a noisy valley)
-    none = fl.plateau_events(steps, loss, [1.0] * 1000, 50, 3, 0.02, 0.25, 0.1)
+    none = plateaus.plateau_events(steps, loss, [1.0] * 1000, 50, 3, 0.02, 0.25, 0.1)
     assert none == []
     # a loss that is flat for only two windows is not a plateau at min_windows 3
     short = [2.0] * 100 + [1.0 - 0.005 * k for k in range(100)] + [0.2] * 100  # flat 0..99 then falls
-    ev = fl.plateau_events(list(range(300)), short, [0.01] * 100 + [1.0] * 200, 50, 3, 0.02, 0.25, 0.1)
+    ev = plateaus.plateau_events(list(range(300)), short, [0.01] * 100 + [1.0] * 200, 50, 3, 0.02, 0.25, 0.1)
     assert ev == []
-    ev = fl.plateau_events(list(range(300)), short, [0.01] * 100 + [1.0] * 200, 50, 2, 0.02, 0.25, 0.1)
+    ev = plateaus.plateau_events(list(range(300)), short, [0.01] * 100 + [1.0] * 200, 50, 2, 0.02, 0.25, 0.1)
     assert len(ev) == 1 and ev[0]["escaped"] and ev[0]["escape_step"] == 100
     with pytest.raises(ValueError, match="one of each per step"):
-        fl.plateau_events([0, 1], [1.0], [1.0, 1.0], 1, 2, 0.1, 0.5, 0.1)
+        plateaus.plateau_events([0, 1], [1.0], [1.0, 1.0], 1, 2, 0.1, 0.5, 0.1)
     with pytest.raises(ValueError, match="min_windows >= 2"):
-        fl.plateau_events([0], [1.0], [1.0], 1, 1, 0.1, 0.5, 0.1)
+        plateaus.plateau_events([0], [1.0], [1.0], 1, 1, 0.1, 0.5, 0.1)
 
 
 def test_plateaus_experiment_writes_the_table(spec_factory, tmp_path):
     """From a real replayed run: the table is written (and readable) with the settings' window."""
     from conftest import run_pipeline
+
     from landscope import store
 
     spec = spec_factory(steps=40, snapshot_every=20, optimizer={"name": "sgd", "lr": 0.05})
     results, _, _ = run_pipeline(spec, tmp_path)
-    n = fl.plateaus_experiment(results, spec.experiment, [spec.run, "absent"],
+    n = plateaus.plateaus_experiment(results, spec.experiment, [spec.run, "absent"],
                                {"plateau_window": 5, "plateau_min_windows": 2, "plateau_flat_tol": 1.0,
                                 "plateau_grad_tol": 1.0, "plateau_drop": 0.5})
     con = store.connect(results)

@@ -9,9 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from landscope.models import (LOSSES, batchnorm_modules, build_model, has_stochastic_layers, image_shape,
-                              loss_for)
-from landscope.trajectory import measurement_mode
+from landscope.problem.evaluate import measurement_mode
+from landscope.problem.models import (
+    LOSSES,
+    batchnorm_modules,
+    build_model,
+    has_stochastic_layers,
+    image_shape,
+    loss_for,
+)
 
 
 def n_params(model: nn.Module) -> int:

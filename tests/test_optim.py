@@ -12,8 +12,14 @@ import pytest
 import torch
 
 from landscope.config import load_schema, validate
-from landscope.optim import (OPTIMIZER_DEFAULTS, OPTIMIZERS, SCHEDULE_DEFAULTS, SCHEDULES, lr_at,
-                             make_optimizer)
+from landscope.problem.optim import (
+    OPTIMIZER_DEFAULTS,
+    OPTIMIZERS,
+    SCHEDULE_DEFAULTS,
+    SCHEDULES,
+    lr_at,
+    make_optimizer,
+)
 
 X0 = [1.0, -2.0]
 

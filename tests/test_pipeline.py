@@ -8,7 +8,6 @@ from pathlib import Path
 import duckdb
 import pytest
 import yaml
-
 from conftest import LANDSCOPE, ROOT, run_snakemake
 from conftest import landscope_sql as sql
 

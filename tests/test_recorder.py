@@ -11,8 +11,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from conftest import (
+    PYTHON,
+    ROOT,
+    landscope_sql,
+    make_study,
+    run_pipeline,
+    run_snakemake,
+)
 
-from conftest import PYTHON, ROOT, landscope_sql, make_study, run_pipeline, run_snakemake
+from landscope.trajectory import replay, rundir, snapshot
 
 EXP = {"model": {"name": "mlp", "width": 16, "depth": 2}, "dataset": {"name": "digits", "n_train": 256},
        "optimizer": {"name": "sgd", "lr": 0.2, "momentum": 0.9}, "batch_size": 16, "steps": 24,
@@ -27,13 +35,13 @@ def _specs():
 
 def _measure_recorded(spec, results):
     """What the pipeline does with a recorded run: import, snapshot, x_K, replay every segment."""
-    from landscope import measure, recorder, trajectory
+    from landscope.trajectory import record
 
-    ckpt = recorder.checkpoint_dir(results, spec.experiment, spec.run)
-    recorder.finish_recording(spec, ckpt, results)
-    snaps = measure.snapshot_run(spec, ckpt, results)
-    measure.select_minimizer(spec, ckpt, snaps, ckpt / "minimizer.pt", results)
-    drifts = [trajectory.replay_segment(spec, ckpt, ckpt / "minimizer.pt", j, results)["drift"]
+    ckpt = rundir.checkpoint_dir(results, spec.experiment, spec.run)
+    record.finish_recording(spec, ckpt, results)
+    snaps = snapshot.snapshot_run(spec, ckpt, results)
+    snapshot.select_minimizer(spec, ckpt, snaps, ckpt / "minimizer.pt", results)
+    drifts = [replay.replay_segment(spec, ckpt, ckpt / "minimizer.pt", j, results)["drift"]
               for j in range(spec.n_segments)]
     return ckpt, drifts
 
@@ -52,8 +60,8 @@ def _table(results, table, spec, part=None):
 
 def _fresh(spec):
     """The user's model and optimizer, initialised as landscope's own training would."""
-    from landscope.data import load_dataset
-    from landscope.models import build_model
+    from landscope.problem.data import load_dataset
+    from landscope.problem.models import build_model
 
     data = load_dataset(spec.dataset, spec.data_dir)
     torch.manual_seed(spec.seed)
@@ -63,7 +71,8 @@ def _fresh(spec):
 
 def test_a_recorded_loop_measures_exactly_what_landscope_training_measures(tmp_path):
     from landscope import Recorder
-    from landscope.trajectory import batch_indices, checkpoint_path, load_checkpoint
+    from landscope.problem.build import batch_indices
+    from landscope.trajectory.rundir import checkpoint_path, load_checkpoint
 
     trained, spec = _specs()
     res_t, ckpt_t, drift_t = run_pipeline(trained, tmp_path / "own")
@@ -100,7 +109,7 @@ def test_a_recorded_loop_measures_exactly_what_landscope_training_measures(tmp_p
 
 def test_a_torch_scheduler_and_dataloader_order_are_replayed(tmp_path):
     from landscope import Recorder
-    from landscope.recorder import load_recording
+    from landscope.trajectory.rundir import load_recording
 
     _, spec = _specs()
     model, opt = _fresh(spec)
@@ -131,7 +140,7 @@ def test_a_torch_scheduler_and_dataloader_order_are_replayed(tmp_path):
     rec_ = load_recording(ckpt, spec)
     assert all(torch.equal(rec_.batch(k), batches[k]) for k in range(spec.steps))
     # curvature compares lambda_max with 2/lr: the loop's learning rates, not the config's constant one
-    from landscope.curvature import curvature_run
+    from landscope.measures.curvature import curvature_run
 
     cheap = make_study({**EXP, "curvature": {"eval_samples": 32, "lanczos_iters": 4, "hutchinson_probes": 2,
                                              "slq_probes": 1, "flatness_directions": 1, "llc_steps": 5,
@@ -145,7 +154,8 @@ def test_a_torch_scheduler_and_dataloader_order_are_replayed(tmp_path):
 
 def test_a_loop_doing_something_the_config_does_not_say_fails_the_replay(tmp_path):
     from landscope import Recorder
-    from landscope.trajectory import ReplayDriftError, batch_indices
+    from landscope.problem.build import batch_indices
+    from landscope.trajectory.replay import ReplayDriftError
 
     _, spec = _specs()
     model, opt = _fresh(spec)
@@ -164,9 +174,9 @@ def test_a_loop_doing_something_the_config_does_not_say_fails_the_replay(tmp_pat
 
 def test_misuse_is_refused_with_the_fix(tmp_path):
     from landscope import Recorder
-    from landscope.config import ConfigError
-    from landscope.models import build_model
-    from landscope.recorder import RecordingError
+    from landscope.factories import ConfigError
+    from landscope.problem.models import build_model
+    from landscope.trajectory.record import RecordingError
 
     trained, spec = _specs()
     res = tmp_path / "results"
@@ -198,8 +208,8 @@ def test_misuse_is_refused_with_the_fix(tmp_path):
 
 
 def test_a_recorded_run_without_its_recording_says_how_to_make_it(tmp_path):
-    from landscope.recorder import finish_recording
-    from landscope.trajectory import CheckpointError
+    from landscope.trajectory.record import finish_recording
+    from landscope.trajectory.rundir import CheckpointError
 
     _, spec = _specs()
     with pytest.raises(CheckpointError, match="run your training loop with landscope.Recorder first"):

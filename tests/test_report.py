@@ -18,7 +18,9 @@ import polars as pl
 import pytest
 import vl_convert
 
-from landscope import report, store
+from landscope import store
+from landscope.report import base as report_base
+from landscope.report import page as report
 
 EXP = "demo"
 POINTS = {"width=128": (2.0, 3.75), "width=16": (1.0, 1.0)}  # point: (loss scale k_p, c); 128 written first
@@ -123,18 +125,18 @@ def _datasets(spec: dict) -> list[list]:
 
 # ----------------------------------------------------------------------------------- ordering
 def test_natural_order():
-    assert report.point_order(["width=128", "width=16", "width=32", "width=16"]) == \
+    assert report_base.point_order(["width=128", "width=16", "width=32", "width=16"]) == \
         ["width=16", "width=32", "width=128"]
-    assert report.point_order(["lr=0.01", "lr=1e-3", "lr=0.1"]) == ["lr=1e-3", "lr=0.01", "lr=0.1"]
-    assert report.point_order(["model=resnet-34", "model=resnet-18"]) == ["model=resnet-18", "model=resnet-34"]
-    assert report.point_order(["shift=2", "shift=-1"]) == ["shift=-1", "shift=2"]
+    assert report_base.point_order(["lr=0.01", "lr=1e-3", "lr=0.1"]) == ["lr=1e-3", "lr=0.01", "lr=0.1"]
+    assert report_base.point_order(["model=resnet-34", "model=resnet-18"]) == ["model=resnet-18", "model=resnet-34"]
+    assert report_base.point_order(["shift=2", "shift=-1"]) == ["shift=-1", "shift=2"]
 
 
 # ----------------------------------------------------------------------------------- queries and charts
 def test_loss_curves_by_hand(con):
     df = report.loss_curves(con, EXP)
-    stoch = df.filter(pl.col("kind") == report.STOCHASTIC)
-    full = df.filter(pl.col("kind") == report.FULL)
+    stoch = df.filter(pl.col("kind") == report_base.STOCHASTIC)
+    full = df.filter(pl.col("kind") == report_base.FULL)
     assert stoch.height == 2 * 300 and full.height == 2 * 4  # 300 steps < MAX_BINS: one bin per step
     assert df["point"][0] == "width=16"  # natural order
     r = _rows(stoch, point="width=16", step=9)  # seeds: 1/10 and 2/10
@@ -156,14 +158,14 @@ def test_loss_binning_200k_rows(tmp_path):
             _write_run(results, "big", point, seed, steps, 1 + steps / 1000 * (1 + seed))
     with store.connect(results) as c:
         df = report.loss_curves(c, "big")
-    assert df.height == 2 * report.MAX_BINS and df["kind"].unique().to_list() == [report.STOCHASTIC]
+    assert df.height == 2 * report_base.MAX_BINS and df["kind"].unique().to_list() == [report_base.STOCHASTIC]
     assert ((df["lo"] <= df["mean"]) & (df["mean"] <= df["hi"])).all()
     # bin 0 = steps 0..124, per-run mean 1 + 62/1000 (1 + seed); bin 1 starts at step 125
     r = _rows(df, point="width=8", step=0)
     assert (r["lo"], r["mean"], r["hi"]) == pytest.approx((1.062, 1.093, 1.124))
     assert _rows(df, point="width=64", step=125)["lo"] == pytest.approx(1 + 187 / 1000)
     spec = report.loss_chart(df).to_dict()
-    assert max(len(d) for d in _datasets(spec)) <= report.MAX_ROWS
+    assert max(len(d) for d in _datasets(spec)) <= report_base.MAX_ROWS
 
 
 def test_loss_rows_capped_with_many_points(tmp_path):
@@ -174,8 +176,8 @@ def test_loss_rows_capped_with_many_points(tmp_path):
         _write_run(results, "many", f"width={w}", 0, steps, 1 / (1 + steps))
     with store.connect(results) as c:
         df = report.loss_curves(c, "many")
-    assert report.bins_per_point(30, series=2) == 5000 // 60 == 83
-    assert df.height <= report.MAX_ROWS and df.filter(pl.col("point") == "width=3").height == 77  # 13 steps a bin
+    assert report_base.bins_per_point(30, series=2) == 5000 // 60 == 83
+    assert df.height <= report_base.MAX_ROWS and df.filter(pl.col("point") == "width=3").height == 77  # 13 steps a bin
     report.loss_chart(df).to_dict()  # Altair's row limit is not hit
 
 
@@ -219,7 +221,7 @@ def test_spec_json_cannot_close_script():
 
     df = pl.DataFrame({"x": ["</script><script>alert(1)</script>", "<!--"]})
     chart = alt.Chart(df).mark_text().encode(text="x:N")
-    text = report.spec_json(chart)
+    text = report_base.spec_json(chart)
     assert "<" not in text and json.loads(text) == chart.to_dict()
 
 
@@ -244,7 +246,7 @@ def test_experiment_page(demo, tmp_path):
     specs = _embedded_specs(page)
     assert len(specs) == n_charts
     for spec in specs:  # every chart compiles and renders (vl-convert, offline)
-        assert max((len(d) for d in _datasets(spec)), default=0) <= report.MAX_ROWS
+        assert max((len(d) for d in _datasets(spec)), default=0) <= report_base.MAX_ROWS
         assert vl_convert.vegalite_to_svg(spec, allowed_base_urls=[]).startswith("<svg")
 
 
@@ -269,5 +271,5 @@ def test_index(demo, tmp_path):
 
 def test_chart_to_svg(con, tmp_path):
     chart = report.grad_norm_chart(report.checkpoint_stat(con, EXP, "snapshots", "full_grad_norm"))
-    path = report.chart_to_svg(chart, tmp_path / "g.svg")
+    path = report_base.chart_to_svg(chart, tmp_path / "g.svg")
     assert path.read_text().startswith("<svg")

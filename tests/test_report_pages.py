@@ -7,7 +7,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from landscope import report, store
+from landscope import store
+from landscope.report import page as report
 
 
 def _write_fixture(results, experiment="ex<b>"):
@@ -72,10 +73,10 @@ def test_loss_curves_are_binned_and_banded(fixture_results):
     con = store.connect(results)
     df = report.loss_curves(con, exp)
     stoch = df.filter(pl.col("kind") == "stochastic (binned)")
-    assert len(df) <= 5000 and stoch["step"].n_unique() <= report.MAX_BINS + 1
+    assert len(df) <= 5000 and stoch["step"].n_unique() <= report_base.MAX_BINS + 1
     assert (stoch["lo"] <= stoch["mean"]).all() and (stoch["mean"] <= stoch["hi"]).all()
     # bin 0 of width=16 averages steps 0..666 of seed 0 (loss 1/(1+s/1000)) and seed 1 (twice that)
-    width = int(np.ceil(200_000 / report.MAX_BINS))
+    width = int(np.ceil(200_000 / report_base.MAX_BINS))
     s = np.arange(width)
     seed0 = (1.0 / (1 + s / 1000)).mean()
     first = stoch.filter((pl.col("point") == "width=16") & (pl.col("step") == 0)).row(0, named=True)
@@ -128,8 +129,9 @@ import json  # noqa: E402
 
 import torch  # noqa: E402
 
-from landscope import report_analytic  # noqa: E402
-from landscope.trajectory import checkpoint_path  # noqa: E402
+from landscope.report import analytic as report_analytic  # noqa: E402
+from landscope.report import base as report_base
+from landscope.trajectory.rundir import checkpoint_path  # noqa: E402
 
 XK_EXP = "example1"
 XK_POINTS = {  # point: (x_K choice, region vertices, alpha_min, beta_at_alpha_min, beta_min)
@@ -262,20 +264,14 @@ def test_semantics_items():
     assert report.model_names(pl.DataFrame({"model": ['{"name": "lstm_lm"}', "mlp", None]})) == ["lstm_lm", "mlp"]
 
 
-def test_curvature_sections_only_with_module_and_rows(analytic_results, monkeypatch):
-    import importlib.machinery
-    import sys
-    import types
-
+def test_curvature_sections_only_with_rows(analytic_results, monkeypatch):
     import altair as alt
 
     with store.connect(analytic_results) as con:
-        fake = types.ModuleType("landscope.report_curvature")
-        fake.__spec__ = importlib.machinery.ModuleSpec("landscope.report_curvature", None)
         chart = alt.Chart(pl.DataFrame({"x": [1]})).mark_point().encode(x="x:Q")
-        fake.curvature_charts = lambda con, e: [("Sharpness", "λ_max vs 2/lr", chart), ("Trace", "", None)]
-        fake.plateau_section = lambda con, e: ("Plateaus", "2 plateaus", chart)
-        monkeypatch.setitem(sys.modules, "landscope.report_curvature", fake)
+        monkeypatch.setattr(report, "curvature_charts",
+                            lambda con, e: [("Sharpness", "λ_max vs 2/lr", chart), ("Trace", "", None)])
+        monkeypatch.setattr(report, "plateau_section", lambda con, e: ("Plateaus", "2 plateaus", chart))
         con.execute("CREATE OR REPLACE TEMP VIEW curvature AS SELECT 'other' AS experiment")
         con.execute("CREATE OR REPLACE TEMP VIEW plateaus AS SELECT 'other' AS experiment")
         assert report.curvature_sections(con, XK_EXP) == []  # no rows for this experiment
@@ -288,7 +284,7 @@ def test_curvature_sections_only_with_module_and_rows(analytic_results, monkeypa
     assert got[0][3] is chart and got[1][3] is None
     html_text = report._captioned_sections(got)
     assert html_text == ("<h3>Sharpness</h3><p class=note>λ_max vs 2/lr</p><div class=chart id='curva'></div>"
-                         "<h3>Trace</h3>" + report.NO_DATA)
+                         "<h3>Trace</h3>" + report_base.NO_DATA)
 
 
 def test_index_links_study_pages(analytic_results, tmp_path):

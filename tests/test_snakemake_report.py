@@ -7,7 +7,6 @@ import zipfile
 
 import pytest
 import yaml
-
 from conftest import run_snakemake
 
 STUDY = {"device": "cpu", "experiments": {"tinyrep": {

@@ -5,8 +5,8 @@ import subprocess
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import LANDSCOPE
+
 from landscope import store
 
 

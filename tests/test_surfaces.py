@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from landscope import surfaces as sf
-from landscope.config import ConfigError
+from landscope import settings
+from landscope.factories import ConfigError
+from landscope.measures import surfaces as sf
 
 F64 = torch.float64
 
@@ -42,12 +43,12 @@ def test_t_grid_holds_both_ends_exactly():
 
 
 def test_path_steps_and_starts():
-    assert sf.path_steps([0, 100], 0) == [0, 100]
-    assert sf.path_steps([0, 100], 5) == [0, 25, 50, 75, 100]
-    assert sf.path_steps([0, 40, 100], 3) == [0, 40, 50, 100]
-    assert sf.path_steps([0, 100], "auto") == [round(100 * i / 19) for i in range(20)]  # replay: 20 iterates
+    assert settings.path_steps([0, 100], 0) == [0, 100]
+    assert settings.path_steps([0, 100], 5) == [0, 25, 50, 75, 100]
+    assert settings.path_steps([0, 40, 100], 3) == [0, 40, 50, 100]
+    assert settings.path_steps([0, 100], "auto") == [round(100 * i / 19) for i in range(20)]  # replay: 20 iterates
     eight = list(range(0, 800, 100))
-    assert sf.path_steps(eight, "auto") == eight  # enough checkpoints: no replay
+    assert settings.path_steps(eight, "auto") == eight  # enough checkpoints: no replay
     steps, dist = [0, 25, 50, 75, 100], [4.0, 3.0, 2.0, 1.0, 0.0]
     assert sf.start_steps(steps, dist, 2) == [0, 50]  # the first and the middle of the 4 that differ from x_K
     assert sf.start_steps(steps, dist, 1) == [0]
@@ -224,7 +225,7 @@ def test_pca_ranges_cover_the_path_and_x_k():
 ])
 def test_bad_settings_are_named(raw, needle):
     with pytest.raises(ValueError, match=needle):
-        sf.settings_of(raw)
+        settings.surfaces_settings(raw)
 
 
 def study(**surfaces):
@@ -248,9 +249,9 @@ def test_config_errors_name_the_key_and_the_fix():
 
 def test_seeds_first_keeps_one_run_per_point():
     exp = study(seeds="first").experiments["t"]
-    assert [r.run for r in sf.surface_runs(exp)] == ["batch_size-8_seed-0", "batch_size-16_seed-0"]
-    assert len(sf.surface_runs(study().experiments["t"])) == 4
-    assert sf.surface_runs(study(enabled=False).experiments["t"]) == []
+    assert [r.run for r in settings.surface_runs(exp)] == ["batch_size-8_seed-0", "batch_size-16_seed-0"]
+    assert len(settings.surface_runs(study().experiments["t"])) == 4
+    assert settings.surface_runs(study(enabled=False).experiments["t"]) == []
 
 
 # ----------------------------------------------------------------------------------- a trained run
@@ -272,8 +273,8 @@ def trained(tmp_path_factory):
 
 def subset_loss(spec, ckpt, state_or_flat):
     """The loss on the evaluation subset, computed directly (no landscope.surfaces code)."""
-    from landscope.curvature import eval_subset
-    from landscope.trajectory import build_problem
+    from landscope.measures.curvature import eval_subset
+    from landscope.problem.build import build_problem
 
     problem = build_problem(spec)
     idx = eval_subset(len(problem.data), 100, 0)
@@ -289,7 +290,7 @@ def subset_loss(spec, ckpt, state_or_flat):
 
 def test_trained_run_surfaces_match_direct_evaluations(trained):
     from landscope import store
-    from landscope.trajectory import checkpoint_path, load_checkpoint
+    from landscope.trajectory.rundir import checkpoint_path, load_checkpoint
 
     spec, results, ckpt, out = trained
     assert out["path"] == 7 and out["max_drift"] == 0.0  # steps 0, 2, 4, 6, 8, 10, 12; replay bitwise
@@ -327,8 +328,8 @@ def test_trained_run_surfaces_match_direct_evaluations(trained):
 
 def test_surface_charts_and_page(trained, tmp_path):
     from landscope import store
-    from landscope.report import surface_sections, write_experiment_report
-    from landscope.report_surfaces import surface_charts
+    from landscope.report.page import surface_sections, write_experiment_report
+    from landscope.report.surfaces import surface_charts
 
     spec, results, _, _ = trained
     con = store.connect(results)
@@ -361,7 +362,6 @@ def test_surfaces_rule_through_snakemake(tmp_path):
     """The surfaces rule on a tiny study: tables queryable with `landscope sql`, panel on the page."""
 
     import yaml
-
     from conftest import landscope_sql, run_snakemake
 
     config = {"device": "cpu", "experiments": {"tiny": {

@@ -6,10 +6,10 @@ import re
 
 import polars as pl
 import pytest
-
 from conftest import make_study
-from landscope import report_table2 as t2
+
 from landscope import store
+from landscope.report import table2 as t2
 
 
 @pytest.mark.parametrize("values, expected", [

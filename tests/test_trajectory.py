@@ -11,11 +11,12 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from conftest import EXPLODING_MODULE, PYTHON, ROOT, run_pipeline
 from scipy.special import expit
 
-from conftest import EXPLODING_MODULE, PYTHON, ROOT, run_pipeline
-from landscope import trajectory
-from landscope.data import digits, halfspace_sample_min
+from landscope.problem import build
+from landscope.problem.data import digits, halfspace_sample_min
+from landscope.trajectory import replay, rundir, train
 
 
 def read(results, table):
@@ -41,12 +42,12 @@ def test_t_quantities_match_closed_form_logistic_regression(tmp_path, spec_facto
     assert steps["step"].to_list() == list(range(12))
     data = digits(n_train=200)
     X, Y = data.x.double().numpy(), data.y.numpy()
-    final = trajectory.load_checkpoint(trajectory.checkpoint_path(ckpt, 12))["model"]
+    final = rundir.load_checkpoint(rundir.checkpoint_path(ckpt, 12))["model"]
     WK, bK = final["linear.weight"].double().numpy(), final["linear.bias"].double().numpy()
     for k, row in zip(range(12), steps.iter_rows(named=True)):
-        st = trajectory.load_checkpoint(trajectory.checkpoint_path(ckpt, k))["model"]
+        st = rundir.load_checkpoint(rundir.checkpoint_path(ckpt, k))["model"]
         W, b = st["linear.weight"].double().numpy(), st["linear.bias"].double().numpy()
-        idx = trajectory.batch_indices(200, 16, 0, k).numpy()
+        idx = build.batch_indices(200, 16, 0, k).numpy()
         loss, gW, gb = _softmax_loss_grad(W, b, X[idx], Y[idx])
         lossK, _, _ = _softmax_loss_grad(WK, bK, X[idx], Y[idx])
         dot = (gW * (W - WK)).sum() + (gb * (b - bK)).sum()
@@ -74,30 +75,30 @@ def test_replay_is_bitwise_and_drift_is_caught(tmp_path, spec_factory):
     train, steps = read(results, "train"), read(results, "steps")
     assert np.array_equal(train["batch_loss"].to_numpy(), steps["batch_loss"].to_numpy())
     # tamper with checkpoint 20 (and re-sign it so only the drift check can notice)
-    path = trajectory.checkpoint_path(ckpt, 20)
+    path = rundir.checkpoint_path(ckpt, 20)
     state = torch.load(path, weights_only=True)
     state["model"]["net.0.weight"][0, 0] += 1e-3
     torch.save(state, path)
     side = json.loads(path.with_suffix(".json").read_text())
-    side["sha256"] = trajectory.file_sha256(path)
+    side["sha256"] = rundir.file_sha256(path)
     path.with_suffix(".json").write_text(json.dumps(side))
-    with pytest.raises(trajectory.ReplayDriftError, match=r"t/seed-0 segment 1 .*step=20.*1\.0+e-03"):
-        trajectory.replay_segment(spec, ckpt, ckpt / "minimizer.pt", 1, results)
+    with pytest.raises(replay.ReplayDriftError, match=r"t/seed-0 segment 1 .*step=20.*1\.0+e-03"):
+        replay.replay_segment(spec, ckpt, ckpt / "minimizer.pt", 1, results)
 
 
 def test_corrupted_checkpoint_is_detected(tmp_path, spec_factory):
     spec = spec_factory()
     results, ckpt, _ = run_pipeline(spec, tmp_path)
-    path = trajectory.checkpoint_path(ckpt, 4)
+    path = rundir.checkpoint_path(ckpt, 4)
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     path.write_bytes(bytes(raw))
-    with pytest.raises(trajectory.CheckpointError, match="corrupted"):
-        trajectory.replay_segment(spec, ckpt, ckpt / "minimizer.pt", 1, results)
+    with pytest.raises(rundir.CheckpointError, match="corrupted"):
+        replay.replay_segment(spec, ckpt, ckpt / "minimizer.pt", 1, results)
     # training notices too, and recomputes from the last good checkpoint before it
-    assert not trajectory.checkpoint_valid(path, spec.config_hash())
-    trajectory.train_run(spec, ckpt, results)
-    assert trajectory.checkpoint_valid(path, spec.config_hash())
+    assert not rundir.checkpoint_valid(path, spec.config_hash())
+    train.train_run(spec, ckpt, results)
+    assert rundir.checkpoint_valid(path, spec.config_hash())
 
 
 def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, spec_factory):
@@ -107,8 +108,8 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, spec_factory):
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent(f"""
         import json, sys
-        from landscope.config import RunSpec
-        from landscope.trajectory import train_run
+        from landscope.spec import RunSpec
+        from landscope.trajectory.train import train_run
         spec = RunSpec.from_dict(json.loads(sys.argv[1]))
         train_run(spec, sys.argv[2], sys.argv[3])
     """))
@@ -116,7 +117,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, spec_factory):
     proc = subprocess.Popen([PYTHON, str(script), json.dumps(spec.to_dict()), str(killed / "ckpt"),
                              str(killed / "results")], cwd=ROOT)
     deadline = time.time() + 120
-    target = trajectory.checkpoint_path(killed / "ckpt", 300)
+    target = rundir.checkpoint_path(killed / "ckpt", 300)
     while not target.with_suffix(".json").exists():
         assert proc.poll() is None, "training finished before it could be killed; make it longer"
         assert time.time() < deadline
@@ -124,13 +125,13 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, spec_factory):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "ckpt" / "manifest.json").exists()
-    done_before = [s for s in spec.checkpoint_steps if trajectory.checkpoint_path(killed / "ckpt", s).exists()]
+    done_before = [s for s in spec.checkpoint_steps if rundir.checkpoint_path(killed / "ckpt", s).exists()]
     assert 300 in done_before and 1200 not in done_before
-    manifest = trajectory.train_run(spec, killed / "ckpt", killed / "results")  # resumes
+    manifest = train.train_run(spec, killed / "ckpt", killed / "results")  # resumes
     clean = tmp_path / "clean"
-    trajectory.train_run(spec, clean / "ckpt", clean / "results")
-    a = torch.load(trajectory.checkpoint_path(killed / "ckpt", 1200), weights_only=True)
-    b = torch.load(trajectory.checkpoint_path(clean / "ckpt", 1200), weights_only=True)
+    train.train_run(spec, clean / "ckpt", clean / "results")
+    a = torch.load(rundir.checkpoint_path(killed / "ckpt", 1200), weights_only=True)
+    b = torch.load(rundir.checkpoint_path(clean / "ckpt", 1200), weights_only=True)
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
     ta, tb = read(killed / "results", "train"), read(clean / "results", "train")
@@ -139,11 +140,11 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, spec_factory):
 
 
 def test_batches_cover_each_epoch_once():
-    seen = torch.cat([trajectory.batch_indices(100, 10, 7, k) for k in range(10)])
+    seen = torch.cat([build.batch_indices(100, 10, 7, k) for k in range(10)])
     assert sorted(seen.tolist()) == list(range(100))
-    again = torch.cat([trajectory.batch_indices(100, 10, 7, k) for k in range(10)])
+    again = torch.cat([build.batch_indices(100, 10, 7, k) for k in range(10)])
     assert torch.equal(seen, again)
-    other_epoch = torch.cat([trajectory.batch_indices(100, 10, 7, k) for k in range(10, 20)])
+    other_epoch = torch.cat([build.batch_indices(100, 10, 7, k) for k in range(10, 20)])
     assert not torch.equal(seen, other_epoch)
 
 
@@ -155,7 +156,6 @@ def test_halfspace_sample_minimum_matches_dense_search():
 
 
 def test_best_minimizer_is_the_lowest_full_loss_checkpoint(tmp_path, spec_factory):
-    from landscope import measure
 
     # a large step size makes the loss oscillate, so the best checkpoint need not be the last
     spec = spec_factory(model={"name": "mlp", "width": 16}, steps=40, snapshot_every=5,
@@ -167,7 +167,7 @@ def test_best_minimizer_is_the_lowest_full_loss_checkpoint(tmp_path, spec_factor
     assert chosen["method"] == "best" and chosen["step"] == best["step"]
     assert chosen["full_loss"] == min(snaps["full_loss"])
     xk = torch.load(ckpt / "minimizer.pt", weights_only=True)["model"]
-    ref = trajectory.load_checkpoint(trajectory.checkpoint_path(ckpt, best["step"]))["model"]
+    ref = rundir.load_checkpoint(rundir.checkpoint_path(ckpt, best["step"]))["model"]
     assert all(torch.equal(xk[k], ref[k]) for k in ref)
     # the distance to x_K vanishes exactly at the chosen checkpoint
     d = read(results, "directions").filter(pl.col("dist_to_min") == 0.0)["step"].to_list()
@@ -198,12 +198,12 @@ def test_batchnorm_and_dropout_measurement_semantics(tmp_path, spec_factory, mon
     data = digits(n_train=200)
     model = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
                                 torch.nn.Dropout(0.5), torch.nn.Linear(16, 10))
-    final = trajectory.load_checkpoint(trajectory.checkpoint_path(ckpt, 6))["model"]
+    final = rundir.load_checkpoint(rundir.checkpoint_path(ckpt, 6))["model"]
     for k, row in enumerate(steps.iter_rows(named=True)):
-        idx = trajectory.batch_indices(200, 16, 0, k)
+        idx = build.batch_indices(200, 16, 0, k)
         xb, yb = data.x[idx], data.y[idx]
         expected = []
-        for state in (trajectory.load_checkpoint(trajectory.checkpoint_path(ckpt, k))["model"], final):
+        for state in (rundir.load_checkpoint(rundir.checkpoint_path(ckpt, k))["model"], final):
             model.load_state_dict(state)
             model.train()
             model[3].eval()  # dropout off
@@ -233,18 +233,18 @@ def test_batchnorm_without_dropout_reuses_the_training_forward(tmp_path, spec_fa
     data = digits(n_train=200)
     model = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
                                 torch.nn.Linear(16, 10))
-    final = trajectory.load_checkpoint(trajectory.checkpoint_path(ckpt, 6))["model"]
+    final = rundir.load_checkpoint(rundir.checkpoint_path(ckpt, 6))["model"]
     model.load_state_dict(final)
     w_k = [p.detach().clone() for p in model.parameters()]
     model.train()
     for k in (0, 3):  # checkpoints: x_k known exactly
         row = steps.row(k, named=True)
-        idx = trajectory.batch_indices(200, 16, 0, k)
+        idx = build.batch_indices(200, 16, 0, k)
         xb, yb = data.x[idx], data.y[idx]
         model.load_state_dict(final)
         with torch.no_grad():
             at_min = torch.nn.functional.cross_entropy(model(xb), yb).item()
-        model.load_state_dict(trajectory.load_checkpoint(trajectory.checkpoint_path(ckpt, k))["model"])
+        model.load_state_dict(rundir.load_checkpoint(rundir.checkpoint_path(ckpt, k))["model"])
         loss = torch.nn.functional.cross_entropy(model(xb), yb)
         grads = torch.autograd.grad(loss, list(model.parameters()))
         dot = sum(float((g.double() * (p.detach().double() - q.double())).sum())
@@ -260,7 +260,7 @@ def test_tail_average_minimizer(tmp_path, spec_factory):
     assert drifts == [0.0] * 8
     xk = torch.load(ckpt / "minimizer.pt", weights_only=True)
     assert xk["averaged_steps"] == [30, 35, 40]  # the last quarter of 40 steps
-    states = [trajectory.load_checkpoint(trajectory.checkpoint_path(ckpt, s))["model"] for s in (30, 35, 40)]
+    states = [rundir.load_checkpoint(rundir.checkpoint_path(ckpt, s))["model"] for s in (30, 35, 40)]
     mean_w = (states[0]["linear.weight"].double() + states[1]["linear.weight"].double()
               + states[2]["linear.weight"].double()) / 3
     assert torch.allclose(xk["model"]["linear.weight"].double(), mean_w, atol=1e-7)
@@ -272,8 +272,8 @@ def test_tail_average_minimizer(tmp_path, spec_factory):
 def test_divergence_marks_the_run_and_the_rest_goes_on(tmp_path, spec_factory, monkeypatch):
     import glob
 
-    from landscope import conditions
-    from landscope.config import ExperimentSpec
+    from landscope.measures import conditions
+    from landscope.spec import ExperimentSpec
 
     (tmp_path / "exploding.py").write_text(EXPLODING_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -281,11 +281,11 @@ def test_divergence_marks_the_run_and_the_rest_goes_on(tmp_path, spec_factory, m
                         optimizer={"name": "sgd", "lr": 50.0})
     results, ckpt, drifts = run_pipeline(spec, tmp_path / "run")
     manifest = json.loads((ckpt / "manifest.json").read_text())
-    train = read(results, "train")
-    bad = train.filter(~pl.col("batch_loss").is_finite())
+    train_rows = read(results, "train")
+    bad = train_rows.filter(~pl.col("batch_loss").is_finite())
     assert manifest["status"] == "diverged" and len(bad) == 1
     first_bad = bad["step"][0]
-    assert manifest["diverged_step"] == first_bad and train["step"].max() == first_bad
+    assert manifest["diverged_step"] == first_bad and train_rows["step"].max() == first_bad
     assert [c["step"] for c in manifest["checkpoints"]] == [s for s in (0, 10, 20, 30) if s <= first_bad]
     runs = pl.read_parquet(f"{results}/tables/runs/experiment=t/run=seed-0/*.parquet").row(0, named=True)
     assert runs["status"] == "diverged" and runs["diverged_step"] == first_bad
@@ -298,7 +298,7 @@ def test_divergence_marks_the_run_and_the_rest_goes_on(tmp_path, spec_factory, m
     row = out["points"][0]
     assert row["feasible"] is False and row["n_runs"] == 0 and math.isnan(row["alpha_min"])
     # re-running training is a no-op that keeps the verdict
-    again = trajectory.train_run(spec, ckpt, results)
+    again = train.train_run(spec, ckpt, results)
     assert again["status"] == "diverged" and again["diverged_step"] == first_bad
 
 

@@ -183,6 +183,7 @@ def export_figures(results: Path, experiment: str, out: Path, fmt: str = "svg", 
     ``<experiment>-<chart id>.<fmt>``. Returns (written [(path, heading)], headings with no data).
     Raises LookupError when the results hold no such experiment."""
     from landscope import store
+    from landscope.report import base
     from landscope.report import page as report
 
     con = store.connect(results)
@@ -201,7 +202,7 @@ def export_figures(results: Path, experiment: str, out: Path, fmt: str = "svg", 
             continue
         path = out / f"{experiment}-{cid}.{fmt}"
         if fmt == "svg":
-            report.chart_to_svg(chart, path)
+            base.chart_to_svg(chart, path)
         else:
             _chart_to_png(chart, path, scale)
         written.append((path, heading))

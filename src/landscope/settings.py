@@ -8,7 +8,6 @@ import math
 from landscope.factories import ConfigError
 from landscope.spec import checkpoint_steps
 
-
 CURVATURE_DEFAULTS = {"enabled": True, "eval_samples": 256, "top_k": 3, "lanczos_iters": 16, "slq_probes": 3,
             "hutchinson_probes": 8, "every": 1, "seed": 0,
             # flatness around x_K and the local learning coefficient (landscope.flatness)

@@ -32,14 +32,27 @@ import torch
 
 from landscope import store
 from landscope.measures.flatness import flatness_row, stationarity
-from landscope.measures.hvp import (HVP, HessianOperator, flat_parameters, hessian_operator, hutchinson, hutchpp,
-                                    lanczos, seeded_generator, slq)
+from landscope.measures.hvp import (
+    HVP,
+    HessianOperator,
+    flat_parameters,
+    hessian_operator,
+    hutchinson,
+    hutchpp,
+    lanczos,
+    seeded_generator,
+    slq,
+)
+from landscope.problem.build import build_problem
 from landscope.problem.optim import OPTIMIZER_DEFAULTS
 from landscope.settings import TOP_COLUMNS, curvature_settings
 from landscope.trajectory.replay import attach_recording
-from landscope.problem.build import build_problem
-from landscope.trajectory.rundir import checkpoint_path, load_checkpoint, load_minimizer, run_manifest
-
+from landscope.trajectory.rundir import (
+    checkpoint_path,
+    load_checkpoint,
+    load_minimizer,
+    run_manifest,
+)
 
 F64 = torch.float64
 

@@ -43,8 +43,8 @@ import copy
 import json
 import math
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -56,8 +56,19 @@ from landscope.measures.flatness import filter_normalized_direction, set_flat
 from landscope.problem.build import build_problem
 from landscope.problem.optim import make_optimizer
 from landscope.settings import path_steps, surfaces_settings
-from landscope.trajectory.replay import ReplayDriftError, attach_recording, drift_tolerance, parameter_drift
-from landscope.trajectory.rundir import checkpoint_path, load_checkpoint, load_minimizer, restore_state, run_manifest
+from landscope.trajectory.replay import (
+    ReplayDriftError,
+    attach_recording,
+    drift_tolerance,
+    parameter_drift,
+)
+from landscope.trajectory.rundir import (
+    checkpoint_path,
+    load_checkpoint,
+    load_minimizer,
+    restore_state,
+    run_manifest,
+)
 from landscope.trajectory.train import take_step
 
 F64 = torch.float64

@@ -15,7 +15,6 @@ import polars as pl
 
 from landscope import store
 
-
 STOCHASTIC, FULL = "stochastic (binned)", "full batch"
 MAX_BINS = 400  # step bins per sweep point for per-step series (train)
 

@@ -23,10 +23,30 @@ import polars as pl
 
 from landscope import store
 from landscope.report.analytic import surface_charts
-from landscope.report.base import (FULL, MAX_BINS, NO_DATA, STOCHASTIC, band_chart, band_layers, binned_sql,
-                                   bins_per_point, html_cell, html_page, html_table, kv_table, letters, n_points,
-                                   no_data_chart, page_href, point_order, query_df, run_source, sort_points, spacing,
-                                   write_html)
+from landscope.report.base import (
+    FULL,
+    MAX_BINS,
+    NO_DATA,
+    STOCHASTIC,
+    band_chart,
+    band_layers,
+    binned_sql,
+    bins_per_point,
+    html_cell,
+    html_page,
+    html_table,
+    kv_table,
+    letters,
+    n_points,
+    no_data_chart,
+    page_href,
+    point_order,
+    query_df,
+    run_source,
+    sort_points,
+    spacing,
+    write_html,
+)
 from landscope.report.curvature import curvature_charts, plateau_section
 from landscope.report.surfaces import surface_charts as loss_surface_charts
 

@@ -45,11 +45,20 @@ from landscope.factories import ConfigError
 from landscope.problem.build import build_problem
 from landscope.problem.optim import make_optimizer
 from landscope.spec import RunSpec
-from landscope.trajectory.rundir import (RECORDING, CheckpointError, checkpoint_dir, checkpoint_path, checkpoint_valid,
-                                         diverged_path, file_sha256, load_recording, read_divergence,
-                                         save_checkpoint, segment_rows_path)
+from landscope.trajectory.rundir import (
+    RECORDING,
+    CheckpointError,
+    checkpoint_dir,
+    checkpoint_path,
+    checkpoint_valid,
+    diverged_path,
+    file_sha256,
+    load_recording,
+    read_divergence,
+    save_checkpoint,
+    segment_rows_path,
+)
 from landscope.trajectory.train import finish_train
-
 
 # optimizer settings that do not change the numbers of a step (or that the replay sets itself)
 _NOT_COMPARED = {"params", "lr", "initial_lr", "foreach", "fused", "capturable", "differentiable"}

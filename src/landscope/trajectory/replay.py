@@ -16,12 +16,23 @@ from torch import nn
 from landscope import store
 from landscope.jobs import progress_bar
 from landscope.problem.build import Problem, build_problem
-from landscope.problem.evaluate import direction_row, measurement_mode, use_batch_statistics
+from landscope.problem.evaluate import (
+    direction_row,
+    measurement_mode,
+    use_batch_statistics,
+)
 from landscope.problem.models import batchnorm_modules, has_dropout
 from landscope.problem.optim import make_optimizer
 from landscope.spec import RunSpec
-from landscope.trajectory.rundir import (CheckpointError, checkpoint_path, load_checkpoint, load_minimizer,
-                                         load_recording, read_divergence, restore_state)
+from landscope.trajectory.rundir import (
+    CheckpointError,
+    checkpoint_path,
+    load_checkpoint,
+    load_minimizer,
+    load_recording,
+    read_divergence,
+    restore_state,
+)
 from landscope.trajectory.train import take_step
 
 log = logging.getLogger("landscope")

@@ -17,8 +17,16 @@ from landscope.jobs import progress_bar
 from landscope.problem.build import Problem, build_problem, epoch_of
 from landscope.problem.optim import lr_at, make_optimizer
 from landscope.spec import RunSpec
-from landscope.trajectory.rundir import (checkpoint_path, checkpoint_valid, diverged_path, load_checkpoint,
-                                         read_divergence, restore_state, save_checkpoint, segment_rows_path)
+from landscope.trajectory.rundir import (
+    checkpoint_path,
+    checkpoint_valid,
+    diverged_path,
+    load_checkpoint,
+    read_divergence,
+    restore_state,
+    save_checkpoint,
+    segment_rows_path,
+)
 
 log = logging.getLogger("landscope")
 
