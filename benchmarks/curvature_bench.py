@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from landscope import settings
 from landscope.config import load_study
@@ -43,7 +44,8 @@ from landscope.measures import curvature as cv
 from landscope.measures import flatness as fl
 from landscope.measures import hvp as hvps
 from landscope.problem.build import build_problem
-from landscope.problem.data import locate_fashion
+from landscope.problem.evaluate import flatten, restoring_parameters, trainable_parameters
+from landscope.problem.sources import locate_fashion
 
 OUT = Path(__file__).parent / "out" / "curvature.json"
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
@@ -135,9 +137,9 @@ def estimator_costs(problem, x, y, s: dict) -> tuple[list[dict], dict]:
     extra["power_iteration"] = {"lambda": lam_power[0], "products": lam_power[1]}
     add("checkpoint total (measure_operator, SGD)", lambda o: cv.measure_operator(o, s))
 
-    params = fl.trainable(model)
-    x0 = torch.cat([p.detach().reshape(-1).to("cpu", torch.float64) for p in params])
-    with fl.restoring(model):
+    params = trainable_parameters(model)
+    x0 = flatten(params, "cpu")
+    with restoring_parameters(model):
         if s["flatness_directions"] > 0:
             gen = torch.Generator().manual_seed(int(s["seed"]) + 2)
             dirs = [fl.filter_normalized_direction(params, gen) for _ in range(s["flatness_directions"])]
@@ -190,8 +192,8 @@ def unit_costs(spec, samples: int, seed: int = 0) -> dict:
     hvp = (time.perf_counter() - t0) / 2
     grad_fn = fl.model_loss(problem.model, problem.loss_fn, x, y, grad=True)
     loss_fn = fl.model_loss(problem.model, problem.loss_fn, x, y)
-    x0 = hvps.flat_parameters(problem.model)
-    with fl.restoring(problem.model):
+    x0 = flatten(trainable_parameters(problem.model))
+    with restoring_parameters(problem.model):
         t0 = time.perf_counter()
         loss_fn(x0)
         fwd = time.perf_counter() - t0
@@ -203,8 +205,6 @@ def unit_costs(spec, samples: int, seed: int = 0) -> dict:
 
 def other_models(threads: int) -> dict:
     """unit_costs of the default study's models whose curvature is off (skipped when data is missing)."""
-    import yaml
-
     raw = yaml.safe_load(CONFIG.read_text())
     raw.update(device="cpu", torch_threads=threads)
     study = load_study(raw)
@@ -216,7 +216,8 @@ def other_models(threads: int) -> dict:
         for r in study.experiments[exp].runs:
             name = label or r.model["name"]
             try:
-                out[name] = {**unit_costs(r, settings.CURVATURE_DEFAULTS["eval_samples"]), "experiment": exp, "run": r.run}
+                out[name] = {**unit_costs(r, settings.CURVATURE_DEFAULTS["eval_samples"]), "experiment": exp,
+                             "run": r.run}
             except (FileNotFoundError, ValueError, RuntimeError) as err:
                 out[name] = {"skipped": str(err)}
     return out
@@ -258,7 +259,7 @@ def print_report(r: dict) -> None:
     if llc:
         print(f"\nSGLD LLC: mean {llc['mean']:.4g}, std over chains {llc['std']:.3g}, chains "
               + ", ".join(f"{v:.4g}" for v in llc["per_chain"])
-              + f"; drift per chain " + ", ".join(f"{v:.3g}" for v in llc["drifts"])
+              + "; drift per chain " + ", ".join(f"{v:.3g}" for v in llc["drifts"])
               + f"; split R-hat {llc['rhat']:.3g}; step {llc['step_size']:.3g} (lambda_max {llc['lambda_max']:.4g}), "
               f"{llc['steps']} steps ({llc['relax_steps']:.4g} per relaxation), equilibrated {llc['equilibrated']}"
               + (f"; {llc['note']}" if llc["note"] else ""))

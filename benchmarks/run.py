@@ -334,8 +334,8 @@ class RecordingConnection:
         self._con, self._log = con, log
 
     def sql(self, query, params=None, **kw):
-        caller = next((f"{Path(fr.filename).stem}.{fr.function}" for fr in inspect.stack()[1:]
-                       if "landscope" in fr.filename and "report" in Path(fr.filename).stem
+        caller = next((f"report.{Path(fr.filename).stem}.{fr.function}" for fr in inspect.stack()[1:]
+                       if "landscope" in fr.filename and Path(fr.filename).parent.name == "report"
                        and not fr.function.startswith("_")), "?")
         self._log.append((caller, query, params))
         return self._con.sql(query, params=params, **kw)
@@ -378,7 +378,7 @@ def bench_f(args) -> list[dict]:
     if (real / "tables" / "condition_summary").is_dir() and not args.quick:
         results = real
         experiment = min(p.name.split("=", 1)[1] for p in (real / "tables" / "condition_summary").iterdir())
-        runs, where = None, f"{real} (experiment {experiment})"
+        runs, where = None, f"the study's results (experiment {experiment})"
     else:
         results = tmp / "results"
         experiment, runs = synthetic_results(results, args.quick)

@@ -141,7 +141,8 @@ def stage_conditions(results: str, points: int, seeds: int, steps: int) -> None:
 
 
 def stage_report(results: str, points: int, seeds: int, steps: int) -> None:
-    from landscope.report.page import write_experiment_report, write_index
+    from landscope.report.index import write_index
+    from landscope.report.page import write_experiment_report
 
     exp = study(points, seeds, steps)
     write_experiment_report(results, "scale", Path(results).parent / "scale.html",

@@ -7,7 +7,7 @@
 A model factory receives the config's keyword arguments plus ``in_features`` (the size of one
 flattened input) and ``n_classes``; it returns a ``torch.nn.Module`` whose output for a batch is
 what the loss expects (class logits for ``cross_entropy``). A dataset factory receives the config's
-keyword arguments and returns ``(x, y)`` tensors (or a ``landscope.data.Dataset``). Keep both
+keyword arguments and returns ``(x, y)`` tensors (or a ``landscope.problem.dataset.Dataset``). Keep both
 deterministic: landscope seeds torch before building the model, and the data must come out the
 same in every job process.
 """

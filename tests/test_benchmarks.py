@@ -120,8 +120,8 @@ def test_hull_heatmap_equals_brute_force_duckdb_grid():
 def test_batched_losses_at_x_k_equal_per_step_ones(tmp_path, spec_factory):
     spec = spec_factory(model={"name": "mlp", "width": 8}, steps=20, snapshot_every=20, eval_batch_size=40)
     problem = build.build_problem(spec)  # 40 // 16 = 2 steps per chunk: several chunks
-    batched = replay._losses_at(problem, problem.model, range(3, 20))
-    single = torch.stack([replay._loss_at(problem, problem.model, s) for s in range(3, 20)])
+    batched = replay.losses_at(problem, problem.model, range(3, 20))
+    single = torch.stack([replay.loss_at(problem, problem.model, s) for s in range(3, 20)])
     assert torch.allclose(batched, single, rtol=1e-6, atol=0)
     # and by hand: mean cross-entropy of step 7's batch
     idx = build.batch_indices(200, 16, 0, 7)
@@ -161,9 +161,9 @@ def test_batch_mixing_model_falls_back_to_per_step_losses(tmp_path, spec_factory
     problem = build.build_problem(spec)
     problem.model.load_state_dict(torch.load(ckpt / "minimizer.pt", weights_only=True)["model"])
     problem.model.eval()
-    expected = [replay._loss_at(problem, problem.model, s).item() for s in range(8)]
+    expected = [replay.loss_at(problem, problem.model, s).item() for s in range(8)]
     assert np.allclose(steps["batch_loss_at_min"].to_numpy(), expected, rtol=1e-6)
-    batched = replay._losses_at(problem, problem.model, range(8))  # what batching would have given
+    batched = replay.losses_at(problem, problem.model, range(8))  # what batching would have given
     assert not np.allclose(batched.numpy(), expected, rtol=1e-3)
 
 

@@ -151,15 +151,16 @@ def test_probe_sees_errors_missing_charts_and_network_requests(tmp_path):
 
 def test_report_pages_render_in_chromium(tiny_results, tmp_path):  # noqa: F811 (fixture)
     """An experiment page and the index, written by the report module from a real run."""
-    from landscope.report import page as report
+    from landscope.report import index as index_page
+    from landscope.report import page as experiment_page
 
     chromium()
     pages = tmp_path / "reports"
     work = tmp_path / "work"
     pages.mkdir()
     work.mkdir()
-    report.write_experiment_report(tiny_results, "tiny", pages / "tiny.html", title="tiny")
-    report.write_index(tiny_results, ["tiny"], pages / "index.html")
+    experiment_page.write_experiment_report(tiny_results, "tiny", pages / "tiny.html", title="tiny")
+    index_page.write_index(tiny_results, ["tiny"], pages / "index.html")
     got = assert_renders(pages / "tiny.html", work, min_charts=5)
     assert {"heat", "loss", "gnorm", "angle", "aiming"} <= got["drawn"]
     assert_renders(pages / "index.html", work)

@@ -12,9 +12,10 @@ import pytest
 from conftest import make_study, run_pipeline
 
 from landscope import cli
-from landscope.problem import data
+from landscope.problem import sources
+from landscope.problem.registry import DATASETS
 
-FASHION_SYSTEM = Path(data.FASHION_SYSTEM_DIR)
+FASHION_SYSTEM = Path(sources.FASHION_SYSTEM_DIR)
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +97,9 @@ def test_figures_writes_every_chart_of_the_page_as_svg_and_png(tiny_results, tmp
     from landscope.report import page as report
 
     con = store.connect(tiny_results)
-    charts = report.page_charts(con, "tiny", tiny_results)
+    sections = report.page_charts(con, "tiny", tiny_results)
     con.close()
-    expected = {cid: heading for cid, heading, chart in charts if chart is not None}
+    expected = {s.id: s.heading for s in sections if s.chart is not None}
     assert {"heat", "loss", "gnorm", "angle", "aiming"} <= set(expected)  # the run fills these tables
     assert any(cid.startswith("curv") for cid in expected)  # and the curvature tables
     rc, out, err = run(capsys, "figures", "--results", tiny_results, "--out", tmp_path / "svg", "tiny")
@@ -147,7 +148,7 @@ def test_figures_of_an_unknown_experiment_names_the_known_ones(tiny_results, tmp
 
 # ----------------------------------------------------------------------------------- data
 def test_every_builtin_dataset_has_a_source():
-    assert set(data.SOURCES) == set(data.BUILTIN)
+    assert set(sources.SOURCES) == set(DATASETS)
 
 
 def _list_rows(text: str) -> dict[str, tuple[str, str]]:
@@ -165,7 +166,7 @@ def test_data_list_says_where_each_dataset_is_or_how_to_get_it(tmp_path, capsys,
         (tmp_path / "ptb" / f"ptb.{split}.txt").write_text("a b c\n")
     rc, out, _ = run(capsys, "data", "list", "--data-dir", tmp_path)
     rows = _list_rows(out)
-    assert rc == 0 and set(rows) == set(data.BUILTIN)
+    assert rc == 0 and set(rows) == set(DATASETS)
     assert rows["ptb"] == ("yes", str(tmp_path / "ptb"))
     assert rows["digits"][0] == "yes" and rows["digits"][1].endswith("digits.csv.gz")
     available, where = rows["cifar10"]
@@ -186,7 +187,7 @@ def _write_idx(path: Path, dims: tuple[int, ...]) -> None:
 def _fake_fashion(folder: Path) -> Path:
     """Four well-formed IDX files that are not the official ones."""
     folder.mkdir(parents=True)
-    for stem in data.FASHION_SHA256:
+    for stem in sources.FASHION_SHA256:
         _write_idx(folder / f"{stem}.gz", (10, 28, 28) if "images" in stem else (10,))
     return folder
 
@@ -217,7 +218,7 @@ def test_data_fetch_fashion_from_a_url_verifies_before_it_lands(tmp_path, capsys
     assert rc == 0, err
     assert out.strip() == str(tmp_path / "d" / "fashion-mnist")
     assert sorted(p.name for p in (tmp_path / "d" / "fashion-mnist").iterdir()) == sorted(
-        f"{s}.gz" for s in data.FASHION_SHA256)
+        f"{s}.gz" for s in sources.FASHION_SHA256)
     rc, out, _ = run(capsys, "data", "check", "fashion_mnist", "--data-dir", tmp_path / "d")
     assert rc == 0 and out.startswith(f"fashion_mnist: ok: {tmp_path / 'd' / 'fashion-mnist'}")
 

@@ -7,8 +7,9 @@ import pytest
 import yaml
 from conftest import ROOT, SNAKEMAKE, make_study
 
-from landscope.config import load_schema, load_study
+from landscope.config import load_study
 from landscope.factories import ConfigError
+from landscope.settings import load_schema
 from landscope.spec import RunSpec
 
 BASE = {"model": {"name": "mlp"}, "dataset": {"name": "digits"}}
@@ -120,7 +121,7 @@ def test_bad_experiment_name():
 
 def test_missing_dataset_is_an_error_a_skip_or_deferred(tmp_path, monkeypatch):
     monkeypatch.setenv("LANDSCOPE_DATA", str(tmp_path))
-    monkeypatch.setattr("landscope.problem.data.FASHION_SYSTEM_DIR", str(tmp_path / "none"))
+    monkeypatch.setattr("landscope.problem.sources.FASHION_SYSTEM_DIR", str(tmp_path / "none"))
     exp = {"model": {"name": "mlp"}, "dataset": {"name": "fashion_mnist"}}
     with pytest.raises(ConfigError, match="apt-get install -y dataset-fashion-mnist"):
         load_study({"experiments": {"f": exp, "d": BASE}})

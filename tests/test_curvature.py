@@ -7,8 +7,10 @@ import torch
 from torch import nn
 
 from landscope import settings
+from landscope.config import validate
 from landscope.measures import curvature as cv
 from landscope.measures import hvp
+from landscope.problem.evaluate import flatten, trainable_parameters
 
 F64 = torch.float64
 
@@ -196,7 +198,7 @@ def exact_hessian(model, x, y):
     """torch.autograd.functional.hessian of the mean loss on the flat parameters, in eval mode."""
     names = [n for n, _ in model.named_parameters()]
     shapes = [p.shape for p in model.parameters()]
-    flat = hvp.flat_parameters(model)
+    flat = flatten(trainable_parameters(model))
     was = model.training
     model.eval()
 
@@ -438,7 +440,7 @@ def exact_hessian_of(problem, idx):
         out = torch.func.functional_call(model, {n: c.reshape(s) for n, c, s in zip(names, chunks, shapes)}, (x,))
         return problem.loss_fn(model, out, y).double().mean()
 
-    return torch.autograd.functional.hessian(f, hvp.flat_parameters(model).float(), vectorize=True).double()
+    return torch.autograd.functional.hessian(f, flatten(trainable_parameters(model)).float(), vectorize=True).double()
 
 
 @pytest.mark.parametrize("raw, needle", [
@@ -450,6 +452,18 @@ def exact_hessian_of(problem, idx):
 def test_bad_curvature_settings_are_named(raw, needle):
     with pytest.raises(ValueError, match=needle):
         settings.curvature_settings(raw)
+
+
+def test_section_defaults_come_from_the_schema_as_fresh_copies():
+    """One home: an empty section gets exactly what the config fills in for a missing one."""
+    exp = {"model": {"name": "mlp"}, "dataset": {"name": "digits"}}
+    full = validate({"experiments": {"t": exp}})["experiments"]["t"]
+    assert settings.curvature_settings({}) == full["curvature"] == settings.CURVATURE_DEFAULTS
+    assert settings.surfaces_settings({}) == full["surfaces"] == settings.SURFACES_DEFAULTS
+    assert settings.CURVATURE_DEFAULTS["lanczos_iters"] == 16 and settings.CURVATURE_DEFAULTS["llc_gamma"] == 100.0
+    fresh = settings.section_defaults("surfaces")
+    fresh["planes"].append("other")
+    assert settings.SURFACES_DEFAULTS["planes"] == ["random", "pca"] == settings.section_defaults("surfaces")["planes"]
 
 
 def test_measured_steps_keep_stride_last_and_minimizer():
@@ -506,18 +520,19 @@ def test_curvature_charts_on_synthetic_results(tmp_path):
     lines = rc.threshold_lines(con, "e").to_dicts()
     assert sorted({(r["point"], r["two_over_lr"]) for r in lines}) == [("lr-0.1", 20.0), ("lr-1", 2.0)]
     charts = rc.curvature_charts(con, "e")
-    assert [t for t, _, _ in charts] == ["Edge of stability", "Smallest eigenvalue", "Negative eigenvalues",
-                                         "Spectral density", "Trace", "Trace (Hutch++)", "Plateaus",
-                                         "Step length", "Sublevel radius", "Local learning coefficient"]
-    assert [c for _, _, c in charts[7:]] == [None] * 3  # no stationarity or flatness rows here
-    assert all(c is not None for _, _, c in charts[:7])
-    assert "2 plateau(s)" in charts[6][1] and "1 escaped" in charts[6][1] and "1 lasting" in charts[6][1]
-    assert len(charts[6][2].to_dict()["layer"]) == 3  # loss curve, plateau bars, escape markers
-    assert len(charts[3][2].to_dict()["concat"]) == 2  # one density panel per sweep point
-    assert "6 of 8 checkpoints (75%)" in charts[0][1]
-    sharp = charts[0][2].to_dict()
+    assert [s.heading for s in charts] == ["Edge of stability", "Smallest eigenvalue", "Negative eigenvalues",
+                                           "Spectral density", "Trace", "Trace (Hutch++)", "Plateaus",
+                                           "Step length", "Sublevel radius", "Local learning coefficient"]
+    assert [s.chart for s in charts[7:]] == [None] * 3  # no stationarity or flatness rows here
+    assert all(s.chart is not None for s in charts[:7])
+    plateaus = charts[6].caption
+    assert "2 plateau(s)" in plateaus and "1 escaped" in plateaus and "1 lasting" in plateaus
+    assert len(charts[6].chart.to_dict()["layer"]) == 3  # loss curve, plateau bars, escape markers
+    assert len(charts[3].chart.to_dict()["concat"]) == 2  # one density panel per sweep point
+    assert "6 of 8 checkpoints (75%)" in charts[0].caption
+    sharp = charts[0].chart.to_dict()
     assert len(sharp["layer"]) == 3 and sharp["layer"][0]["encoding"]["y"]["scale"]["type"] == "log"
-    assert rc.curvature_charts(con, "other")[0][2] is None  # no rows: no chart, no error
+    assert rc.curvature_charts(con, "other")[0].chart is None  # no rows: no chart, no error
 
 
 def test_density_curves_of_synthetic_spectrum(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from landscope.problem import data
+from landscope.problem import data, sources
 
 
 def write_idx(path, array: np.ndarray, gz: bool):
@@ -31,8 +31,8 @@ def fake_fashion(tmp_path, monkeypatch):
         hashes[f"{prefix}-labels-idx1-ubyte"] = write_idx(root / f"{prefix}-labels-idx1-ubyte", labs, False)
         if prefix == "train":
             expected = (imgs, labs)
-    monkeypatch.setattr(data, "FASHION_SHA256", hashes)
-    monkeypatch.setattr(data, "FASHION_SYSTEM_DIR", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(sources, "FASHION_SHA256", hashes)
+    monkeypatch.setattr(sources, "FASHION_SYSTEM_DIR", str(tmp_path / "nowhere"))
     return tmp_path, expected
 
 
@@ -43,15 +43,15 @@ def test_fashion_idx_loader_reads_gz_and_plain(fake_fashion, monkeypatch):
     assert ds.x.shape == (30, 784) and ds.y.dtype == torch.long
     np.testing.assert_allclose(ds.x.numpy(), imgs[:30].reshape(30, -1) / 255.0, rtol=1e-6)
     assert ds.y.tolist() == labs[:30].tolist()
-    assert data.availability_problem({"name": "fashion_mnist"}, None) is None
+    assert sources.availability_problem({"name": "fashion_mnist"}, None) is None
 
 
 def test_fashion_hash_mismatch_and_truncation_are_reported(fake_fashion, monkeypatch):
     base, _ = fake_fashion
     monkeypatch.setenv("LANDSCOPE_DATA", str(base))
-    bad = dict(data.FASHION_SHA256)
+    bad = dict(sources.FASHION_SHA256)
     bad["train-labels-idx1-ubyte"] = "0" * 64
-    monkeypatch.setattr(data, "FASHION_SHA256", bad)
+    monkeypatch.setattr(sources, "FASHION_SHA256", bad)
     with pytest.raises(ValueError, match="SHA-256 .* expected 0000"):
         data.fashion_mnist()
     path = base / "fashion-mnist" / "train-labels-idx1-ubyte"
@@ -61,14 +61,14 @@ def test_fashion_hash_mismatch_and_truncation_are_reported(fake_fashion, monkeyp
 
 
 def test_missing_fashion_says_where_and_how(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "FASHION_SYSTEM_DIR", str(tmp_path / "sys"))
+    monkeypatch.setattr(sources, "FASHION_SYSTEM_DIR", str(tmp_path / "sys"))
     monkeypatch.delenv("LANDSCOPE_DATA", raising=False)
     with pytest.raises(FileNotFoundError, match=r"looked in: .*sys.*apt-get install -y dataset-fashion-mnist"):
         data.fashion_mnist(data_dir=str(tmp_path / "mine"))
 
 
 def test_real_fashion_hashes_when_installed():
-    where = data.locate_fashion(None)
+    where = sources.locate_fashion(None)
     if where is None:
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
     ds = data.fashion_mnist()

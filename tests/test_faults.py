@@ -22,6 +22,7 @@ from conftest import EXPLODING_MODULE, ROOT, make_study, run_pipeline
 
 from landscope import store
 from landscope.measures import conditions
+from landscope.report import index as index_page
 from landscope.report import page as report
 from landscope.trajectory import replay, rundir, snapshot, train
 
@@ -139,7 +140,7 @@ def test_diverged_run_shows_in_the_report_while_the_others_finish(tmp_path, monk
     page = report.write_experiment_report(results, "t", tmp_path / "t.html",
                                           runs=[r.run for r in exp.runs]).read_text()
     assert "lr-50.0_seed-0" in page and "diverged" in page and "completed" in page
-    index = report.write_index(results, ["t"], tmp_path / "index.html").read_text()
+    index = index_page.write_index(results, ["t"], tmp_path / "index.html").read_text()
     assert "no measured run (diverged?)" in index
     assert index.count("<tr>") >= 3  # header and both points
     assert step is not None and 0 <= step < 40

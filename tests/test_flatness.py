@@ -8,7 +8,8 @@ from torch import nn
 
 from landscope import settings as section_settings
 from landscope.measures import flatness as fl
-from landscope.measures import hvp, plateaus
+from landscope.measures import plateaus
+from landscope.problem.evaluate import flatten, restoring_parameters, trainable_parameters
 
 F64 = torch.float64
 
@@ -82,9 +83,9 @@ def test_radius_on_linear_regression_matches_closed_form():
 
     w0 = model.weight.detach().reshape(-1).clone()
     gen = torch.Generator().manual_seed(1)
-    dirs = [fl.filter_normalized_direction(fl.trainable(model), gen) for _ in range(5)]
+    dirs = [fl.filter_normalized_direction(trainable_parameters(model), gen) for _ in range(5)]
     eps = 0.05
-    with fl.restoring(model):
+    with restoring_parameters(model):
         f0, radii, capped = fl.flatness_radii(fl.model_loss(model, sq, x, y), w0, dirs, eps, 5.0, iters=40)
     assert torch.equal(model.weight.detach().reshape(-1), w0) and model.training  # restored
     a = x.T @ x / m
@@ -293,11 +294,7 @@ def test_curvature_run_writes_stationarity_and_flatness(spec_factory, tmp_path):
     from landscope import store
     from landscope.measures import curvature as cv
     from landscope.problem.build import build_problem
-    from landscope.trajectory.rundir import (
-        checkpoint_path,
-        load_checkpoint,
-        load_minimizer,
-    )
+    from landscope.trajectory.rundir import checkpoint_path, load_checkpoint, load_minimizer
 
     spec = spec_factory(steps=8, snapshot_every=4)
     results, ckpt, _ = run_pipeline(spec, tmp_path)
@@ -311,7 +308,7 @@ def test_curvature_run_writes_stationarity_and_flatness(spec_factory, tmp_path):
     pts = {}
     for step in (0, 4, 8):  # every checkpoint, not only the stride
         problem.model.load_state_dict(load_checkpoint(checkpoint_path(ckpt, step))["model"])
-        pts[step] = hvp.flat_parameters(problem.model)
+        pts[step] = flatten(trainable_parameters(problem.model))
     assert [(r["step"], r["next_step"]) for r in rows] == [(0, 4), (4, 8)]
     for r in rows:
         want = float((pts[r["next_step"]] - pts[r["step"]]).norm())
@@ -320,7 +317,7 @@ def test_curvature_run_writes_stationarity_and_flatness(spec_factory, tmp_path):
         assert r["tail_checkpoints"] == 1 and r["tail_spread"] == 0.0  # steps >= 6: only 8
     mini = load_minimizer(ckpt / "minimizer.pt")
     problem.model.load_state_dict(mini["model"])
-    x_k = hvp.flat_parameters(problem.model)
+    x_k = flatten(trainable_parameters(problem.model))
     assert rows[0]["dist_xk_x0"] == pytest.approx(float((x_k - pts[0]).norm()), rel=1e-12)
 
     (f,) = con.sql("SELECT * FROM flatness").pl().to_dicts()
@@ -408,12 +405,12 @@ def test_flatness_charts_on_synthetic_results(tmp_path):
     # seed 0: 3 (one chain: no spread), seed 1: 5 ± 0.5
     assert (r["mean"], r["lo"], r["hi"]) == (pytest.approx(4.0), pytest.approx(3.0), pytest.approx(5.5))
     charts = rc.curvature_charts(con, "e")
-    titles = [t for t, _, _ in charts]
+    titles = [s.heading for s in charts]
     assert titles[-3:] == ["Step length", "Sublevel radius", "Local learning coefficient"]
-    assert all(c is not None for _, _, c in charts[-3:])
-    spec = charts[-2][2].to_dict()
+    assert all(s.chart is not None for s in charts[-3:])
+    spec = charts[-2].chart.to_dict()
     assert len(spec["layer"]) == 2 and spec["layer"][0]["mark"]["type"] == "rule"
-    assert charts[-3][2].to_dict()["layer"][1]["encoding"]["y"]["scale"]["type"] == "log"
+    assert charts[-3].chart.to_dict()["layer"][1]["encoding"]["y"]["scale"]["type"] == "log"
 
 
 # ----------------------------------------------------------------------------------- plateaus
@@ -440,7 +437,8 @@ def synthetic_curve(seed: int = 0):
 
 def test_plateau_escape_on_a_synthetic_loss_curve():
     steps, loss, grad = synthetic_curve()
-    events = plateaus.plateau_events(steps, loss, grad, window=50, min_windows=3, flat_tol=0.02, grad_tol=0.25, drop=0.1)
+    events = plateaus.plateau_events(steps, loss, grad, window=50, min_windows=3, flat_tol=0.02, grad_tol=0.25,
+                                     drop=0.1)
     assert len(events) == 2
     first, last = events
     assert (first["start_step"], first["end_step"]) == (200, 599)  # blocks 4..11 exactly

@@ -9,7 +9,17 @@ import pytest
 import torch
 from torch import nn
 
-from landscope.problem.evaluate import measurement_mode
+from landscope.problem.evaluate import (
+    Accuracy,
+    evaluation_mode,
+    flatten,
+    loss_and_accuracy,
+    measurement_mode,
+    restoring_modes,
+    restoring_parameters,
+    trainable_parameters,
+    write_flat,
+)
 from landscope.problem.models import (
     LOSSES,
     batchnorm_modules,
@@ -230,6 +240,92 @@ def test_measurement_mode_leaves_batchnorm_buffers_alone():
     m.train()
     m(torch.randn(5, 3, 8, 8))
     assert not torch.equal(before["prep.1.running_mean"], m.state_dict()["prep.1.running_mean"])
+
+
+# ----------------------------------------------------------------------------------- flat vectors, modes
+def mixed_model():
+    """Linear(2, 2) in float32 with weight [[0.1, 0.2], [0.3, 0.4]] and a frozen bias [5, 6], then
+    batch-norm over 2 features in float64 (weight [7, 8], bias [9, 10])."""
+    m = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2).double())
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([[0.1, 0.2], [0.3, 0.4]]))
+        m[0].bias.copy_(torch.tensor([5.0, 6.0]))
+        m[1].weight.copy_(torch.tensor([7.0, 8.0]))
+        m[1].bias.copy_(torch.tensor([9.0, 10.0]))
+    m[0].bias.requires_grad_(False)
+    return m
+
+
+def test_flatten_is_the_trainable_parameters_in_float64_and_write_flat_inverts_it():
+    m = mixed_model()
+    params = trainable_parameters(m)
+    assert [tuple(p.shape) for p in params] == [(2, 2), (2,), (2,)]  # the frozen bias is left out
+    w = flatten(params)
+    f32 = [float(torch.tensor(v, dtype=torch.float32)) for v in (0.1, 0.2, 0.3, 0.4)]  # 0.1f = 0.10000000149...
+    assert w.dtype == torch.float64 and w.tolist() == f32 + [7.0, 8.0, 9.0, 10.0]
+    assert f32[0] != 0.1  # the float32 value itself, converted exactly, not re-rounded
+    w[0] = 123.0
+    assert float(m[0].weight.detach()[0, 0]) == f32[0]  # a copy
+    write_flat(params, torch.arange(8, dtype=torch.float64) + 0.5)
+    assert m[0].weight.dtype == torch.float32 and m[0].weight.tolist() == [[0.5, 1.5], [2.5, 3.5]]
+    assert m[1].weight.tolist() == [4.5, 5.5] and m[1].bias.tolist() == [6.5, 7.5]
+    assert m[0].bias.tolist() == [5.0, 6.0]  # frozen: untouched
+    assert flatten(params, "cpu").tolist() == [0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5]
+
+
+def test_restoring_modes_brings_back_every_flag_even_after_an_error():
+    m = mixed_model()
+    m.train()
+    m[0].eval()
+    with pytest.raises(RuntimeError), restoring_modes(m):
+        m.eval()
+        m[1].train()
+        m[1].track_running_stats = False
+        raise RuntimeError("inside")
+    assert [m.training, m[0].training, m[1].training] == [True, False, True] and m[1].track_running_stats
+    with evaluation_mode(m):
+        assert not any(mod.training for mod in m.modules())
+    with measurement_mode(m):
+        assert m[1].training and not m[1].track_running_stats and not m.training
+    assert [m.training, m[0].training, m[1].training] == [True, False, True] and m[1].track_running_stats
+
+
+def test_restoring_parameters_puts_back_the_trainable_parameters_and_modes():
+    m = mixed_model()
+    m.train()
+    before = flatten(trainable_parameters(m))
+    with restoring_parameters(m):
+        assert not m.training and not m[1].training
+        write_flat(trainable_parameters(m), torch.zeros(8, dtype=torch.float64))
+        assert flatten(trainable_parameters(m)).abs().sum() == 0
+    assert torch.equal(flatten(trainable_parameters(m)), before) and m.training and m[1].training
+
+
+def test_accuracy_rule_for_signs_tokens_and_regression():
+    signs = Accuracy(torch.tensor([1.0, -1.0, -1.0, 1.0]))
+    signs.add(torch.tensor([0.5, -1.0]), torch.tensor([1.0, -1.0]))  # both right
+    signs.add(torch.tensor([2.0, -3.0]), torch.tensor([-1.0, 1.0]))  # both wrong
+    assert signs.value(4) == 0.5
+    tokens = torch.tensor([[0, 1, 2], [2, 2, 2]])  # (sequences, tokens)
+    acc = Accuracy(tokens)
+    out = nn.functional.one_hot(torch.tensor([[0, 1, 0], [2, 0, 0]]), 3).double()  # 2/3 and 1/3 right
+    acc.add(out, tokens)
+    assert acc.value(2) == pytest.approx(0.5, abs=1e-15)
+    regression = Accuracy(torch.tensor([0.3, 2.0]))
+    regression.add(torch.tensor([0.3, 2.0]), torch.tensor([0.3, 2.0]))
+    assert math.isnan(regression.value(2))
+
+
+def test_loss_and_accuracy_sums_chunks_in_float64_in_evaluation_mode():
+    m = nn.Sequential(nn.Dropout(0.9), nn.Linear(1, 1, bias=False)).double()
+    with torch.no_grad():
+        m[1].weight.fill_(2.0)
+    m.train()
+    x = torch.tensor([[1.0], [2.0], [3.0], [4.0], [5.0]], dtype=torch.float64)
+    y = torch.zeros(5, 1, dtype=torch.float64)
+    sq = lambda model, out, t: ((out - t) ** 2).squeeze(-1)  # noqa: E731
+    loss, acc = loss_and_accuracy(m, sq, x, y, chunk=2)  # dropout off: outputs 2, 4, .., 10
+    assert loss == (4 + 16 + 36 + 64 + 100) / 5 and math.isnan(acc) and m.training
 
 
 def test_tied_weights_survive_state_dict_roundtrip_and_deepcopy():

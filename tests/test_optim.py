@@ -11,15 +11,9 @@ import math
 import pytest
 import torch
 
-from landscope.config import load_schema, validate
-from landscope.problem.optim import (
-    OPTIMIZER_DEFAULTS,
-    OPTIMIZERS,
-    SCHEDULE_DEFAULTS,
-    SCHEDULES,
-    lr_at,
-    make_optimizer,
-)
+from landscope.config import validate
+from landscope.problem.optim import OPTIMIZER_DEFAULTS, OPTIMIZERS, SCHEDULE_DEFAULTS, SCHEDULES, lr_at, make_optimizer
+from landscope.settings import load_schema
 
 X0 = [1.0, -2.0]
 
@@ -76,12 +70,38 @@ def close(got, want):
 
 # ----------------------------------------------------------------------------------- config
 def test_code_defaults_are_the_schema_defaults():
+    """The defaults are read from the schema (no copy to keep equal); the names are a Python copy of its enums."""
     props = load_schema()["$defs"]["experiment"]["properties"]
     opt, sched = props["optimizer"]["properties"], props["schedule"]["properties"]
     assert {k: v["default"] for k, v in opt.items()} == OPTIMIZER_DEFAULTS
     assert {k: v["default"] for k, v in sched.items()} == SCHEDULE_DEFAULTS
+    assert OPTIMIZER_DEFAULTS["betas"] == [0.9, 0.999] and OPTIMIZER_DEFAULTS["eps"] == 1e-8
+    assert SCHEDULE_DEFAULTS["final_div_factor"] == 10000.0 and SCHEDULE_DEFAULTS["anneal_strategy"] == "cos"
     assert tuple(opt["name"]["enum"]) == OPTIMIZERS
     assert tuple(sched["name"]["enum"]) == SCHEDULES
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_optimizer_key_the_code_reads_has_a_schema_default(name):
+    """Built from the name alone, every other key comes from OPTIMIZER_DEFAULTS (a key the schema
+    lacks would be a KeyError); one step of plain descent-like motion from x_0 follows."""
+    p = torch.nn.Parameter(torch.tensor(X0, dtype=torch.float64))
+    opt = make_optimizer({"name": name}, [p])
+    loss = 0.5 * (3 * p[0] ** 2 + p[1] ** 2)
+    loss.backward()
+    if hasattr(opt, "set_batch_info"):
+        opt.set_batch_info(loss.detach(), torch.tensor(0.0, dtype=torch.float64))
+    opt.step()
+    assert f(p.detach().tolist()) < f(X0)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_every_schedule_key_the_code_reads_has_a_schema_default(name):
+    """lr_at with the name alone: the defaults give lr at step 0 for all but onecycle (lr / 25) and a
+    last step of at most lr."""
+    lrs = [lr_at({"lr": 1.0}, {"name": name}, 10, k) for k in range(10)]
+    assert lrs[0] == pytest.approx(1.0 / 25.0 if name == "onecycle" else 1.0)
+    assert 0.0 <= lrs[-1] <= 1.0
 
 
 def test_config_accepts_the_new_names_and_fills_their_keys():

@@ -1,5 +1,6 @@
 """The whole DAG on config/smoke.yaml: tables, SQL, reports, and exact re-run behaviour."""
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -11,6 +12,9 @@ import yaml
 from conftest import LANDSCOPE, ROOT, run_snakemake
 from conftest import landscope_sql as sql
 
+from landscope.config import load_study
+from landscope.spec import ExperimentSpec, RunSpec
+
 SMOKE = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
 
 
@@ -20,6 +24,20 @@ def snakemake(workdir: Path, *args, config: Path | None = None, check=True):
 
 def landscope_sql(workdir: Path, query: str, fmt="json"):
     return sql(workdir / "results", query, fmt)
+
+
+def test_specs_cross_the_snakemake_boundary_through_to_dict_and_from_dict():
+    """What common.smk hands a job (``to_dict``, then JSON as Snakemake's params travel) comes back as the
+    same spec (``from_dict``); ``raw`` stays behind (each rule gets the slice of it that it reads)."""
+    study = load_study(SMOKE)
+    for exp in study.experiments.values():
+        d = json.loads(json.dumps(exp.to_dict()))
+        assert list(d) == ["name", "title", "conditions", "sweep_keys", "runs"]  # the params common.smk passed
+        back = ExperimentSpec.from_dict(d)
+        assert back == dataclasses.replace(exp, raw={}) and back.runs == exp.runs and exp.raw
+        for run in exp.runs:
+            assert RunSpec.from_dict(json.loads(json.dumps(run.to_dict()))) == run
+    assert sum(len(e.runs) for e in study.experiments.values()) == 4
 
 
 @pytest.fixture(scope="module")

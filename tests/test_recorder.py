@@ -11,16 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import (
-    PYTHON,
-    ROOT,
-    landscope_sql,
-    make_study,
-    run_pipeline,
-    run_snakemake,
-)
+from conftest import PYTHON, ROOT, landscope_sql, make_study, run_pipeline, run_snakemake
 
-from landscope.trajectory import replay, rundir, snapshot
+from landscope.trajectory import replay, rundir, snapshot, train
 
 EXP = {"model": {"name": "mlp", "width": 16, "depth": 2}, "dataset": {"name": "digits", "n_train": 256},
        "optimizer": {"name": "sgd", "lr": 0.2, "momentum": 0.9}, "batch_size": 16, "steps": 24,
@@ -35,10 +28,8 @@ def _specs():
 
 def _measure_recorded(spec, results):
     """What the pipeline does with a recorded run: import, snapshot, x_K, replay every segment."""
-    from landscope.trajectory import record
-
     ckpt = rundir.checkpoint_dir(results, spec.experiment, spec.run)
-    record.finish_recording(spec, ckpt, results)
+    train.finish_recording(spec, ckpt, results)
     snaps = snapshot.snapshot_run(spec, ckpt, results)
     snapshot.select_minimizer(spec, ckpt, snaps, ckpt / "minimizer.pt", results)
     drifts = [replay.replay_segment(spec, ckpt, ckpt / "minimizer.pt", j, results)["drift"]
@@ -176,7 +167,7 @@ def test_misuse_is_refused_with_the_fix(tmp_path):
     from landscope import Recorder
     from landscope.factories import ConfigError
     from landscope.problem.models import build_model
-    from landscope.trajectory.record import RecordingError
+    from landscope.trajectory.rundir import RecordingError
 
     trained, spec = _specs()
     res = tmp_path / "results"
@@ -208,12 +199,20 @@ def test_misuse_is_refused_with_the_fix(tmp_path):
 
 
 def test_a_recorded_run_without_its_recording_says_how_to_make_it(tmp_path):
-    from landscope.trajectory.record import finish_recording
+    from landscope.problem.build import build_problem
     from landscope.trajectory.rundir import CheckpointError
+    from landscope.trajectory.train import finish_recording
 
     _, spec = _specs()
     with pytest.raises(CheckpointError, match="run your training loop with landscope.Recorder first"):
         finish_recording(spec, tmp_path / "ckpt", tmp_path / "results")
+    # built without its recording, the run has a model but no batch order: a replay must attach it
+    problem = build_problem(spec)
+    assert problem.n_params == 64 * 16 + 16 + 16 * 10 + 10
+    with pytest.raises(RuntimeError, match=r"t/seed-3 has source: recorded.*attach_recording"):
+        problem.batch(0)
+    with pytest.raises(CheckpointError, match="run your training loop with landscope.Recorder first"):
+        replay.attach_recording(problem, tmp_path / "ckpt")
 
 
 @pytest.mark.slow

@@ -20,7 +20,9 @@ import vl_convert
 
 from landscope import store
 from landscope.report import base as report_base
-from landscope.report import page as report
+from landscope.report import conditions
+from landscope.report import index as index_page
+from landscope.report import page as experiment_page
 
 EXP = "demo"
 POINTS = {"width=128": (2.0, 3.75), "width=16": (1.0, 1.0)}  # point: (loss scale k_p, c); 128 written first
@@ -134,7 +136,7 @@ def test_natural_order():
 
 # ----------------------------------------------------------------------------------- queries and charts
 def test_loss_curves_by_hand(con):
-    df = report.loss_curves(con, EXP)
+    df = conditions.loss_curves(con, EXP)
     stoch = df.filter(pl.col("kind") == report_base.STOCHASTIC)
     full = df.filter(pl.col("kind") == report_base.FULL)
     assert stoch.height == 2 * 300 and full.height == 2 * 4  # 300 steps < MAX_BINS: one bin per step
@@ -143,7 +145,7 @@ def test_loss_curves_by_hand(con):
     assert (r["lo"], r["mean"], r["hi"], r["n_runs"]) == pytest.approx((0.1, 0.15, 0.2, 2))
     r = _rows(full, point="width=128", step=100)  # 2 (1 + seed) / 101
     assert (r["lo"], r["mean"], r["hi"]) == pytest.approx((2 / 101, 3 / 101, 4 / 101))
-    spec = report.loss_chart(df).to_dict()
+    spec = conditions.loss_chart(df).to_dict()
     assert len(spec["layer"]) == 4  # band + line for each of stochastic and full batch
     assert all(layer["encoding"]["y"]["scale"]["type"] == "log" for layer in spec["layer"])
     assert sorted(len(d) for d in _datasets(spec)) == [8, 600]
@@ -157,14 +159,14 @@ def test_loss_binning_200k_rows(tmp_path):
         for seed in (0, 1):
             _write_run(results, "big", point, seed, steps, 1 + steps / 1000 * (1 + seed))
     with store.connect(results) as c:
-        df = report.loss_curves(c, "big")
+        df = conditions.loss_curves(c, "big")
     assert df.height == 2 * report_base.MAX_BINS and df["kind"].unique().to_list() == [report_base.STOCHASTIC]
     assert ((df["lo"] <= df["mean"]) & (df["mean"] <= df["hi"])).all()
     # bin 0 = steps 0..124, per-run mean 1 + 62/1000 (1 + seed); bin 1 starts at step 125
     r = _rows(df, point="width=8", step=0)
     assert (r["lo"], r["mean"], r["hi"]) == pytest.approx((1.062, 1.093, 1.124))
     assert _rows(df, point="width=64", step=125)["lo"] == pytest.approx(1 + 187 / 1000)
-    spec = report.loss_chart(df).to_dict()
+    spec = conditions.loss_chart(df).to_dict()
     assert max(len(d) for d in _datasets(spec)) <= report_base.MAX_ROWS
 
 
@@ -175,34 +177,34 @@ def test_loss_rows_capped_with_many_points(tmp_path):
     for w in range(30):
         _write_run(results, "many", f"width={w}", 0, steps, 1 / (1 + steps))
     with store.connect(results) as c:
-        df = report.loss_curves(c, "many")
+        df = conditions.loss_curves(c, "many")
     assert report_base.bins_per_point(30, series=2) == 5000 // 60 == 83
     assert df.height <= report_base.MAX_ROWS and df.filter(pl.col("point") == "width=3").height == 77  # 13 steps a bin
-    report.loss_chart(df).to_dict()  # Altair's row limit is not hit
+    conditions.loss_chart(df).to_dict()  # Altair's row limit is not hit
 
 
 def test_checkpoint_stats_by_hand(con):
-    aim = report.checkpoint_stat(con, EXP, "directions", "aiming_coef", "t.dist_to_min > 0")
+    aim = conditions.checkpoint_stat(con, EXP, "directions", "aiming_coef", "t.dist_to_min > 0")
     assert aim.height == 2 * 3  # the last checkpoint (x_K itself) is left out
     r = _rows(aim, point="width=16", step=200)
     assert (r["lo"], r["mean"], r["hi"]) == pytest.approx((-0.25, 0.125, 0.5))
-    cos = report.checkpoint_stat(con, EXP, "directions", "cos_angle", "t.dist_to_min > 0")
+    cos = conditions.checkpoint_stat(con, EXP, "directions", "cos_angle", "t.dist_to_min > 0")
     assert _rows(cos, point="width=128", step=0)["mean"] == pytest.approx(0.45)
-    mu = report.checkpoint_stat(con, EXP, "pl", "pl_log10_mu")
+    mu = conditions.checkpoint_stat(con, EXP, "pl", "pl_log10_mu")
     assert (_rows(mu, point="width=16", step=299)["lo"]) == pytest.approx(-3 - 2.99 - 1)
     with pytest.raises(ValueError):
-        report.checkpoint_stat(con, EXP, "pl", "no_such_column")
-    spec = report.aiming_chart(aim).to_dict()
+        conditions.checkpoint_stat(con, EXP, "pl", "no_such_column")
+    spec = conditions.aiming_chart(aim).to_dict()
     assert spec["layer"][-1]["mark"]["type"] == "rule"  # the zero line: below it Aiming fails
-    assert report.angle_chart(cos).to_dict()["layer"][0]["encoding"]["y"]["scale"]["domain"] == [-1, 1]
+    assert conditions.angle_chart(cos).to_dict()["layer"][0]["encoding"]["y"]["scale"]["domain"] == [-1, 1]
 
 
 def test_heatmap_by_hand(con):
-    grid, region = report.heatmap_grid(con, EXP), report.region_vertices(con, EXP)
+    grid, region = conditions.heatmap_grid(con, EXP), conditions.region_vertices(con, EXP)
     assert grid.height == 2 * 45  # pairs alpha >= beta + 0.1 of a 10x10 grid; NULL cells dropped
     assert grid.filter((pl.col("point") == "width=16") & (pl.col("min_t") >= 0)).height == 25
     assert grid.filter((pl.col("point") == "width=128") & (pl.col("min_t") >= 0)).height == 12
-    spec = report.heatmap_chart(grid, region).to_dict()
+    spec = conditions.heatmap_chart(grid, region).to_dict()
     assert sorted(len(d) for d in _datasets(spec)) == [4, 4, 45, 45]  # closed triangles: 4 vertices
     panels = spec["vconcat"][0]["hconcat"]
     assert [p["title"] for p in panels] == ["min T: width=16", "min T: width=128"]
@@ -211,7 +213,7 @@ def test_heatmap_by_hand(con):
     assert scale["domainMid"] == 0 and scale["domain"] == [-6.0, 8.0] and scale["clamp"] is True
     outline = spec["datasets"][panels[0]["layer"][1]["data"]["name"]]
     assert outline[0]["alpha"] == outline[-1]["alpha"] == 1.0 and outline[2]["beta"] == 4.0
-    strided = report.heatmap_grid(con, EXP, max_side=5)  # alpha, beta in {0, 2, 4, 6, 8}: 10 pairs a > b
+    strided = conditions.heatmap_grid(con, EXP, max_side=5)  # alpha, beta in {0, 2, 4, 6, 8}: 10 pairs a > b
     assert strided.filter(pl.col("point") == "width=16").height == 10
     assert set(strided["alpha"].to_list()) == {2.0, 4.0, 6.0, 8.0}
 
@@ -231,7 +233,7 @@ def _embedded_specs(page: str) -> list[dict]:
 
 
 def test_experiment_page(demo, tmp_path):
-    out = report.write_experiment_report(demo, EXP, tmp_path / "demo.html", title="Demo <b>bold</b>",
+    out = experiment_page.write_experiment_report(demo, EXP, tmp_path / "demo.html", title="Demo <b>bold</b>",
                                          notes="<script>alert(1)</script>")
     page = out.read_text()
     assert "Demo &lt;b&gt;bold&lt;/b&gt;" in page and "<b>bold</b>" not in page
@@ -251,13 +253,13 @@ def test_experiment_page(demo, tmp_path):
 
 
 def test_empty_experiment_page(demo, tmp_path):
-    page = report.write_experiment_report(demo, "nothing", tmp_path / "nothing.html").read_text()
+    page = experiment_page.write_experiment_report(demo, "nothing", tmp_path / "nothing.html").read_text()
     assert page.count("no data") == 6 and "<script" not in page
     assert "No condition summary yet" in page and "no provenance" in page
 
 
 def test_index(demo, tmp_path):
-    index = report.write_index(demo, [EXP, "nothing"], tmp_path / "index.html",
+    index = index_page.write_index(demo, [EXP, "nothing"], tmp_path / "index.html",
                                skipped={"later": "needs <gpu>"}).read_text()
     assert 'href="demo.html"' in index and 'href="nothing.html"' in index and "<script" not in index
     assert "needs &lt;gpu&gt;" in index
@@ -270,6 +272,6 @@ def test_index(demo, tmp_path):
 
 
 def test_chart_to_svg(con, tmp_path):
-    chart = report.grad_norm_chart(report.checkpoint_stat(con, EXP, "snapshots", "full_grad_norm"))
+    chart = conditions.grad_norm_chart(conditions.checkpoint_stat(con, EXP, "snapshots", "full_grad_norm"))
     path = report_base.chart_to_svg(chart, tmp_path / "g.svg")
     assert path.read_text().startswith("<svg")

@@ -2,13 +2,17 @@
 
 import hashlib
 import re
+import subprocess
+import sys
 
 import numpy as np
 import polars as pl
 import pytest
 
 from landscope import store
-from landscope.report import page as report
+from landscope.report import conditions, semantics
+from landscope.report import index as index_page
+from landscope.report import page as experiment_page
 
 
 def _write_fixture(results, experiment="ex<b>"):
@@ -71,7 +75,7 @@ def fixture_results(tmp_path_factory):
 def test_loss_curves_are_binned_and_banded(fixture_results):
     results, exp = fixture_results
     con = store.connect(results)
-    df = report.loss_curves(con, exp)
+    df = conditions.loss_curves(con, exp)
     stoch = df.filter(pl.col("kind") == "stochastic (binned)")
     assert len(df) <= 5000 and stoch["step"].n_unique() <= report_base.MAX_BINS + 1
     assert (stoch["lo"] <= stoch["mean"]).all() and (stoch["mean"] <= stoch["hi"]).all()
@@ -82,7 +86,7 @@ def test_loss_curves_are_binned_and_banded(fixture_results):
     first = stoch.filter((pl.col("point") == "width=16") & (pl.col("step") == 0)).row(0, named=True)
     assert first["lo"] == pytest.approx(seed0) and first["hi"] == pytest.approx(2 * seed0)
     assert first["mean"] == pytest.approx(1.5 * seed0)
-    spec = report.loss_chart(df).to_dict()
+    spec = conditions.loss_chart(df).to_dict()
     assert spec["layer"][0]["encoding"]["y"]["scale"]["type"] == "log"
 
 
@@ -91,7 +95,7 @@ def test_heatmap_spec(fixture_results):
     con = store.connect(results)
     grid = con.sql(f"SELECT * FROM ab_grid WHERE experiment = '{exp}'").pl()
     region = con.sql(f"SELECT * FROM ab_region WHERE experiment = '{exp}'").pl()
-    spec = report.heatmap_chart(grid, region, "width=16").to_dict()
+    spec = conditions.heatmap_chart(grid, region, "width=16").to_dict()
     datasets = spec["datasets"]
     sizes = sorted(len(v) for v in datasets.values())
     assert sizes == [4, 45]  # 45 cells with alpha >= beta + 0.1 on a 10x10 grid; triangle closed: 4 vertices
@@ -103,7 +107,7 @@ def test_heatmap_spec(fixture_results):
 
 def test_pages_are_self_contained_and_escaped(fixture_results, tmp_path):
     results, exp = fixture_results
-    page = report.write_experiment_report(results, exp, tmp_path / "e.html", title="Title <b>bold</b>").read_text()
+    page = experiment_page.write_experiment_report(results, exp, tmp_path / "e.html", title="Title <b>bold</b>").read_text()
     assert "Title &lt;b&gt;bold&lt;/b&gt;" in page and "<b>bold</b>" not in page
     assert not re.search(r"<script[^>]+src=", page)
     # loss, heatmaps and gradient norm have data; angle, Aiming and PL tables are empty here
@@ -111,17 +115,30 @@ def test_pages_are_self_contained_and_escaped(fixture_results, tmp_path):
     assert "1.234" in page  # alpha_min of width=16 in the summary table
     assert page.index("width=16") < page.index("width=128")  # natural order of sweep values
     assert "abc123" in page  # provenance
-    index = report.write_index(results, [exp], tmp_path / "index.html", skipped={"f": "<missing>"}).read_text()
+    index = index_page.write_index(results, [exp], tmp_path / "index.html", skipped={"f": "<missing>"}).read_text()
     assert 'href="ex&lt;b&gt;.html"' in index and "&lt;missing&gt;" in index
 
 
 def test_report_keeps_to_the_runs_of_the_current_config(fixture_results, tmp_path):
     results, exp = fixture_results
-    page = report.write_experiment_report(results, exp, tmp_path / "e.html",
+    page = experiment_page.write_experiment_report(results, exp, tmp_path / "e.html",
                                           runs=["width-16_seed-0", "width-16_seed-1"]).read_text()
     assert "width-16_seed-0" in page and "width-128_seed-0" not in page
-    full = report.write_experiment_report(results, exp, tmp_path / "f.html").read_text()
+    full = experiment_page.write_experiment_report(results, exp, tmp_path / "f.html").read_text()
     assert "width-128_seed-0" in full
+
+
+def test_a_page_without_analytic_runs_or_a_spectrum_imports_no_torch(fixture_results, tmp_path):
+    """torch (1-2 s of a report job) is imported only for the analytic examples' surfaces and the spectral
+    density; this page and the index need neither."""
+    results, exp = fixture_results
+    code = ("import sys; from landscope.report import index, page; "
+            f"page.write_experiment_report({str(results)!r}, {exp!r}, {str(tmp_path / 'e.html')!r}); "
+            f"index.write_index({str(results)!r}, [{exp!r}], {str(tmp_path / 'i.html')!r}); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False" and (tmp_path / "e.html").stat().st_size > 0
 
 
 # ----------------------------------------------------------------------------------- paper pages
@@ -220,21 +237,21 @@ def test_surface_grid_and_minimizer_set():
 
 def test_minimizer_comparison(analytic_results):
     with store.connect(analytic_results) as con:
-        summary = report.condition_summary(con, XK_EXP)
-        region = report.region_vertices(con, XK_EXP)
-    choices = report.minimizer_points(summary)
+        summary = conditions.condition_summary(con, XK_EXP)
+        region = conditions.region_vertices(con, XK_EXP)
+    choices = conditions.minimizer_points(summary)
     assert sorted(choices.values()) == ["<last>", "projection"]
-    assert report.region_shift_text(summary, choices) == ["<last> vs projection: smallest α +0.5, smallest β -2"]
-    spec = report.minimizer_region_chart(region, summary, choices).to_dict()
+    assert conditions.region_shift_text(summary, choices) == ["<last> vs projection: smallest α +0.5, smallest β -2"]
+    spec = conditions.minimizer_region_chart(region, summary, choices).to_dict()
     assert spec["title"]["text"] == "How the feasible (α, β) region moves with the choice of x_K"
     sizes = sorted(len(d) for d in spec["datasets"].values())
     assert sizes == [2, 8]  # two closed triangles (4 vertices each), two smallest-alpha corners
-    assert report.minimizer_comparison(summary.head(1), region) is None  # one choice: nothing to compare
+    assert conditions.minimizer_comparison(summary.head(1), region) is None  # one choice: nothing to compare
 
 
 def test_analytic_page_escapes_every_user_string(analytic_results, tmp_path):
     evil = "<script>alert(1)</script>"
-    page = report.write_experiment_report(
+    page = experiment_page.write_experiment_report(
         analytic_results, XK_EXP, tmp_path / "e.html", title=evil, figure=f"3 {evil}", scale_note=f"small {evil}",
         notes=evil, setup={"models": ["analytic"], "minimizers": ["projection", "last"], "f_i_star": ["exact"]}
     ).read_text()
@@ -253,42 +270,53 @@ def test_analytic_page_escapes_every_user_string(analytic_results, tmp_path):
 
 
 def test_semantics_items():
-    bn = report.semantics_items(["resnet18"], ["best"], [0.0])
+    bn = semantics.semantics_items(["resnet18"], ["best"], [0.0])
     text = " ".join(bn)
     assert "lowest full-batch loss" in text and "f<sub>i</sub>* = 0.0 for every sample" in text
     assert "statistics of that same batch" in text and "running statistics" in text
     assert "Dropout is switched off" in text and "token windows" not in text
-    lm = " ".join(report.semantics_items(["transformer_lm"], ["tail_average"], []))
+    lm = " ".join(semantics.semantics_items(["transformer_lm"], ["tail_average"], []))
     assert "same token windows" in lm and "BatchNorm" not in lm and "last quarter" in lm
     assert "not recorded" in lm
-    assert report.model_names(pl.DataFrame({"model": ['{"name": "lstm_lm"}', "mlp", None]})) == ["lstm_lm", "mlp"]
+    assert semantics.model_names(pl.DataFrame({"model": ['{"name": "lstm_lm"}', "mlp", None]})) == ["lstm_lm", "mlp"]
 
 
 def test_curvature_sections_only_with_rows(analytic_results, monkeypatch):
     import altair as alt
 
+    Section = report_base.Section
     with store.connect(analytic_results) as con:
         chart = alt.Chart(pl.DataFrame({"x": [1]})).mark_point().encode(x="x:Q")
-        monkeypatch.setattr(report, "curvature_charts",
-                            lambda con, e: [("Sharpness", "λ_max vs 2/lr", chart), ("Trace", "", None)])
-        monkeypatch.setattr(report, "plateau_section", lambda con, e: ("Plateaus", "2 plateaus", chart))
+        monkeypatch.setattr(experiment_page, "curvature_charts",
+                            lambda con, e: [Section("Sharpness", chart, "λ_max vs 2/lr"), Section("Trace")])
+        monkeypatch.setattr(experiment_page, "plateau_section", lambda con, e: Section("Plateaus", chart, "2 plateaus"))
         con.execute("CREATE OR REPLACE TEMP VIEW curvature AS SELECT 'other' AS experiment")
         con.execute("CREATE OR REPLACE TEMP VIEW plateaus AS SELECT 'other' AS experiment")
-        assert report.curvature_sections(con, XK_EXP) == []  # no rows for this experiment
+        assert experiment_page.curvature_sections(con, XK_EXP) == []  # no rows for this experiment
         # curvature off, plateaus (from the replay) present: the plateaus panel alone
         con.execute(f"CREATE OR REPLACE TEMP VIEW plateaus AS SELECT '{XK_EXP}' AS experiment")
-        assert report.curvature_sections(con, XK_EXP) == [("curva", "Plateaus", "2 plateaus", chart)]
+        assert experiment_page.curvature_sections(con, XK_EXP) == [Section("Plateaus", chart, "2 plateaus", "curva")]
         con.execute(f"CREATE OR REPLACE TEMP VIEW curvature AS SELECT '{XK_EXP}' AS experiment")
-        got = report.curvature_sections(con, XK_EXP)
-    assert [s[:3] for s in got] == [("curva", "Sharpness", "λ_max vs 2/lr"), ("curvb", "Trace", "")]
-    assert got[0][3] is chart and got[1][3] is None
-    html_text = report._captioned_sections(got)
+        got = experiment_page.curvature_sections(con, XK_EXP)
+    assert got == [Section("Sharpness", chart, "λ_max vs 2/lr", "curva"), Section("Trace", None, "", "curvb")]
+    html_text = report_base.sections_html(got)
     assert html_text == ("<h3>Sharpness</h3><p class=note>λ_max vs 2/lr</p><div class=chart id='curva'></div>"
                          "<h3>Trace</h3>" + report_base.NO_DATA)
 
 
+def test_html_page_embeds_the_charted_sections_once():
+    import altair as alt
+
+    chart = alt.Chart(pl.DataFrame({"x": [1]})).mark_point().encode(x="x:Q")
+    sections = [report_base.Section("A", chart, id="a"), report_base.Section("B", None, id="b")]
+    page = report_base.html_page("t", report_base.sections_html(sections), sections)
+    assert re.findall(r"vegaEmbed\('#(\w+)'", page) == ["a"] and page.count("window.vegaEmbed=") == 1
+    assert "<h3>B</h3>" + report_base.NO_DATA in page
+    assert "<script" not in report_base.html_page("t", "", [sections[1]])  # no chart: no JavaScript
+
+
 def test_index_links_study_pages(analytic_results, tmp_path):
-    index = report.write_index(analytic_results, [XK_EXP], tmp_path / "index.html",
+    index = index_page.write_index(analytic_results, [XK_EXP], tmp_path / "index.html",
                                links={"table2.html": "Table 2 <all sweeps>"}).read_text()
     assert '<a href="table2.html">Table 2 &lt;all sweeps&gt;</a>' in index
     assert index.index("table2.html") < index.index('href="example1.html"')

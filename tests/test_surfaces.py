@@ -1,4 +1,4 @@
-"""Loss surfaces (landscope.surfaces) against exact answers: quadratic losses whose lines are known
+"""Loss surfaces (landscope.measures.surfaces) against exact answers: quadratic losses whose lines are known
 parabolas and whose planes are known quadratic forms, trajectories lying in a known plane, filter
 norms, a trained run's endpoints, the config's errors, and the rule through Snakemake."""
 
@@ -11,6 +11,8 @@ from torch import nn
 from landscope import settings
 from landscope.factories import ConfigError
 from landscope.measures import surfaces as sf
+from landscope.problem.evaluate import loss_and_accuracy
+from landscope.trajectory import replay, rundir, snapshot, train
 
 F64 = torch.float64
 
@@ -135,7 +137,7 @@ def test_accuracy_counts_argmax_classes():
     x = torch.tensor([[2.0, 0.0], [0.0, 2.0], [-2.0, -2.0], [2.0, 0.0]], dtype=F64)
     y = torch.tensor([0, 1, 2, 1])  # the last one is wrong
     ce = lambda m, out, t: nn.functional.cross_entropy(out, t, reduction="none")  # noqa: E731
-    loss, acc = sf.eval_loss_and_accuracy(model, ce, x, y, chunk=3)
+    loss, acc = loss_and_accuracy(model, ce, x, y, chunk=3)
     assert acc == 0.75
     with torch.no_grad():
         assert loss == pytest.approx(float(nn.functional.cross_entropy(model(x), y)), rel=1e-12)
@@ -257,22 +259,28 @@ def test_seeds_first_keeps_one_run_per_point():
 # ----------------------------------------------------------------------------------- a trained run
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Logistic regression on digits, 12 steps, checkpoints every 4: surfaces with a replayed path."""
-    from conftest import make_study, run_pipeline
+    """Logistic regression on digits, 12 steps, checkpoints every 4: surfaces on a path whose
+    iterates between checkpoints the evaluate jobs (replay_segment) kept."""
+    from conftest import make_study
 
     spec = make_study({"model": {"name": "logistic_regression"}, "dataset": {"name": "digits", "n_train": 200},
                        "batch_size": 16, "steps": 12, "snapshot_every": 4, "seeds": [0],
                        "optimizer": {"name": "sgd", "lr": 0.5}}).experiments["t"].runs[0]
     root = tmp_path_factory.mktemp("surf")
-    results, ckpt, _ = run_pipeline(spec, root)
+    results, ckpt = root / "results", root / "ckpt"
     settings = {"eval_samples": 100, "path_points": 7, "points_1d": 5, "span_1d": 0.5, "starts_1d": 2,
                 "grid": 5}
+    train.train_run(spec, ckpt, results)
+    snapshot.select_minimizer(spec, ckpt, snapshot.snapshot_run(spec, ckpt, results), ckpt / "minimizer.pt", results)
+    kept = [replay.replay_segment(spec, ckpt, ckpt / "minimizer.pt", j, results, path_points=7)["path_iterates"]
+            for j in range(spec.n_segments)]
+    assert kept == [1, 1, 1]  # steps 2, 6, 10: the path's steps that are no checkpoint
     out = sf.surfaces_run(spec, ckpt, ckpt / "minimizer.pt", results, settings)
     return spec, results, ckpt, out
 
 
 def subset_loss(spec, ckpt, state_or_flat):
-    """The loss on the evaluation subset, computed directly (no landscope.surfaces code)."""
+    """The loss on the evaluation subset, computed directly (no landscope.measures.surfaces code)."""
     from landscope.measures.curvature import eval_subset
     from landscope.problem.build import build_problem
 
@@ -334,16 +342,16 @@ def test_surface_charts_and_page(trained, tmp_path):
     spec, results, _, _ = trained
     con = store.connect(results)
     charts = surface_charts(con, "t")
-    assert [t for t, _, _ in charts] == ["Loss from x_0 to x_K", "Loss from x_k to x_K",
-                                         "Trajectory (PCA) plane", "Random plane"]
-    assert all(c is not None for _, _, c in charts)
-    pca = charts[2][2].to_dict()
+    assert [s.heading for s in charts] == ["Loss from x_0 to x_K", "Loss from x_k to x_K",
+                                           "Trajectory (PCA) plane", "Random plane"]
+    assert all(s.chart is not None for s in charts)
+    pca = charts[2].chart.to_dict()
     panel = pca["vconcat"][0]["hconcat"][0]
     datasets = pca["datasets"]
     heat = next(layer for layer in panel["layer"] if layer["mark"] in ("rect", {"type": "rect"}))
     assert len(datasets[heat["data"]["name"]]) == 25
     assert heat["encoding"]["color"]["scale"]["type"] == "log"
-    assert "captured" in charts[2][1]
+    assert "captured" in charts[2].caption
     assert surface_sections(con, "other") == []
     page = write_experiment_report(results, "t", tmp_path / "t.html").read_text()
     assert "Loss surfaces around x<sub>K</sub>" in page and "Random plane" in page
@@ -354,6 +362,66 @@ def test_surfaces_run_rejects_another_configuration(trained, spec_factory):
     other = spec_factory(steps=12, snapshot_every=4, batch_size=8)
     with pytest.raises(ValueError, match="another configuration"):
         sf.surfaces_run(other, ckpt, ckpt / "minimizer.pt", results, {})
+
+
+def sgd_iterate(spec, ckpt, lo: int, step: int) -> dict:
+    """x_step by hand: checkpoint ``lo``, then plain SGD (lr 0.5) on mean cross-entropy over the
+    seeded batches (no landscope training code)."""
+    from landscope.problem.build import batch_indices, build_problem
+
+    problem = build_problem(spec)
+    model = problem.model
+    model.load_state_dict(rundir.load_checkpoint(rundir.checkpoint_path(ckpt, lo))["model"])
+    for k in range(lo, step):
+        idx = batch_indices(len(problem.data), spec.batch_size, spec.seed, k)
+        loss = torch.nn.functional.cross_entropy(model(problem.data.x[idx]), problem.data.y[idx])
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        with torch.no_grad():
+            for p, g in zip(model.parameters(), grads):
+                p -= 0.5 * g
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_evaluate_keeps_the_path_iterates_surfaces_read(trained):
+    """The iterates between checkpoints come from the evaluate jobs: x_k of the trajectory itself."""
+    spec, _, ckpt, _ = trained
+    states, drift = rundir.load_path_states(spec, ckpt, [0, 2, 4, 6, 10], "cpu")
+    assert sorted(states) == [0, 2, 4, 6, 10] and drift == 0.0
+    for lo, step in ((0, 2), (4, 6), (8, 10)):
+        want = sgd_iterate(spec, ckpt, lo, step)
+        for name, value in want.items():
+            assert torch.allclose(states[step][name], value, rtol=1e-5, atol=1e-7), (step, name)
+    assert not torch.equal(states[2]["linear.weight"], states[0]["linear.weight"])
+    # surfaces asking for iterates evaluate did not keep (path_points 5: step 3) are refused
+    with pytest.raises(rundir.CheckpointError, match=r"not step 3.*re-run the evaluate rule"):
+        sf.surfaces_run(spec, ckpt, ckpt / "minimizer.pt", ckpt.parent / "other-results", {"path_points": 5})
+
+
+def test_a_diverged_run_keeps_the_iterates_before_the_divergence(tmp_path):
+    """A run marked diverged in its last segment: evaluate measures nothing, but still keeps the
+    iterates its surfaces need in the segments before (replayed, checked), none after."""
+    from conftest import make_study
+
+    from landscope.problem.build import build_problem
+
+    spec = make_study({"model": {"name": "logistic_regression"}, "dataset": {"name": "digits", "n_train": 200},
+                       "batch_size": 16, "steps": 12, "snapshot_every": 4, "seeds": [0],
+                       "optimizer": {"name": "sgd", "lr": 0.5}}).experiments["t"].runs[0]
+    results, ckpt = tmp_path / "results", tmp_path / "ckpt"
+    train.train_run(spec, ckpt, results)
+    mark = rundir.mark_diverged(ckpt, 9, 2, spec.config_hash())  # as if step 9 had a NaN loss
+    manifest = train.finish_train(spec, build_problem(spec), ckpt, results, 0.0, mark)
+    assert rundir.manifest_checkpoints(manifest) == [0, 4, 8]
+    snapshot.select_minimizer(spec, ckpt, snapshot.snapshot_run(spec, ckpt, results), ckpt / "minimizer.pt", results)
+    kept = [replay.replay_segment(spec, ckpt, ckpt / "minimizer.pt", j, results, path_points="auto")
+            for j in range(3)]
+    assert [k["status"] for k in kept] == ["diverged"] * 3
+    assert [k["path_iterates"] for k in kept] == [3, 3, 0]  # auto: 20 points over 0..8, i.e. every step
+    out = sf.surfaces_run(spec, ckpt, ckpt / "minimizer.pt", results, {"eval_samples": 50, "grid": 3})
+    assert out["path"] == 9 and out["max_drift"] == 0.0
+    states, _ = rundir.load_path_states(spec, ckpt, [7], "cpu")
+    want = sgd_iterate(spec, ckpt, 4, 7)
+    assert all(torch.allclose(states[7][k], v, rtol=1e-5, atol=1e-7) for k, v in want.items())
 
 
 # ----------------------------------------------------------------------------------- the rule

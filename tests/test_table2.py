@@ -9,6 +9,7 @@ import pytest
 from conftest import make_study
 
 from landscope import store
+from landscope.report import claims
 from landscope.report import table2 as t2
 
 
@@ -28,29 +29,29 @@ from landscope.report import table2 as t2
     ([-3, -2, -1], "rises"),
 ])
 def test_classify_direction(values, expected):
-    assert t2.classify_direction(values) == expected
+    assert claims.classify_direction(values) == expected
 
 
 def test_classify_direction_tolerance():
-    assert t2.classify_direction([1.0, 1.04, 1.08], rtol=0.05) == "flat"  # each step 0.04 < 0.054
-    assert t2.classify_direction([1.0, 1.04, 1.08], rtol=0.01) == "rises"
+    assert claims.classify_direction([1.0, 1.04, 1.08], rtol=0.05) == "flat"  # each step 0.04 < 0.054
+    assert claims.classify_direction([1.0, 1.04, 1.08], rtol=0.01) == "rises"
     with pytest.raises(ValueError, match="rtol"):
-        t2.classify_direction([1, 2], rtol=-1)
+        claims.classify_direction([1, 2], rtol=-1)
 
 
 def test_optimizer_ordering_and_agreement():
-    assert t2.optimizer_ordering(["sgd", "sgdm", "adam"], [3.0, 2.0, 1.0]) == "adam < sgdm < sgd"
-    assert t2.optimizer_ordering(["sgd", "sgdm", "adam"], [3.0, 1.02, 1.0]) == "adam ≈ sgdm < sgd"
-    assert t2.ordering_agrees(["sgd", "sgdm", "adam"], [3.0, 2.0, 1.0]) == "yes"
-    assert t2.ordering_agrees(["sgd", "sgdm", "adam"], [1.0, 2.0, 3.0]) == "no"
-    assert t2.ordering_agrees(["sgdm", "adam"], [2.0, 1.0]) == "yes"
-    assert t2.ordering_agrees(["sgd", "lion"], [2.0, 1.0]) is None  # one claimed kind only
-    assert t2.optimizer_kind({"name": "sgd", "momentum": 0.9}) == "sgdm"
-    assert t2.optimizer_kind({"name": "sgd", "momentum": 0.0}) == "sgd"
-    assert t2.optimizer_kind({"name": "nadamw"}) == "adam"
-    assert t2.agreement("rises", "rises then falls") == "partly"
-    assert t2.agreement("falls", "falls") == "yes" and t2.agreement("flat", "falls") == "no"
-    assert t2.agreement("n/a", "falls") is None
+    assert claims.optimizer_ordering(["sgd", "sgdm", "adam"], [3.0, 2.0, 1.0]) == "adam < sgdm < sgd"
+    assert claims.optimizer_ordering(["sgd", "sgdm", "adam"], [3.0, 1.02, 1.0]) == "adam ≈ sgdm < sgd"
+    assert claims.ordering_agrees(["sgd", "sgdm", "adam"], [3.0, 2.0, 1.0]) == "yes"
+    assert claims.ordering_agrees(["sgd", "sgdm", "adam"], [1.0, 2.0, 3.0]) == "no"
+    assert claims.ordering_agrees(["sgdm", "adam"], [2.0, 1.0]) == "yes"
+    assert claims.ordering_agrees(["sgd", "lion"], [2.0, 1.0]) is None  # one claimed kind only
+    assert claims.optimizer_kind({"name": "sgd", "momentum": 0.9}) == "sgdm"
+    assert claims.optimizer_kind({"name": "sgd", "momentum": 0.0}) == "sgd"
+    assert claims.optimizer_kind({"name": "nadamw"}) == "adam"
+    assert claims.agreement("rises", "rises then falls") == "partly"
+    assert claims.agreement("falls", "falls") == "yes" and claims.agreement("flat", "falls") == "no"
+    assert claims.agreement("n/a", "falls") is None
 
 
 BASE = {"model": {"name": "mlp", "depth": 3, "width": 8}, "dataset": {"name": "digits", "n_train": 64},
@@ -64,7 +65,7 @@ def test_sweep_sequences_from_config():
                       {"label": "adam", "name": "adam", "lr": 1e-3},
                       {"label": "mom", "name": "sgd", "lr": 0.1, "momentum": 0.9}],
         "batch_size": [16, 8]}}).experiments["t"]
-    seqs = t2.sweep_sequences(exp)
+    seqs = claims.sweep_sequences(exp)
     by = {(s["key"], s["fixed"]): s for s in seqs}
     assert sorted(by) == [("batch_size", "optimizer=adam"), ("batch_size", "optimizer=mom"),
                           ("batch_size", "optimizer=plain"), ("optimizer", "batch_size=16"),
@@ -76,7 +77,7 @@ def test_sweep_sequences_from_config():
     assert by[("batch_size", "optimizer=adam")]["values"] == ["16", "8"]  # config order, not sorted
     assert s["figure"] == "4, 11"
     plain = make_study({**BASE, "sweep": {"minimizer": ["last", "best"]}}).experiments["t"]
-    assert t2.sweep_sequences(plain) == []  # minimizer is not a Table 2 axis
+    assert claims.sweep_sequences(plain) == []  # minimizer is not a Table 2 axis
 
 
 def _summary(results, exp, rows):

@@ -1,5 +1,6 @@
 """Training, checkpoints, replay: exact T quantities, bitwise replay, resume after SIGKILL."""
 
+import dataclasses
 import json
 import math
 import signal
@@ -16,7 +17,7 @@ from scipy.special import expit
 
 from landscope.problem import build
 from landscope.problem.data import digits, halfspace_sample_min
-from landscope.trajectory import replay, rundir, train
+from landscope.trajectory import replay, rundir, snapshot, train
 
 
 def read(results, table):
@@ -106,7 +107,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, spec_factory):
                         batch_size=64, steps=1200, snapshot_every=100,
                         optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9})
     script = tmp_path / "train.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(textwrap.dedent("""
         import json, sys
         from landscope.spec import RunSpec
         from landscope.trajectory.train import train_run
@@ -267,6 +268,10 @@ def test_tail_average_minimizer(tmp_path, spec_factory):
     # f(x_K) recorded by the replay is the full loss at the averaged point, not at any checkpoint
     d = read(results, "directions")
     assert (d["dist_to_min"] > 0).all()
+    snaps = next((results / "tables/snapshots/experiment=t/run=seed-0").glob("*.parquet"))
+    other = dataclasses.replace(spec, minimizer="median")
+    with pytest.raises(ValueError, match="unknown minimizer method 'median'; use last, best, tail_average or projection"):
+        snapshot.select_minimizer(other, ckpt, snaps, tmp_path / "m.pt", results)
 
 
 def test_divergence_marks_the_run_and_the_rest_goes_on(tmp_path, spec_factory, monkeypatch):

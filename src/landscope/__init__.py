@@ -3,9 +3,10 @@
 __version__ = "0.1.0"
 
 
-def __getattr__(name):  # `from landscope import Recorder` without importing torch for every `import landscope`
+def __getattr__(name):
+    """``from landscope import Recorder`` (and ``recorded_runs``), imported on first use."""
     if name in ("Recorder", "recorded_runs"):
-        from landscope.trajectory import record
+        from landscope.trajectory import record  # keeps torch off `import landscope`
 
         return getattr(record, name)
     raise AttributeError(f"module 'landscope' has no attribute {name!r}")

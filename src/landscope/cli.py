@@ -7,7 +7,15 @@ import argparse
 import csv
 import json
 import sys
+import webbrowser
 from pathlib import Path
+
+import vl_convert
+
+from landscope import store
+from landscope.config import load_study
+from landscope.factories import ConfigError
+from landscope.problem.sources import SOURCES, availability_problem
 
 EXAMPLES = """examples:
   landscope sql "SELECT experiment, run, count(*) AS steps FROM steps GROUP BY ALL ORDER BY ALL"
@@ -58,16 +66,14 @@ def _numeric(s: str) -> bool:
 
 
 def cmd_sql(args) -> int:
-    import duckdb
-
-    from landscope.store import connect
+    import duckdb  # ~0.1 s: only the SQL commands need it
 
     results = Path(args.results)
     if not (results / "tables").is_dir():
         print(f"landscope sql: no results in {results}/tables; run `snakemake --cores all` first "
               "or pass --results DIR", file=sys.stderr)
         return 2
-    con = connect(results, confine=True)
+    con = store.connect(results, confine=True)
     try:
         kinds = {st.type.name for st in con.extract_statements(args.query)}
         if not kinds or not kinds <= READ_ONLY:
@@ -107,24 +113,17 @@ def cmd_runs(args) -> int:
 
 
 def cmd_tables(args) -> int:
-    from landscope.store import SCHEMAS, duck_type
-
-    for name, cols in SCHEMAS.items():
-        print(f"{name}: " + ", ".join(f"{c} {duck_type(t)}" for c, t in cols.items()))
+    for name, cols in store.SCHEMAS.items():
+        print(f"{name}: " + ", ".join(f"{c} {store.duck_type(t)}" for c, t in cols.items()))
     return 0
 
 
 def cmd_db(args) -> int:
-    from landscope.store import write_database
-
-    print(write_database(args.results))
+    print(store.write_database(args.results))
     return 0
 
 
 def cmd_validate(args) -> int:
-    from landscope.config import load_study
-    from landscope.factories import ConfigError
-
     try:
         study = load_study(args.config)
     except (ConfigError, OSError) as exc:
@@ -156,8 +155,6 @@ def report_path(reports: Path, experiment: str | None) -> Path:
 
 
 def cmd_report(args) -> int:
-    import webbrowser
-
     try:
         page = report_path(Path(args.reports), args.experiment)
     except FileNotFoundError as exc:
@@ -182,40 +179,35 @@ def export_figures(results: Path, experiment: str, out: Path, fmt: str = "svg", 
     """Write every chart of the experiment's page (report.page_charts) to ``out`` as
     ``<experiment>-<chart id>.<fmt>``. Returns (written [(path, heading)], headings with no data).
     Raises LookupError when the results hold no such experiment."""
-    from landscope import store
-    from landscope.report import base
-    from landscope.report import page as report
+    from landscope.report import base  # altair: only figure export draws charts
+    from landscope.report import page as report  # altair, like report.base
 
     con = store.connect(results)
     try:
         known = known_experiments(con)
         if experiment not in known:
             raise LookupError(f"no experiment {experiment!r} in {results} (known: {', '.join(known) or 'none'})")
-        charts = report.page_charts(con, experiment, results)
+        sections = report.page_charts(con, experiment, results)
     finally:
         con.close()
     out.mkdir(parents=True, exist_ok=True)
     written, empty = [], []
-    for cid, heading, chart in charts:
-        if chart is None:
-            empty.append(heading)
+    for section in sections:
+        if section.chart is None:
+            empty.append(section.heading)
             continue
-        path = out / f"{experiment}-{cid}.{fmt}"
+        path = out / f"{experiment}-{section.id}.{fmt}"
         if fmt == "svg":
-            base.chart_to_svg(chart, path)
+            base.chart_to_svg(section.chart, path)
         else:
-            _chart_to_png(chart, path, scale)
-        written.append((path, heading))
+            _chart_to_png(section.chart, path, scale)
+        written.append((path, section.heading))
     return written, empty
 
 
 def _chart_to_png(chart, path: Path, scale: float) -> None:
     """PNG through vl-convert (no browser, no network), written atomically."""
-    import vl_convert
-
-    from landscope.store import atomic_write_bytes
-
-    atomic_write_bytes(path, vl_convert.vegalite_to_png(chart.to_dict(), scale=scale, allowed_base_urls=[]))
+    store.atomic_write_bytes(path, vl_convert.vegalite_to_png(chart.to_dict(), scale=scale, allowed_base_urls=[]))
 
 
 def cmd_figures(args) -> int:
@@ -250,8 +242,6 @@ CHECK_LOADS = {  # the loader calls that `data check` makes: each reads and veri
 
 
 def _dataset_names(name: str | None) -> list[str]:
-    from landscope.problem.data import SOURCES
-
     if name is None:
         return list(SOURCES)
     if name not in SOURCES:
@@ -261,8 +251,6 @@ def _dataset_names(name: str | None) -> list[str]:
 
 def dataset_rows(data_dir: str | None, names: list[str]) -> list[tuple[str, str, str]]:
     """(name, 'yes'/'no', where it was found, or where we looked and how to get it) per dataset."""
-    from landscope.problem.data import SOURCES, availability_problem
-
     rows = []
     for name in names:
         src = SOURCES[name]
@@ -273,7 +261,7 @@ def dataset_rows(data_dir: str | None, names: list[str]) -> list[tuple[str, str,
 
 def check_dataset(name: str, data_dir: str | None) -> tuple[str, str]:
     """('ok' | 'missing' | 'FAILED', detail): load the dataset's splits with verification on."""
-    from landscope.problem.data import SOURCES, load_dataset
+    from landscope.problem.data import load_dataset  # torch: only `data check` loads
 
     src = SOURCES[name]
     where = src.locate(data_dir)
@@ -316,8 +304,6 @@ def _data_check(names: list[str], data_dir: str | None, named: bool) -> int:
 
 
 def _data_fetch(name: str, dest: str | None, url: str | None) -> int:
-    from landscope.problem.data import SOURCES
-
     src = SOURCES[name]
     if src.fetch is None:
         print(f"landscope data fetch: {name} cannot be fetched automatically; {src.howto()}", file=sys.stderr)

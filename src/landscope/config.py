@@ -3,17 +3,17 @@
 A study config (YAML) is validated against ``schemas/config.schema.yaml``; defaults from the schema
 are filled in; every experiment expands into :class:`RunSpec` objects (sweep values x seeds).
 ``RunSpec`` is plain data: it travels to Snakemake jobs as ``params`` and back with ``from_dict``.
+Torch-free: built-in names and options come from :mod:`landscope.problem.registry`, data availability
+from :mod:`landscope.problem.sources`, so planning the DAG imports neither torch nor the loaders.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
 import itertools
 import json
 import math
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +21,12 @@ import jsonschema
 import yaml
 
 from landscope.factories import ConfigError, check_keywords
-from landscope.problem import data, models
-from landscope.settings import check_surfaces
+from landscope.problem import registry
+from landscope.problem.sources import availability_problem
+from landscope.settings import check_surfaces, load_schema
 from landscope.spec import ExperimentSpec, RunSpec, Study
 
 SAFE_VALUE = re.compile(r"^[A-Za-z0-9.+_-]{1,64}$")
-
-
-def load_schema() -> dict:
-    text = resources.files("landscope").joinpath("schemas/config.schema.yaml").read_text()
-    return yaml.safe_load(text)
 
 
 def _resolve(schema: dict, root: dict) -> dict:
@@ -173,13 +169,14 @@ def _section_values(name: str, exp: dict, key: str, values: list, exp_schema: di
 
 def _check_semantics(name: str, exp: dict) -> None:
     where = f"experiments.{name}"
-    models.check_name(exp["model"]["name"], f"{where}.model.name")
-    data.check_name(exp["dataset"]["name"], f"{where}.dataset.name")
-    if ":" not in exp["dataset"]["name"]:
-        check_keywords(exp["dataset"], data.BUILTIN[exp["dataset"]["name"]], "dataset", f"{where}.dataset")
-    if ":" not in exp["model"]["name"] and "model.name" not in exp["sweep"]:
-        check_keywords(exp["model"], models.keywords_of(exp["model"]["name"]), "model", f"{where}.model",
-                       implicit=("in_features", "n_classes"))
+    model, dataset = exp["model"]["name"], exp["dataset"]["name"]
+    registry.check_model_name(model, f"{where}.model.name")
+    registry.check_dataset_name(dataset, f"{where}.dataset.name")
+    if ":" not in dataset:
+        check_keywords(exp["dataset"], registry.DATASETS[dataset].text().options, "dataset", f"{where}.dataset")
+    if ":" not in model and "model.name" not in exp["sweep"]:
+        check_keywords(exp["model"], registry.MODELS[model].text().options, "model", f"{where}.model",
+                       implicit=registry.MODEL_IMPLICIT)
     fstar = exp["f_i_star"]
     if isinstance(fstar, str) and fstar != "exact":
         raise ConfigError(f"config key '{where}.f_i_star': got {fstar!r}; allowed: a number or 'exact'")
@@ -201,7 +198,8 @@ def _check_semantics(name: str, exp: dict) -> None:
         parent, leaf = _walk(exp, key, f"{where}.sweep")
         for v in values:
             if isinstance(v, dict) and key in ("model", "dataset"):
-                (models if key == "model" else data).check_name(v["name"], f"{where}.sweep.{key}.name")
+                check_name = registry.check_model_name if key == "model" else registry.check_dataset_name
+                check_name(v["name"], f"{where}.sweep.{key}.name")
         for v in map(_point_value, values):
             if not SAFE_VALUE.match(_fmt(v)):
                 raise ConfigError(
@@ -284,7 +282,7 @@ def load_study(config: dict | str | Path) -> Study:
         if not exp["enabled"]:
             skipped[name] = "enabled: false"
             continue
-        problem = data.availability_problem(exp["dataset"], full["data_dir"])
+        problem = availability_problem(exp["dataset"], full["data_dir"])
         if problem:
             if exp["if_data_missing"] == "skip":
                 skipped[name] = problem
@@ -327,17 +325,13 @@ def _schema_rows(props: dict, prefix: str, root: dict) -> list[str]:
     return rows
 
 
-def _factory_rows(builtin: dict, keywords_of) -> list[str]:
+def _factory_rows(builtin: dict) -> list[str]:
     rows = []
     for name in sorted(builtin):
-        fn = keywords_of(name)
-        params = [p for p in inspect.signature(fn).parameters.values()
-                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-                  and p.name not in ("in_features", "n_classes", "self")]
-        opts = ", ".join(f"`{p.name}`" + (f"={p.default!r}" if p.default is not inspect.Parameter.empty else "")
-                         for p in params)
-        doc = (inspect.getdoc(fn) or "").split("\n\n")[0]
-        rows.append(f"| `{name}` | {_cell_text(doc)} | {opts or '—'} |")
+        options, doc = builtin[name].text()
+        opts = ", ".join(f"`{key}`" + (f"={default}" if default is not None else "")
+                         for key, default in options.items() if key not in registry.MODEL_IMPLICIT)
+        rows.append(f"| `{name}` | {_cell_text(doc.split(chr(10) * 2)[0])} | {opts or '—'} |")
     return rows
 
 
@@ -371,12 +365,12 @@ def config_reference() -> str:
         "Every model also receives `in_features` and `n_classes` from the data.",
         "",
         "| name | what | options (default) |\n|---|---|---|",
-        *_factory_rows(models.BUILTIN, models.keywords_of),
+        *_factory_rows(registry.MODELS),
         "",
         "## Built-in datasets (`dataset: {name: …, options}`)",
         "",
         "| name | what | options (default) |\n|---|---|---|",
-        *_factory_rows(data.BUILTIN, lambda n: data.BUILTIN[n]),
+        *_factory_rows(registry.DATASETS),
         "",
     ]
     return "\n".join(parts)

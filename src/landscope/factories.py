@@ -1,11 +1,17 @@
-"""Components named in a config: a built-in name or an importable factory 'package.module:function'."""
+"""Components named in a config: a built-in name or an importable factory 'package.module:function'.
+
+A built-in's options are read from its factory's source text (:func:`factory_text`), not from the
+imported function: validating a config, and so planning the DAG, never imports torch."""
 
 from __future__ import annotations
 
+import ast
 import importlib
-import inspect
+import importlib.util
 import os
 import sys
+from functools import lru_cache
+from typing import Iterable, NamedTuple
 
 
 class ConfigError(ValueError):
@@ -33,7 +39,7 @@ def import_factory(path: str, where: str):
     return fn
 
 
-def check_component(name: str, builtin, kind: str, where: str) -> None:
+def check_component(name: str, builtin: Iterable[str], kind: str, where: str) -> None:
     """A built-in name of ``kind`` or an importable factory path; else a ConfigError listing both."""
     if ":" in name:
         import_factory(name, where)
@@ -42,13 +48,68 @@ def check_component(name: str, builtin, kind: str, where: str) -> None:
                           f"{', '.join(sorted(builtin))}, or a factory 'package.module:function'")
 
 
-def check_keywords(section: dict, factory, kind: str, where: str, implicit: tuple[str, ...] = ()) -> None:
-    """The keys of a built-in component section must be keyword arguments of its factory: a typo
-    (``seq_len`` for ``bptt``) is an error naming the allowed keys, not a silently ignored option."""
+def check_keywords(section: dict, options: Iterable[str], kind: str, where: str,
+                   implicit: tuple[str, ...] = ()) -> None:
+    """The keys of a built-in component section must be among its factory's ``options`` (keyword
+    names): a typo (``seq_len`` for ``bptt``) is an error naming the allowed keys, not a silently
+    ignored option. ``implicit`` options are filled in by the library, not by the config."""
 
-    params = inspect.signature(factory).parameters.values()
-    allowed = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - set(implicit)
+    allowed = set(options) - set(implicit)
     unknown = sorted(set(section) - {"name"} - allowed)
     if unknown:
         raise ConfigError(f"config key '{where}': unknown option(s) {', '.join(map(repr, unknown))} for {kind} "
                           f"{section['name']!r}; its options: {', '.join(sorted(allowed)) or '(none)'}")
+
+
+# ----------------------------------------------------------------------------------- reading a factory's source
+class FactoryText(NamedTuple):
+    """What a factory's source says about it: its keyword options in order, each with the repr of
+    its default (None: no default), and its docstring. For a class, those of its ``__init__``."""
+
+    options: dict[str, str | None]
+    doc: str
+
+
+@lru_cache(maxsize=None)
+def _module_tree(module: str) -> ast.Module:
+    spec = importlib.util.find_spec(module)  # imports the parent packages only, never the module
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        raise LookupError(f"no Python source for module {module!r}")
+    with open(spec.origin, encoding="utf-8") as fh:
+        return ast.parse(fh.read(), spec.origin)
+
+
+def _default_text(node: ast.expr) -> str:
+    try:
+        return repr(ast.literal_eval(node))
+    except ValueError:  # not a literal (a name, a call): shown as written
+        return ast.unparse(node)
+
+
+@lru_cache(maxsize=None)
+def factory_text(path: str) -> FactoryText:
+    """Options and docstring of the top-level function or class named by ``path`` ('module:name'),
+    read from the module's source without importing it (tests/test_planning.py checks the result
+    against ``inspect.signature`` of every built-in)."""
+
+    module, _, name = path.partition(":")
+    found = [n for n in _module_tree(module).body
+             if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == name]
+    if not found:
+        raise LookupError(f"{module} defines no top-level function or class {name!r}")
+    node = found[-1]
+    doc = ast.get_docstring(node) or ""
+    if isinstance(node, ast.ClassDef):
+        inits = [n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"]
+        if not inits:
+            raise LookupError(f"{path}: the class defines no __init__ to read its options from")
+        node = inits[-1]
+    args = node.args
+    positional = args.posonlyargs + args.args  # defaults belong to the last of these
+    defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
+    keyword = [*zip(positional, defaults)][len(args.posonlyargs):] + [*zip(args.kwonlyargs, args.kw_defaults)]
+    options: dict[str, str | None] = {}
+    for arg, default in keyword:
+        if arg.arg not in ("self", "cls"):
+            options[arg.arg] = None if default is None else _default_text(default)
+    return FactoryText(options, doc)

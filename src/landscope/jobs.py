@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 log = logging.getLogger("landscope")
 
 
@@ -39,9 +41,7 @@ def job_logging(log_path: str | Path | None, what: str):
 
 
 def progress_bar(enabled: bool, total: int, initial: int, desc: str):
-    """A tqdm bar of ``total`` steps (None when disabled); tqdm is imported only when a bar is drawn."""
+    """A tqdm bar of ``total`` steps, or None when disabled."""
     if not enabled:
         return None
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, initial=initial, desc=desc, unit="step", mininterval=1.0)

@@ -1,21 +1,57 @@
-"""The per-experiment measurement sections (``curvature:``, ``surfaces:``): defaults, checks, and which
-runs and iterates they cover. Torch-free: planning the DAG reads them."""
+"""The study config's schema and the defaults of its sections; the per-experiment measurement sections
+(``curvature:``, ``surfaces:``): checks, and which runs and iterates they cover. Torch-free: planning
+the DAG reads them.
+
+Every default lives in the schema (``schemas/config.schema.yaml``); the ``*_DEFAULTS`` dicts of this
+module and of landscope.problem.optim are read from it (:func:`section_defaults`), not copied.
+"""
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
+from importlib import resources
+
+import yaml
 
 from landscope.factories import ConfigError
 from landscope.spec import checkpoint_steps
 
-CURVATURE_DEFAULTS = {"enabled": True, "eval_samples": 256, "top_k": 3, "lanczos_iters": 16, "slq_probes": 3,
-            "hutchinson_probes": 8, "every": 1, "seed": 0,
-            # flatness around x_K and the local learning coefficient (landscope.flatness)
-            "flatness_eps": 0.1, "flatness_directions": 8, "flatness_t_max": 1.0,
-            "llc_chains": 2, "llc_steps": "auto", "llc_step_size": "auto", "llc_gamma": 100.0, "llc_max_steps": 2000,
-            # plateau-escape events from the steps table (landscope.flatness.plateau_events)
-            "plateau_window": 50, "plateau_min_windows": 3, "plateau_flat_tol": 0.02,
-            "plateau_grad_tol": 0.25, "plateau_drop": 0.1}
+SCHEMA_RESOURCE = "schemas/config.schema.yaml"  # package data of landscope
+
+
+def load_schema() -> dict:
+    """The study config's JSON schema (``landscope/schemas/config.schema.yaml``), parsed afresh."""
+    text = resources.files("landscope").joinpath(SCHEMA_RESOURCE).read_text()
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml: ~4x faster, same result
+
+
+@functools.cache
+def _experiment_properties() -> dict:
+    """The schema's experiment keys, parsed once per process (read only: section_defaults copies)."""
+    return load_schema()["$defs"]["experiment"]["properties"]
+
+
+def section_defaults(section: str) -> dict:
+    """{key: default} of an experiment's ``section`` (an object of the schema whose every key has a
+    default: optimizer, schedule, conditions, curvature, surfaces), in the schema's key order; a new
+    dict with its own copies of list defaults on every call."""
+    props = _experiment_properties()[section]["properties"]
+    return {key: copy.deepcopy(sub["default"]) for key, sub in props.items()}
+
+
+def _over_defaults(section: str, raw: dict | None, defaults: dict) -> dict:
+    """The section's keys ``raw`` over its ``defaults``; unknown keys are named."""
+    unknown = sorted(set(raw or {}) - set(defaults))
+    if unknown:
+        raise ValueError(f"{section}: unknown setting(s) {unknown}; known: {sorted(defaults)}")
+    return {**defaults, **(raw or {})}
+
+
+# with the settings of flatness around x_K and the local learning coefficient (landscope.measures.flatness)
+# and of the plateau-escape events from the steps table (landscope.measures.plateaus)
+CURVATURE_DEFAULTS = section_defaults("curvature")
 
 
 TOP_COLUMNS = ("lambda_max", "lambda_2", "lambda_3")
@@ -23,11 +59,7 @@ TOP_COLUMNS = ("lambda_max", "lambda_2", "lambda_3")
 
 def curvature_settings(raw: dict | None) -> dict:
     """The experiment's ``curvature:`` section over CURVATURE_DEFAULTS; unknown keys are named."""
-    raw = dict(raw or {})
-    unknown = sorted(set(raw) - set(CURVATURE_DEFAULTS))
-    if unknown:
-        raise ValueError(f"curvature: unknown setting(s) {unknown}; known: {sorted(CURVATURE_DEFAULTS)}")
-    out = {**CURVATURE_DEFAULTS, **raw}
+    out = _over_defaults("curvature", raw, CURVATURE_DEFAULTS)
     if not 1 <= out["top_k"] <= len(TOP_COLUMNS):
         raise ValueError(f"curvature.top_k must be 1..{len(TOP_COLUMNS)} (the columns "
                          f"{', '.join(TOP_COLUMNS)}), got {out['top_k']}")
@@ -74,18 +106,12 @@ PLANES = ("random", "pca")
 AUTO_MIN_CHECKPOINTS, AUTO_PATH_POINTS = 8, 20  # path_points: auto
 
 
-SURFACES_DEFAULTS = {"enabled": True, "seeds": "all", "eval_samples": 256, "seed": 0, "path_points": "auto",
-            "points_1d": 25, "span_1d": 0.25, "starts_1d": 3, "planes": list(PLANES), "grid": 21,
-            "span_2d": 1.0, "pca_margin": 0.25}
+SURFACES_DEFAULTS = section_defaults("surfaces")
 
 
 def surfaces_settings(raw: dict | None) -> dict:
     """The experiment's ``surfaces:`` section over SURFACES_DEFAULTS; unknown keys and bad values are named."""
-    raw = dict(raw or {})
-    unknown = sorted(set(raw) - set(SURFACES_DEFAULTS))
-    if unknown:
-        raise ValueError(f"surfaces: unknown setting(s) {unknown}; known: {sorted(SURFACES_DEFAULTS)}")
-    s = {**SURFACES_DEFAULTS, **raw}
+    s = _over_defaults("surfaces", raw, SURFACES_DEFAULTS)
     if s["seeds"] not in ("all", "first"):
         raise ValueError(f"surfaces.seeds must be 'all' or 'first', got {s['seeds']!r}")
     for key, low in (("eval_samples", 1), ("points_1d", 2), ("starts_1d", 0), ("grid", 2), ("path_points", 0),
@@ -127,7 +153,6 @@ def path_steps(checkpoints: list[int], path_points: int | str) -> list[int]:
 def check_surfaces(name: str, exp: dict) -> None:
     """Config-time checks of an experiment's ``surfaces:`` section (landscope.config calls this):
     the settings themselves, and that the PCA plane has at least three iterates to span it."""
-
     where = f"experiments.{name}.surfaces"
     try:
         s = surfaces_settings(exp.get("surfaces"))

@@ -59,6 +59,7 @@ class RunSpec:
 
 
 def checkpoint_steps(steps: int, every: int) -> list[int]:
+    """Steps that get a checkpoint: 0, every, 2 * every, ..., and the last step."""
     out = list(range(0, steps, every))
     out.append(steps)
     return out
@@ -66,6 +67,10 @@ def checkpoint_steps(steps: int, every: int) -> list[int]:
 
 @dataclass(frozen=True)
 class ExperimentSpec:
+    """One experiment: its runs (the sweep times the seeds), its ``conditions:`` section, the swept keys in
+    config order, and ``raw``, the validated config section it was expanded from (figure, scale note,
+    curvature, surfaces: what planning reads)."""
+
     name: str
     title: str
     runs: list[RunSpec]
@@ -73,9 +78,24 @@ class ExperimentSpec:
     sweep_keys: list[str] = field(default_factory=list)
     raw: dict = field(default_factory=dict)
 
+    def to_dict(self) -> dict:
+        """What a job gets as ``params``: everything but ``raw``, whose slices travel to the rules that read
+        them, so that a changed curvature or surfaces key does not re-run the conditions job."""
+        return {"name": self.name, "title": self.title, "conditions": self.conditions,
+                "sweep_keys": list(self.sweep_keys), "runs": [r.to_dict() for r in self.runs]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ExperimentSpec":
+        """The spec back from ``to_dict`` (``raw`` empty)."""
+        return cls(name=d["name"], title=d["title"], conditions=d["conditions"], sweep_keys=list(d["sweep_keys"]),
+                   runs=[RunSpec.from_dict(r) for r in d["runs"]])
+
 
 @dataclass(frozen=True)
 class Study:
+    """The validated study: its experiments, and those left out (``skipped``: data missing, with why) or kept
+    in the DAG to fail at train (``deferred``)."""
+
     experiments: dict[str, ExperimentSpec]
     skipped: dict[str, str]
     deferred: dict[str, str] = field(default_factory=dict)

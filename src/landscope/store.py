@@ -12,12 +12,16 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from landscope import __version__
 
 I64, F64, STR, BOOL = pa.int64(), pa.float64(), pa.string(), pa.bool_()
 
@@ -103,9 +107,6 @@ def _git_sha() -> str:
 
 def _torch_version() -> str:
     """torch's version without importing torch (a 1-2 s, ~290 MB import for jobs that need none)."""
-    import sys
-    from importlib import metadata
-
     if "torch" in sys.modules:
         return sys.modules["torch"].__version__
     try:
@@ -115,9 +116,8 @@ def _torch_version() -> str:
 
 
 def provenance(config_hash: str = "", device: str = "") -> dict[str, str]:
-    import landscope
-
-    return {"landscope_version": landscope.__version__, "git_sha": _git_sha(),
+    """What every Parquet file and sidecar carries: versions, git sha, config hash, device, host."""
+    return {"landscope_version": __version__, "git_sha": _git_sha(),
             "config_hash": config_hash, "torch_version": _torch_version(),
             "python_version": platform.python_version(), "device": device,
             "host": platform.node()}
@@ -211,7 +211,7 @@ def connect(results: str | Path = "results", confine: bool = True, runs: list[st
     (COPY/ATTACH outside it fail) and the settings are locked. With ``runs``, the ``runs`` view holds
     only those runs, so that queries joining it ignore runs an earlier configuration left behind.
     """
-    import duckdb
+    import duckdb  # only readers need it: train and replay jobs write Parquet without this import
 
     con = duckdb.connect(":memory:")
     for table in SCHEMAS:
@@ -232,7 +232,7 @@ def write_database(results: str | Path = "results", path: str | Path | None = No
 
     The views use absolute paths: re-run ``landscope db`` after moving the results folder.
     """
-    import duckdb
+    import duckdb  # only readers need it: train and replay jobs write Parquet without this import
 
     path = Path(path or Path(results) / "landscope.duckdb")
     tmp = path.with_suffix(".duckdb.tmp")
@@ -247,7 +247,7 @@ def write_database(results: str | Path = "results", path: str | Path | None = No
     return path
 
 
-# Curvature (landscope.curvature): per checkpoint of a run, and the SLQ nodes behind it.
+# Curvature (landscope.measures.curvature): per checkpoint of a run, and the SLQ nodes behind it.
 # neg_fraction: SLQ mass below -3 density_sigma (docs/conditions.md); eos_sharpness is
 # precond_lambda_max for Adam types, else lambda_max, compared with eos_threshold (rule eos_rule).
 SCHEMAS["curvature"] = {
@@ -264,7 +264,7 @@ SCHEMAS["spectrum"] = {
 }
 RUN_TABLES |= {"curvature", "spectrum"}
 
-# Stationarity and flatness (landscope.flatness, written by the curvature job). stationarity: one
+# Stationarity and flatness (landscope.measures.flatness, written by the curvature job). stationarity: one
 # row per consecutive checkpoint pair (step -> next_step); the run-level numbers (tail_spread,
 # tail_checkpoints, dist_xk_x0, path_length) are repeated on every row of the run. flatness: one
 # row per run, at x_K (step).
@@ -284,7 +284,7 @@ SCHEMAS["flatness"] = {
 }
 RUN_TABLES |= {"stationarity", "flatness"}
 
-# Plateau-escape events (landscope.flatness.plateau_events, rule plateaus): one row per plateau of
+# Plateau-escape events (landscope.measures.plateaus.plateau_events, rule plateaus): one row per plateau of
 # a run's replayed mini-batch loss, per experiment.
 SCHEMAS["plateaus"] = {
     "experiment": STR, "run": STR, "start_step": I64, "end_step": I64, "n_windows": I64,
@@ -292,7 +292,7 @@ SCHEMAS["plateaus"] = {
     "escaped": BOOL, "escape_step": I64, "loss_after": F64, "relative_drop": F64, "at_end": BOOL,
 }
 
-# Loss surfaces (landscope.surfaces, rule surfaces): 1-D lines x_a + t (x_K - x_a) from x_0 and later
+# Loss surfaces (landscope.measures.surfaces, rule surfaces): 1-D lines x_a + t (x_K - x_a) from x_0 and later
 # iterates (start_step), 2-D grids x_K + a d1 + b d2 per plane ('random' filter-normalised, 'pca'),
 # and the iterates projected on each plane (captured_fraction repeated on every row of the plane).
 SCHEMAS["surface_1d"] = {

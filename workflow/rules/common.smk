@@ -4,6 +4,7 @@ from pathlib import Path
 
 from landscope.config import load_study
 from landscope.factories import ConfigError
+from landscope.report.claims import sweep_sequences
 from landscope.settings import surface_runs
 
 try:
@@ -108,14 +109,7 @@ def get_all_summaries():
 
 
 def get_experiment_spec(wildcards):
-    exp = STUDY.experiments[wildcards.experiment]
-    return {
-        "name": exp.name,
-        "title": exp.title,
-        "conditions": exp.conditions,
-        "sweep_keys": exp.sweep_keys,
-        "runs": [r.to_dict() for r in exp.runs],
-    }
+    return STUDY.experiments[wildcards.experiment].to_dict()
 
 
 def get_skipped():
@@ -161,8 +155,6 @@ def _distinct(values):
 
 
 def get_table2_sequences():
-    from landscope.report.table2 import sweep_sequences
-
     return [s for e in STUDY.experiments.values() for s in sweep_sequences(e)]
 
 
@@ -226,3 +218,22 @@ def get_surfaces_parts(wildcards):
     """The experiment's surface parts (none when disabled), for rules that read the tables."""
     return [p for t in ("surface_1d", "surface_2d", "surface_path")
             for p in _surface_parts(wildcards.experiment, t)]
+
+
+def gets_surfaces(experiment, run):
+    return any(r.run == run for r in surface_runs(STUDY.experiments[experiment]))
+
+
+def get_path_points(wildcards):
+    """The run's surfaces.path_points (0 when the run gets no surfaces): which iterates the evaluate
+    jobs keep for the surfaces job. Only this setting reaches evaluate, so only it re-runs evaluate."""
+    if not gets_surfaces(wildcards.experiment, wildcards.run):
+        return 0
+    return STUDY.experiments[wildcards.experiment].raw["surfaces"]["path_points"]
+
+
+def get_path_iterates(wildcards):
+    """The iterates the evaluate jobs of the run's segments kept (one file per segment, with sidecar)."""
+    run = STUDY.run(wildcards.experiment, wildcards.run)
+    ckpt = f"results/checkpoints/experiment={run.experiment}/run={run.run}"
+    return [f"{ckpt}/path-segment={j:05d}.{ext}" for j in range(run.n_segments) for ext in ("pt", "json")]

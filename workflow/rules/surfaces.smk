@@ -1,10 +1,12 @@
 rule surfaces:
-    """Loss surfaces of one run around x_K, after train: the loss along x_0 -> x_K and x_k -> x_K,
-    on 2-D grids in a filter-normalised random plane and in the trajectory's PCA plane, and the
-    iterates projected onto each plane (replayed from the checkpoints when path_points > 0)."""
+    """Loss surfaces of one run around x_K, after train and evaluate: the loss along x_0 -> x_K and
+    x_k -> x_K, on 2-D grids in a filter-normalised random plane and in the trajectory's PCA plane,
+    and the iterates projected onto each plane. It replays nothing: the iterates between checkpoints
+    come from the evaluate jobs of the run's segments (path_iterates)."""
     input:
         manifest=f"{CKPT}/manifest.json",
         minimizer=f"{CKPT}/minimizer.pt",
+        path_iterates=get_path_iterates,
     output:
         surface_1d="results/tables/surface_1d/experiment={experiment}/run={run}/part-00000.parquet",
         surface_2d="results/tables/surface_2d/experiment={experiment}/run={run}/part-00000.parquet",

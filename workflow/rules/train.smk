@@ -1,8 +1,9 @@
 rule train:
     """Deterministic training of one run (checkpoints every snapshot_every steps; resumes), then in
-    the same process the full-batch snapshot of every checkpoint and the choice of x_K: one job
-    instead of three saves two interpreter and torch start-ups per run. A run of a `source:
-    recorded` experiment is not trained: the job imports what your own loop recorded."""
+    the same process the full-batch snapshot of every checkpoint and the choice of x_K
+    (landscope.trajectory.train.produce_run): one job instead of three saves two interpreter and
+    torch start-ups per run. A run of a `source: recorded` experiment is not trained: the job
+    imports what your own loop recorded."""
     input:
         recording=get_recording,
     output:

@@ -1,11 +1,9 @@
-"""Snakemake adapter: conditions of one experiment (logic in landscope.conditions)."""
-from landscope.measures.conditions import experiment_conditions
-from landscope.spec import ExperimentSpec, RunSpec
+"""Snakemake adapter: conditions of one experiment (logic in landscope.measures.conditions)."""
 from landscope.jobs import job_logging
+from landscope.measures.conditions import experiment_conditions
+from landscope.spec import ExperimentSpec
 
-p = snakemake.params.experiment
-exp = ExperimentSpec(name=p["name"], title=p["title"], conditions=p["conditions"],
-                     sweep_keys=p["sweep_keys"], runs=[RunSpec.from_dict(r) for r in p["runs"]])
+exp = ExperimentSpec.from_dict(snakemake.params.experiment)
 with job_logging(snakemake.log[0], f"conditions {exp.name}") as log:
     out = experiment_conditions(exp, snakemake.params.results, snakemake.input.steps,
                                 snakemake.input.directions, snakemake.input.drift)

@@ -1,9 +1,9 @@
-"""Snakemake adapter: curvature of one run's checkpoints (logic in landscope.curvature)."""
+"""Snakemake adapter: curvature of one run's checkpoints (logic in landscope.measures.curvature)."""
 from pathlib import Path
 
-from landscope.spec import RunSpec
-from landscope.measures.curvature import curvature_run
 from landscope.jobs import job_logging
+from landscope.measures.curvature import curvature_run
+from landscope.spec import RunSpec
 
 spec = RunSpec.from_dict(snakemake.params.spec)
 with job_logging(snakemake.log[0], f"curvature {spec.experiment}/{spec.run}") as log:

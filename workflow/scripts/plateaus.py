@@ -1,6 +1,6 @@
-"""Snakemake adapter: plateau-escape events of one experiment (logic in landscope.flatness)."""
-from landscope.measures.plateaus import plateaus_experiment
+"""Snakemake adapter: plateau-escape events of one experiment (logic in landscope.measures.plateaus)."""
 from landscope.jobs import job_logging
+from landscope.measures.plateaus import plateaus_experiment
 
 with job_logging(snakemake.log[0], f"plateaus {snakemake.wildcards.experiment}") as log:
     n = plateaus_experiment(snakemake.params.results, snakemake.wildcards.experiment, snakemake.params.runs,

@@ -1,4 +1,4 @@
-"""Snakemake adapter: one experiment's HTML report (logic in landscope.report)."""
+"""Snakemake adapter: one experiment's HTML report (logic in landscope.report.page)."""
 from landscope.jobs import job_logging
 from landscope.report.page import write_experiment_report
 

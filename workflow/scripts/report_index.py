@@ -1,6 +1,6 @@
-"""Snakemake adapter: reports/index.html (logic in landscope.report)."""
+"""Snakemake adapter: reports/index.html (logic in landscope.report.index)."""
 from landscope.jobs import job_logging
-from landscope.report.page import write_index
+from landscope.report.index import write_index
 
 with job_logging(snakemake.log[0], "report_index"):
     write_index(snakemake.params.results, snakemake.params.experiments, snakemake.output[0],

@@ -1,4 +1,4 @@
-"""Snakemake adapter: reports/table2.html (logic in landscope.report_table2)."""
+"""Snakemake adapter: reports/table2.html (logic in landscope.report.table2)."""
 from landscope.jobs import job_logging
 from landscope.report.table2 import write_table2
 

@@ -23,7 +23,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import numpy as np
+from scipy.optimize import linprog
+from scipy.spatial import ConvexHull, QhullError
 
 from landscope import store
 
@@ -38,8 +41,6 @@ def hull_reduce(u: np.ndarray, v: np.ndarray, a: np.ndarray) -> np.ndarray:
     every = np.arange(len(pts))
     if len(pts) <= 64:
         return every
-    from scipy.spatial import ConvexHull, QhullError
-
     scale = np.abs(pts).max(axis=0)
     scale[scale == 0] = 1.0
     pts = pts / scale
@@ -105,8 +106,6 @@ def feasible_polygon(u, v, a, margin: float, alpha_box: float, beta_box: float) 
 
 def lp_min(u, v, a, margin: float, objective: tuple[float, float], bound: float = 1e12):
     """Minimize objective . (alpha, beta) over the feasible set; None when infeasible."""
-    from scipy.optimize import linprog
-
     A = np.column_stack([u, -np.asarray(v, float)])
     b = np.asarray(a, float)
     A = np.vstack([A, [-1.0, 1.0]])
@@ -215,8 +214,6 @@ def experiment_conditions(exp, results: str | Path, steps_files, directions_file
     ``exp`` is an ExperimentSpec; the *_files are the exact part files of its runs (so that stale
     parts of an earlier configuration never leak in).
     """
-    import duckdb
-
     cfg = exp.conditions
     margin, delta, gsize = float(cfg["margin"]), float(cfg["pl_delta"]), int(cfg["grid_size"])
     con = duckdb.connect(":memory:")

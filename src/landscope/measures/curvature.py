@@ -1,24 +1,20 @@
-"""Curvature of the loss landscape from Hessian-vector products (no Hessian is ever formed).
+"""Curvature of the loss landscape at a run's checkpoints, from Hessian-vector products.
 
-One primitive, :func:`hessian_operator`, turns a model, its loss and a fixed evaluation subset into
-``v -> H v`` (double backward through the mean loss, evaluation mode: dropout off, BatchNorm on its
-running statistics). Every estimator takes any such callable on float64 vectors, so the same code is
-tested on matrices of known spectrum and used on networks:
+The per-run ``curvature`` job (:func:`curvature_run`) measures every ``every``-th checkpoint on a
+fixed evaluation subset (:func:`eval_subset`) with the operator and estimators of
+landscope.measures.hvp (:func:`measure_operator`: SLQ top eigenvalues, lambda_min and negative
+fraction, Hutchinson and Hutch++ traces), and sets the sharpness against the optimizer's stability
+threshold:
 
-- :func:`lanczos` with full reorthogonalisation: Ritz values (top-k, bottom) and Gauss weights;
-- :func:`slq`: stochastic Lanczos quadrature, the spectral density as Ritz nodes and weights per
-  probe, smoothed at the resolution of the Lanczos runs, and the fraction of clearly negative
-  eigenvalues (below -3 sigma) with its standard error over probes;
-- :func:`hutchinson`: trace with Rademacher probes and its standard error;
-- :func:`hutchpp`: Hutch++ (Meyer et al. 2021), the trace from a low-rank part plus Hutchinson on
-  the rest, far more accurate than Hutchinson at the same budget when the spectrum decays fast;
-- :func:`preconditioned_operator`: ``v -> D H D`` with D = P^{-1/2}, P Adam's preconditioner read
-  from the optimizer state, whose largest eigenvalue is the preconditioned sharpness;
+- :func:`adam_preconditioner` and :func:`preconditioned_operator`: ``v -> D H D`` with
+  D = P^{-1/2}, P Adam's preconditioner read from the optimizer state, whose largest eigenvalue is
+  the preconditioned sharpness;
 - :func:`eos_threshold`: the stability threshold of the optimizer's linearised update on a
   quadratic (2/lr for gradient descent, 38/lr for Adam with beta1 = 0.9);
-- :func:`power_iteration`: lambda_max the slow way, as the benchmark's baseline.
+  :func:`edge_of_stability` compares the sharpness with it.
 
-Vectors, dot products and the Lanczos basis are float64 whatever the model's dtype.
+The same job adds the stationarity of all checkpoints and the flatness row at x_K
+(landscope.measures.flatness).
 """
 
 from __future__ import annotations
@@ -35,7 +31,6 @@ from landscope.measures.flatness import flatness_row, stationarity
 from landscope.measures.hvp import (
     HVP,
     HessianOperator,
-    flat_parameters,
     hessian_operator,
     hutchinson,
     hutchpp,
@@ -44,29 +39,13 @@ from landscope.measures.hvp import (
     slq,
 )
 from landscope.problem.build import build_problem
+from landscope.problem.evaluate import flatten, trainable_parameters
 from landscope.problem.optim import OPTIMIZER_DEFAULTS
 from landscope.settings import TOP_COLUMNS, curvature_settings
 from landscope.trajectory.replay import attach_recording
-from landscope.trajectory.rundir import (
-    checkpoint_path,
-    load_checkpoint,
-    load_minimizer,
-    run_manifest,
-)
+from landscope.trajectory.rundir import checkpoint_path, load_checkpoint, load_minimizer, run_manifest
 
 F64 = torch.float64
-
-
-# ----------------------------------------------------------------------------------- the primitive
-
-
-# ----------------------------------------------------------------------------------- Lanczos
-
-
-# ----------------------------------------------------------------------------------- SLQ
-
-
-# ----------------------------------------------------------------------------------- trace
 
 
 # ----------------------------------------------------------------------------------- edge of stability
@@ -83,7 +62,6 @@ def adam_preconditioner(opt_state: dict, params: list[torch.Tensor], optimizer: 
     (it does not move). Cohen et al. (2022, arXiv 2207.14484) define the preconditioned sharpness as
     the largest eigenvalue of P^{-1} H.
     """
-
     b1, b2 = (float(b) for b in (optimizer.get("betas") or OPTIMIZER_DEFAULTS["betas"]))
     eps = float(optimizer.get("eps") if optimizer.get("eps") is not None else OPTIMIZER_DEFAULTS["eps"])
     ids = [i for g in opt_state["param_groups"] for i in g["params"]]
@@ -123,7 +101,6 @@ def eos_threshold(optimizer: dict, lr: float) -> tuple[float, str]:
     SPS_max and NGN never step further than lr: 2/lr is their threshold at the largest step.
     The other adaptive methods (DecSPS, AdaGrad-norm-max, normalized SGD) have none: NaN, 'none'.
     """
-
     name = optimizer.get("name", "sgd")
     if not lr > 0:
         return math.inf, "gd"
@@ -149,12 +126,7 @@ def eos_threshold(optimizer: dict, lr: float) -> tuple[float, str]:
     return math.nan, "none"
 
 
-# ----------------------------------------------------------------------------------- baseline
-
-
 # ----------------------------------------------------------------------------------- per checkpoint
-
-
 def eval_subset(n: int, size: int, seed: int) -> torch.Tensor:
     """Sorted indices of a fixed random subset (the same at every checkpoint of a run)."""
     if size >= n:
@@ -172,7 +144,6 @@ def measure_operator(op: HessianOperator, settings: dict, device="cpu",
     (Adam's P, :func:`adam_preconditioner`) one more Lanczos run of ``lanczos_iters`` products gives
     the preconditioned sharpness (else NaN). Per-estimator wall seconds are in the ``*_wall_s`` keys.
     """
-
     s = settings
     nan = math.nan
     t0 = time.perf_counter()
@@ -238,8 +209,6 @@ def curvature_run(spec, ckpt_dir, minimizer_path, results, settings: dict) -> di
     eigenvalues of the curvature row at x_K's step (NaN when that step has none).
     Returns {'rows': n, 'wall_s': s, 'stationarity_s': s, 'flatness_s': s, 'llc_s': s}.
     """
-
-
     s = curvature_settings(settings)
     t_run = time.perf_counter()
     ckpt_dir = Path(ckpt_dir)
@@ -279,10 +248,10 @@ def curvature_run(spec, ckpt_dir, minimizer_path, results, settings: dict) -> di
     points = []
     for step in all_steps:
         problem.model.load_state_dict(load_checkpoint(checkpoint_path(ckpt_dir, step), chash)["model"])
-        points.append(flat_parameters(problem.model))
+        points.append(flatten(trainable_parameters(problem.model)))
     if minimizer is not None:
         problem.model.load_state_dict(minimizer["model"])
-    pairs, run_level = stationarity(all_steps, points, flat_parameters(problem.model))
+    pairs, run_level = stationarity(all_steps, points, flatten(trainable_parameters(problem.model)))
     t_stat = time.perf_counter() - t0
     _write(results, "stationarity", spec, [{**p, **run_level} for p in pairs], meta)
 

@@ -1,6 +1,6 @@
 """Stationarity of the iterates, flatness around x_K and the local learning coefficient.
 
-Three measurements the per-run ``curvature`` job adds (landscope.curvature.curvature_run):
+Three measurements the per-run ``curvature`` job adds (landscope.measures.curvature.curvature_run):
 
 - :func:`stationarity`: per consecutive checkpoint pair the mean step length
   ||x_{k+1} - x_k|| / (steps between them); for the run the RMS spread of the last-quarter
@@ -14,11 +14,10 @@ Three measurements the per-run ``curvature`` job adds (landscope.curvature.curva
   tempered posterior exp(-n beta L_n(w) - gamma/2 |w - w*|^2), beta = 1 / log n (Lau et al. 2023),
   with the step size and length planned from the curvature at w* (:func:`llc_plan`), run by
   :func:`sgld_llc` and diagnosed (per-chain drift, split R-hat, equilibrated or not and why).
-- :func:`plateau_events`: plateaus of the training loss (flat, with a small gradient) and whether
-  the loss then dropped (an escape, as from a saddle), from the replayed per-step table.
 
 The estimators take plain callables on float64 vectors (like the Hessian estimators), so they are
-tested on functions with closed-form answers and used on networks through :func:`model_loss`.
+tested on functions with closed-form answers and used on networks through :func:`model_loss`, in the
+flat coordinates of landscope.problem.evaluate (:func:`~landscope.problem.evaluate.flatten`).
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ from torch import nn
 
 from landscope.measures.hvp import hessian_operator
 from landscope.measures.hvp import top_eigenvalues as lanczos_top
+from landscope.problem.evaluate import flatten, restoring_parameters, trainable_parameters, write_flat
 
 F64 = torch.float64
 
@@ -67,59 +67,26 @@ def stationarity(steps: list[int], points: list[torch.Tensor], x_k: torch.Tensor
 
 
 # ----------------------------------------------------------------------------------- model glue
-def trainable(model: nn.Module) -> list[torch.Tensor]:
-    """The trainable parameters, in landscope.curvature.flat_parameters' order."""
-    return [p for p in model.parameters() if p.requires_grad]
-
-
-def set_flat(params: list[torch.Tensor], w: torch.Tensor) -> None:
-    """Copy the flat float64 vector ``w`` into ``params`` (each in its own dtype)."""
-    with torch.no_grad():
-        for p, chunk in zip(params, torch.split(w, [p.numel() for p in params])):
-            p.copy_(chunk.reshape(p.shape).to(device=p.device, dtype=p.dtype))
-
-
 def model_loss(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
                grad: bool = False) -> Callable:
     """``w -> L(w)`` (or ``w -> (L(w), ∇L(w))`` with ``grad``), the mean loss over (x, y) in
-    evaluation mode at flat parameters w. It overwrites the model's parameters: save and restore
-    them around its use (see :func:`restoring`)."""
-    params = trainable(model)
+    evaluation mode at flat parameters w (landscope.problem.evaluate's coordinates), the gradient a
+    float64 vector on the host. It overwrites the model's parameters and expects evaluation mode: use
+    it inside :func:`~landscope.problem.evaluate.restoring_parameters`."""
+    params = trainable_parameters(model)
 
     def f(w: torch.Tensor):
-        set_flat(params, w)
+        write_flat(params, w)
         if not grad:
             with torch.no_grad():
                 return float(loss_fn(model, model(x), y).mean())
         with torch.enable_grad():
             loss = loss_fn(model, model(x), y).mean()
             gs = torch.autograd.grad(loss, params, allow_unused=True)
-        flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).to("cpu", F64)
-                          for g, p in zip(gs, params)])
-        return float(loss.detach()), flat
+        return float(loss.detach()), flatten([g if g is not None else torch.zeros_like(p)
+                                              for g, p in zip(gs, params)], "cpu")
 
     return f
-
-
-class restoring:
-    """Context manager: the model in eval mode inside, its parameters and train flags restored after."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def __enter__(self):
-        self.saved = [p.detach().clone() for p in trainable(self.model)]
-        self.modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        return self.model
-
-    def __exit__(self, *exc):
-        with torch.no_grad():
-            for p, s in zip(trainable(self.model), self.saved):
-                p.copy_(s)
-        for m, was in self.modes:
-            m.training = was
-        return False
 
 
 # ----------------------------------------------------------------------------------- flatness
@@ -449,7 +416,7 @@ def flatness_row(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.
                  top_eigenvalues: list[float | None], lambda_min: float | None = None) -> dict:
     """The ``flatness`` table's measured columns at the model's current parameters (x_K).
 
-    ``settings`` is a validated ``curvature:`` section (landscope.curvature.settings_of): the radius
+    ``settings`` is a validated ``curvature:`` section (landscope.settings.curvature_settings): the radius
     uses ``flatness_directions`` directions (seed + 2) and is skipped (NaN) when that is 0; the LLC
     (:func:`local_learning_coefficient`) uses ``llc_chains`` chains (seed + 3) over the n = len(x)
     evaluation samples, skipped when 0, with its step size and length planned from lambda_max (the
@@ -457,15 +424,14 @@ def flatness_row(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.
     measures it) and ``lambda_min``. The model's parameters and train flags are restored before
     returning.
     """
-
     s = settings
-    params = trainable(model)
-    x0 = torch.cat([p.detach().reshape(-1).to("cpu", F64) for p in params])
+    params = trainable_parameters(model)
+    x0 = flatten(params, "cpu")
     row = {"eps": s["flatness_eps"], "t_max": s["flatness_t_max"], "directions": s["flatness_directions"],
            "llc_chains": s["llc_chains"], "llc_gamma": s["llc_gamma"], "llc_max_steps": s["llc_max_steps"]}
     row["log_volume_proxy"], row["n_positive_eigs"] = log_volume_proxy(top_eigenvalues)
     t0 = time.perf_counter()
-    with restoring(model):
+    with restoring_parameters(model):
         row["loss_at_xk"] = model_loss(model, loss_fn, x, y)(x0)
         radii, capped = [], []
         if s["flatness_directions"] > 0:
@@ -483,10 +449,9 @@ def flatness_row(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.
         top = top_eigenvalues[0] if top_eigenvalues and top_eigenvalues[0] is not None else math.nan
         low = math.nan if lambda_min is None else lambda_min
         if not math.isfinite(top) and s["llc_step_size"] == "auto":
-
             (top,), low, _ = lanczos_top(hessian_operator(model, loss_fn, x, y), len(x0), 1, s["lanczos_iters"],
                                          int(s["seed"]) + 3, x.device)
-        with restoring(model):
+        with restoring_parameters(model):
             res = local_learning_coefficient(model_loss(model, loss_fn, x, y, grad=True), x0, len(x),
                                              s["llc_chains"], s["llc_gamma"], top, low, s["llc_step_size"],
                                              s["llc_steps"], s["llc_max_steps"], int(s["seed"]) + 3)
@@ -500,8 +465,4 @@ def flatness_row(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.
                                                   for e, d in zip(res.run.estimates, res.run.drifts)]))
     row.update(flatness_wall_s=t1 - t0, llc_wall_s=time.perf_counter() - t1)
     return row
-
-
-# ----------------------------------------------------------------------------------- plateaus
-
 

@@ -1,4 +1,22 @@
-"""Hessian-vector products and the estimators built on them."""
+"""Hessian-vector products and the estimators built on them (no Hessian is ever formed).
+
+One primitive, :func:`hessian_operator`, turns a model, its loss and a fixed evaluation subset into
+``v -> H v`` (double backward through the mean loss, evaluation mode: dropout off, BatchNorm on its
+running statistics), in the coordinates of landscope.problem.evaluate's flat vectors. Every
+estimator takes any such callable on float64 vectors, so the same code is tested on matrices of
+known spectrum and used on networks:
+
+- :func:`lanczos` with full reorthogonalisation: Ritz values (top-k, bottom) and Gauss weights;
+- :func:`slq`: stochastic Lanczos quadrature, the spectral density as Ritz nodes and weights per
+  probe, smoothed at the resolution of the Lanczos runs, and the fraction of clearly negative
+  eigenvalues (below -3 sigma) with its standard error over probes;
+- :func:`hutchinson`: trace with Rademacher probes and its standard error;
+- :func:`hutchpp`: Hutch++ (Meyer et al. 2021), the trace from a low-rank part plus Hutchinson on
+  the rest, far more accurate than Hutchinson at the same budget when the spectrum decays fast;
+- :func:`power_iteration`: lambda_max the slow way, as the benchmark's baseline.
+
+Vectors, dot products and the Lanczos basis are float64 whatever the model's dtype.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +27,8 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from landscope.problem.evaluate import evaluation_mode, trainable_parameters
 
 F64 = torch.float64
 
@@ -55,33 +75,23 @@ class HessianOperator:
 
 
 def hessian_operator(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor) -> HessianOperator:
-    """``v -> H v`` for f(θ) = mean_i loss_fn(model, model(x), y)_i in evaluation mode.
+    """``v -> H v`` for f(θ) = mean_i loss_fn(model, model(x), y)_i in evaluation mode, over the
+    trainable parameters (landscope.problem.evaluate.flatten's coordinate order).
 
-    ``loss_fn(model, outputs, targets)`` returns per-sample losses (landscope.models.loss_for).
-    The model's train/eval flags are restored before returning; the graph already holds eval mode.
+    ``loss_fn(model, outputs, targets)`` returns per-sample losses (landscope.problem.models.loss_for).
+    The model's modes are restored before returning; the graph already holds evaluation mode.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = trainable_parameters(model)
     if not params:
         raise ValueError("hessian operator: the model has no parameter with requires_grad=True")
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        # the fused attention kernels have no double backward; the math kernel computes the same
-        with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
-            loss = loss_fn(model, model(x), y).mean()
-            if not torch.isfinite(loss):
-                raise ValueError(f"hessian operator: the loss is {loss.item()} at this point; "
-                                 "curvature is only defined where the loss is finite")
-            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-    finally:
-        for m, was in modes:
-            m.training = was
+    # the fused attention kernels have no double backward; the math kernel computes the same
+    with evaluation_mode(model), torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
+        loss = loss_fn(model, model(x), y).mean()
+        if not torch.isfinite(loss):
+            raise ValueError(f"hessian operator: the loss is {loss.item()} at this point; "
+                             "curvature is only defined where the loss is finite")
+        grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
     return HessianOperator(params, list(grads))
-
-
-def flat_parameters(model: nn.Module) -> torch.Tensor:
-    """The trainable parameters as one float64 vector (the operator's coordinate order)."""
-    return torch.cat([p.detach().reshape(-1).to(F64) for p in model.parameters() if p.requires_grad])
 
 
 @dataclass
@@ -147,6 +157,8 @@ def lanczos(hvp: HVP, v0: torch.Tensor, iters: int) -> Lanczos:
 
 
 def seeded_generator(seed: int, device) -> torch.Generator:
+    """A torch generator on ``device`` seeded with ``seed``: every random draw of the measurements
+    (probe vectors, evaluation subsets) comes from one, so a measurement is a function of its seed."""
     g = torch.Generator(device=device)
     g.manual_seed(int(seed))
     return g

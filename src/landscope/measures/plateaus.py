@@ -83,9 +83,8 @@ def plateaus_experiment(results, experiment: str, runs: list[str], settings: dic
 
     Per run, :func:`plateau_events` on the replayed per-step mini-batch loss (``batch_loss``) and
     gradient norm (``grad_norm``) with the ``plateau_*`` settings of the ``curvature:`` section
-    (landscope.curvature.settings_of). Runs without steps (diverged) have no events.
+    (landscope.settings.curvature_settings). Runs without steps (diverged) have no events.
     """
-
     s = curvature_settings(settings)
     con = store.connect(results)
     rows = []

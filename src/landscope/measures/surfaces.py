@@ -8,8 +8,8 @@ Three tables per run (rule ``surfaces``, :func:`surfaces_run`):
 - ``surface_2d``: the loss on a grid x_K + a d1 + b d2 in two planes through x_K (Li et al. 2018):
   ``random``, two Gaussian directions filter-normalised to x_K (each filter of a direction, i.e. a
   slice along the first axis of a weight with >= 2 axes, gets the norm of the same filter of x_K; a
-  1-D parameter (bias, norm scale) is one filter: the convention of landscope.flatness, whose
-  :func:`~landscope.flatness.filter_normalized_direction` draws them), with a, b in
+  1-D parameter (bias, norm scale) is one filter: the convention of landscope.measures.flatness, whose
+  :func:`~landscope.measures.flatness.filter_normalized_direction` draws them), with a, b in
   [-span_2d, span_2d]; and ``pca``, the top-2 principal directions of the iterates' offsets
   x_k - x_K (orthonormal), with a, b covering the path's coordinates widened by ``pca_margin``.
 - ``surface_path``: per plane, the iterates' coordinates (a, b) on it, their own loss, the loss at
@@ -23,23 +23,24 @@ exactly how much of the drawn path the picture shows (Li et al. centre the offse
 scikit-learn's PCA does; on a path that starts far from x_K the two planes nearly agree). Coordinates
 on either plane are least-squares solutions in the plane's basis (exact dot products for PCA).
 
-Iterates: with ``path_points`` > 0 (``auto``: 20 when the run has fewer than 8 checkpoints, else 0)
-the run is replayed from its checkpoints with the same batches
-(the training step itself, bitwise on CPU) and every iterate on an evenly spaced grid of
-``path_points`` steps is kept, plus the checkpoints; the replayed parameters are checked against
-every checkpoint (``drift_tolerance``). With 0 only the saved checkpoints are used.
+Iterates: the checkpoints, plus with ``path_points`` > 0 (``auto``: 20 when the run has fewer than 8
+checkpoints, else 0) every iterate on an evenly spaced grid of ``path_points`` steps. The surfaces
+job replays nothing: the evaluate job of each segment, which replays it anyway (the training step
+itself, bitwise on CPU, checked against the next checkpoint: ``drift_tolerance``), keeps the
+iterates inside it in the run folder (landscope.trajectory.rundir.load_path_states reads them).
+With 0 only the saved checkpoints are used.
 
 Losses are means over a fixed random subset of the training set (``eval_samples``, seed ``seed``),
 in evaluation mode without gradients, as the full-batch measurements are (dropout off, BatchNorm on
-running statistics). Only trainable parameters move; running statistics (buffers) are x_K's on the
-planes. On a 1-D line floating buffers are interpolated like the parameters for t in [0, 1] and
-held at the end values outside it (extrapolated variances could turn negative), so t = 0 and t = 1
-give exactly the losses at x_a and x_K.
+running statistics; landscope.problem.evaluate.loss_and_accuracy, with its accuracy rule). Only
+trainable parameters move; running statistics (buffers) are x_K's on the planes. On a 1-D line
+floating buffers are interpolated like the parameters for t in [0, 1] and held at the end values
+outside it (extrapolated variances could turn negative), so t = 0 and t = 1 give exactly the losses
+at x_a and x_K.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -52,24 +53,11 @@ from torch import nn
 
 from landscope import store
 from landscope.measures.curvature import eval_subset
-from landscope.measures.flatness import filter_normalized_direction, set_flat
+from landscope.measures.flatness import filter_normalized_direction
 from landscope.problem.build import build_problem
-from landscope.problem.optim import make_optimizer
+from landscope.problem.evaluate import flatten, loss_and_accuracy, trainable_parameters, write_flat
 from landscope.settings import path_steps, surfaces_settings
-from landscope.trajectory.replay import (
-    ReplayDriftError,
-    attach_recording,
-    drift_tolerance,
-    parameter_drift,
-)
-from landscope.trajectory.rundir import (
-    checkpoint_path,
-    load_checkpoint,
-    load_minimizer,
-    restore_state,
-    run_manifest,
-)
-from landscope.trajectory.train import take_step
+from landscope.trajectory.rundir import load_minimizer, load_path_states, manifest_checkpoints, run_manifest
 
 F64 = torch.float64
 
@@ -174,47 +162,20 @@ def pca_ranges(coords: torch.Tensor, margin: float) -> tuple[tuple[float, float]
 
 
 # ----------------------------------------------------------------------------------- model glue
-def eval_loss_and_accuracy(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
-                           chunk: int) -> tuple[float, float]:
-    """(mean loss, accuracy or NaN) over (x, y) at the model's current parameters, evaluation mode,
-    no gradients, float64 accumulation; accuracy as landscope.measure defines it (argmax over the
-    last axis for class or token labels, the sign of a score for +-1 labels)."""
-    n = len(x)
-    was = [(m, m.training) for m in model.modules()]
-    model.eval()
-    total, correct, classify = 0.0, 0.0, False
-    signs = bool(((y == 1) | (y == -1)).all()) if y.is_floating_point() else False
-    try:
-        with torch.no_grad():
-            for a in range(0, n, chunk):
-                xb, yb = x[a:a + chunk], y[a:a + chunk]
-                out = model(xb)
-                total += float(loss_fn(model, out, yb).double().sum())
-                if not yb.is_floating_point() and out.dim() == yb.dim() + 1:
-                    classify = True
-                    correct += float((out.argmax(-1) == yb).double().reshape(len(yb), -1).mean(1).sum())
-                elif signs and out.dim() == 1:
-                    correct += float(((out > 0).double() * 2 - 1 == yb).sum())
-    finally:
-        for m, t in was:
-            m.training = t
-    return total / n, (correct / n if (classify or signs) else math.nan)
-
-
 class SurfaceModel:
-    """Puts a model at points of parameter space (trainable parameters as flat float64 vectors, in
-    ``model.parameters()`` order, and the floating buffers separately) and evaluates it."""
+    """Puts a model at points of parameter space (trainable parameters as flat float64 vectors on the
+    host, landscope.problem.evaluate's coordinates, and the floating buffers separately) and evaluates it."""
 
     def __init__(self, model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, chunk: int):
         self.model, self.loss_fn, self.x, self.y, self.chunk = model, loss_fn, x, y, chunk
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.params = trainable_parameters(model)
         self.n_evals = 0
 
     def flat(self, state: dict | None = None) -> torch.Tensor:
         """The trainable parameters of ``state`` (default: the model's) as one float64 vector."""
         if state is not None:
             self.load(state)
-        return torch.cat([p.detach().reshape(-1).to("cpu", F64) for p in self.params])
+        return flatten(self.params, "cpu")
 
     def buffers(self) -> dict[str, torch.Tensor]:
         return {k: b.detach().clone() for k, b in self.model.named_buffers() if b.is_floating_point()}
@@ -223,7 +184,7 @@ class SurfaceModel:
         self.model.load_state_dict(state)
 
     def set_params(self, w: torch.Tensor) -> None:
-        set_flat(self.params, w)
+        write_flat(self.params, w)
 
     def set_buffers(self, buffers: dict[str, torch.Tensor]) -> None:
         named = dict(self.model.named_buffers())
@@ -232,8 +193,9 @@ class SurfaceModel:
                 named[k].copy_(v)
 
     def evaluate(self) -> tuple[float, float]:
+        """(loss, accuracy or NaN) over the subset at the model's current point."""
         self.n_evals += 1
-        return eval_loss_and_accuracy(self.model, self.loss_fn, self.x, self.y, self.chunk)
+        return loss_and_accuracy(self.model, self.loss_fn, self.x, self.y, self.chunk)
 
     def loss_at(self, w: torch.Tensor) -> float:
         """Loss at trainable parameters ``w``, the buffers as they are."""
@@ -254,9 +216,8 @@ class SurfaceModel:
 
 
 def random_plane(surface: SurfaceModel, w_k: torch.Tensor, seed: int, offsets: torch.Tensor) -> Plane:
-    """Two filter-normalised Gaussian directions at x_K (landscope.flatness's draw, generator seeded
-    with ``seed``) and the path's coordinates on their plane."""
-
+    """Two filter-normalised Gaussian directions at x_K (landscope.measures.flatness's draw, generator
+    seeded with ``seed``) and the path's coordinates on their plane."""
     surface.set_params(w_k)
     gen = torch.Generator().manual_seed(int(seed))
     d1 = filter_normalized_direction(surface.params, gen)
@@ -268,45 +229,6 @@ def random_plane(surface: SurfaceModel, w_k: torch.Tensor, seed: int, offsets: t
 
 
 # ----------------------------------------------------------------------------------- iterates
-def collect_iterates(problem, ckpt_dir, marks: list[int], steps: list[int]) -> tuple[dict[int, dict], float]:
-    """({step: model state dict} for the wanted ``steps``, largest drift from a checkpoint).
-
-    Checkpoint steps are loaded; other steps are replayed segment by segment from the checkpoint
-    before them with the training step itself (same batches and step sizes), and the replayed
-    parameters at the segment's end are compared with its checkpoint: more than the run's drift
-    tolerance raises ReplayDriftError."""
-
-
-    spec, device = problem.spec, problem.device
-    chash = spec.config_hash()
-    want = sorted(set(steps))
-    out = {s: load_checkpoint(checkpoint_path(ckpt_dir, s), chash, device)["model"] for s in want if s in marks}
-    missing = [s for s in want if s not in out]
-    worst = 0.0
-    if not missing:
-        return out, worst
-    if missing[-1] > marks[-1]:
-        raise ValueError(f"surfaces {spec.experiment}/{spec.run}: step {missing[-1]} is after the last "
-                         f"checkpoint {marks[-1]}")
-    tol = drift_tolerance(spec, device)
-    for lo, hi in zip(marks, marks[1:]):
-        inside = [s for s in missing if lo < s < hi]
-        if not inside:
-            continue
-        opt = make_optimizer(spec.optimizer, problem.model.parameters())
-        restore_state(problem, opt, load_checkpoint(checkpoint_path(ckpt_dir, lo), chash))  # RNG states: CPU
-        for step in range(lo, hi):
-            if step in inside:
-                out[step] = copy.deepcopy(problem.model.state_dict())
-            take_step(problem, opt, step)
-        drift = parameter_drift(problem.model, load_checkpoint(checkpoint_path(ckpt_dir, hi), chash, device)["model"])
-        if drift > tol:
-            raise ReplayDriftError(f"surfaces {spec.experiment}/{spec.run}: replaying steps {lo}..{hi} "
-                                   f"ended {drift:.3g} from checkpoint {hi} (tolerance {tol:.3g})")
-        worst = max(worst, drift)
-    return out, worst
-
-
 def start_steps(steps: list[int], distances: list[float], count: int) -> list[int]:
     """``count`` starting iterates for the x_k -> x_K lines: of the path's iterates that differ
     from x_K, the first (x_0) and those at the fractions 1/count, 2/count, ... of the list
@@ -320,22 +242,22 @@ def start_steps(steps: list[int], distances: list[float], count: int) -> list[in
 def surfaces_run(spec, ckpt_dir, minimizer_path, results, settings: dict) -> dict:
     """Measure one run's surfaces; write its ``surface_1d``, ``surface_2d`` and ``surface_path`` parts.
 
-    Returns {'evals': forward passes over the subset, 'wall_s', 'replay_s', 'path': iterates,
-    'max_drift', 'captured': {plane: fraction}}.
+    Returns {'evals': forward passes over the subset, 'wall_s', 'iterates_s' (building the problem,
+    reading x_K and the path), 'path': iterates, 'max_drift' (of the evaluate replays that kept
+    them), 'captured': {plane: fraction}}.
     """
-
 
     s = surfaces_settings(settings)
     t0 = time.perf_counter()
     ckpt_dir = Path(ckpt_dir)
     manifest = run_manifest(spec, ckpt_dir, "surfaces")
     chash = spec.config_hash()
-    problem = attach_recording(build_problem(spec), ckpt_dir)
+    problem = build_problem(spec)  # no step is taken: a recorded run needs no recording here
     minimizer = load_minimizer(minimizer_path, problem.device)
-    marks = [c["step"] for c in manifest["checkpoints"]]  # fewer when the run diverged
-    steps = path_steps(marks, s["path_points"])
-    states, drift = collect_iterates(problem, ckpt_dir, marks, steps)
-    t_replay = time.perf_counter() - t0
+    steps = path_steps(manifest_checkpoints(manifest), s["path_points"])  # fewer checkpoints: diverged
+    # checkpoints, and the iterates between them that the evaluate jobs kept (with their replay's drift)
+    states, drift = load_path_states(spec, ckpt_dir, steps, problem.device)
+    t_iterates = time.perf_counter() - t0
 
     idx = eval_subset(len(problem.data), s["eval_samples"], s["seed"]).to(problem.device)
     surface = SurfaceModel(problem.model, problem.loss_fn, problem.data.x[idx], problem.data.y[idx],
@@ -387,7 +309,7 @@ def surfaces_run(spec, ckpt_dir, minimizer_path, results, settings: dict) -> dic
             "replay_max_drift": repr(drift)}
     for table, rows in (("surface_1d", rows_1d), ("surface_2d", rows_2d), ("surface_path", rows_path)):
         _write(results, table, spec, rows, meta)
-    return {"evals": surface.n_evals, "wall_s": time.perf_counter() - t0, "replay_s": t_replay,
+    return {"evals": surface.n_evals, "wall_s": time.perf_counter() - t0, "iterates_s": t_iterates,
             "path": len(steps), "max_drift": drift, "captured": captured}
 
 

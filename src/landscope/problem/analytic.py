@@ -8,7 +8,7 @@ exact projection of every iterate (``minimizer: projection``).
   holds for alpha >= 5/2 with beta in [4 alpha/5, alpha).
 - Example 2 (saddle): f_1 = 1 - exp(-x^2-y^2), f_2 = 1 - exp(-(x-2)^2-(y-2)^2); two minimizers.
 - Example 3 (local minimum): f_1 = (1+x^2+y^2)/(4+x^2+y^2),
-  f_2 = ((x-2.5)^2+(y-2.5)^2)/(4+(x-2.5)^2+(y-2.5)^2). PAPER.md quotes f* ~ 0.408 at (2.471, 2.471);
+  f_2 = ((x-2.5)^2+(y-2.5)^2)/(4+(x-2.5)^2+(y-2.5)^2). The paper quotes f* ~ 0.408 at (2.471, 2.471);
   for this formula the global minimizer is (2.3762, 2.3762), f* = 0.405716, and (0.2589, 0.2589)
   is a local minimum with f = 0.4948 (checked by a grid scan; see tests/test_analytic.py).
 
@@ -52,7 +52,7 @@ def f_value(example: int, w) -> float:
 @lru_cache(maxsize=None)
 def minimizers(example: int) -> np.ndarray:
     """The isolated minimizers of f (examples 2 and 3), found by local minimization from symmetric starts."""
-    from scipy.optimize import minimize
+    from scipy.optimize import minimize  # ~0.3 s: only examples 2 and 3 need it
 
     starts = {2: [(0.1, 0.1), (1.9, 1.9)], 3: [(2.4, 2.4)]}[example]
     found = []
@@ -99,7 +99,7 @@ def analytic_dataset(example: int = 1, **_) -> Dataset:
     """The two 'samples' of an analytic example, with their exact minima f_i*."""
     m = TERM_MINIMA[int(example)]
     return Dataset(torch.tensor([[0.0], [1.0]]), torch.zeros(2, dtype=torch.long), f"analytic{example}",
-                   torch.tensor(m, dtype=torch.float64), {"source": f"PAPER.md Example {example}"})
+                   torch.tensor(m, dtype=torch.float64), {"source": f"the paper's Example {example}"})
 
 
 def identity_loss(model, out, y):

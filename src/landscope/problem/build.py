@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from landscope.problem.data import Dataset, load_dataset
+from landscope.problem.data import load_dataset
+from landscope.problem.dataset import Dataset
 from landscope.problem.models import build_model, loss_for
 from landscope.problem.optim import lr_at
 from landscope.spec import RunSpec
@@ -37,6 +39,45 @@ def enable_determinism(device: torch.device) -> None:
     torch.backends.cudnn.benchmark = False  # autotuning may pick a different kernel per process
 
 
+class BatchOrder(Protocol):
+    """Where a run's steps take their samples and learning rates from: the config's seeded order
+    (SeededOrder) or a recorded loop's (trajectory.rundir.Recording). Chosen once, in build_problem."""
+
+    def batch(self, step: int) -> torch.Tensor: ...
+
+    def lr(self, step: int) -> float: ...
+
+
+class SeededOrder:
+    """The config's order: epoch-wise seeded permutations (batch_indices) and the schedule's lr_at."""
+
+    def __init__(self, spec: RunSpec, n: int):
+        self.n, self.batch_size, self.seed = n, spec.batch_size, spec.seed
+        self.optimizer, self.schedule, self.steps = spec.optimizer, spec.schedule, spec.steps
+
+    def batch(self, step: int) -> torch.Tensor:
+        return batch_indices(self.n, self.batch_size, self.seed, step)
+
+    def lr(self, step: int) -> float:
+        return lr_at(self.optimizer, self.schedule, self.steps, step)
+
+
+class NoRecording:
+    """A ``source: recorded`` run built without its recording: its model and data are usable (the
+    Recorder and the train job need them), its steps are not (the order is in the recording)."""
+
+    def __init__(self, spec: RunSpec):
+        self.message = (f"run {spec.experiment}/{spec.run} has source: recorded: a replay must use the batches "
+                        "and learning rates its loop recorded; call trajectory.replay.attach_recording(problem, "
+                        "ckpt_dir) after build_problem")
+
+    def batch(self, step: int) -> torch.Tensor:
+        raise RuntimeError(self.message)
+
+    def lr(self, step: int) -> float:
+        raise RuntimeError(self.message)
+
+
 @dataclass
 class Problem:
     spec: RunSpec
@@ -45,26 +86,17 @@ class Problem:
     loss_fn: object
     device: torch.device
     fstar: torch.Tensor | None  # per-sample minima (float64) or None for a constant
-    recorded: object | None = None  # a recorder.Recording: batches and learning rates of your own loop
+    order: BatchOrder  # the batches and learning rates of every step
 
     def __post_init__(self):
         if self.fstar is None:  # built once: batch_star runs inside the per-step loops
-            self._const_star = torch.tensor(float(self.spec.f_i_star), dtype=torch.float64,
-                                            device=self.device)
+            self._const_star = torch.tensor(float(self.spec.f_i_star), dtype=torch.float64, device=self.device)
 
     def batch(self, step: int) -> torch.Tensor:
-        if self.recorded is not None:
-            return self.recorded.batch(step)
-        if self.spec.source == "recorded":
-            raise RuntimeError(_NOT_ATTACHED.format(self.spec))
-        return batch_indices(len(self.data), self.spec.batch_size, self.spec.seed, step)
+        return self.order.batch(step)
 
     def lr(self, step: int) -> float:
-        if self.recorded is not None:
-            return self.recorded.lr(step)
-        if self.spec.source == "recorded":
-            raise RuntimeError(_NOT_ATTACHED.format(self.spec))
-        return lr_at(self.spec.optimizer, self.spec.schedule, self.spec.steps, step)
+        return self.order.lr(step)
 
     def batch_star(self, idx: torch.Tensor) -> torch.Tensor:
         if self.fstar is None:
@@ -76,7 +108,10 @@ class Problem:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def build_problem(spec: RunSpec) -> Problem:
+def build_problem(spec: RunSpec, recording: BatchOrder | None = None) -> Problem:
+    """The Problem of ``spec``; its steps follow ``recording`` when given (a recorded loop's batches
+    and learning rates), else the config's seeded order (a ``source: recorded`` run without its
+    recording can build its model but not step: see NoRecording)."""
     torch.set_num_threads(spec.torch_threads)
     device = resolve_device(spec.device)
     enable_determinism(device)
@@ -93,11 +128,13 @@ def build_problem(spec: RunSpec) -> Problem:
             raise ValueError(_no_exact_f_i_star(spec))
         fstar = data.f_i_star.to(device)
     data = Dataset(data.x.to(device), data.y.to(device), data.name, data.f_i_star, data.meta)
-    return Problem(spec, data, model, loss_for(model, spec.loss), device, fstar)
-
-
-_NOT_ATTACHED = ("run {0.experiment}/{0.run} has source: recorded: a replay must use the batches and learning "
-                 "rates its loop recorded; call trajectory.attach_recording(problem, ckpt_dir) after build_problem")
+    if recording is not None:
+        order = recording
+    elif spec.source == "recorded":
+        order = NoRecording(spec)
+    else:
+        order = SeededOrder(spec, len(data))
+    return Problem(spec, data, model, loss_for(model, spec.loss), device, fstar, order)
 
 
 POLYAK_OPTIMIZERS = ("sps_max", "decsps", "ngn")  # their step sizes use f_{i_k}*

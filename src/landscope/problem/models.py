@@ -2,7 +2,8 @@
 
 A model factory takes keyword arguments from the config plus ``in_features`` and ``n_classes``
 (inferred from the dataset when the config leaves them out) and returns an ``nn.Module``.
-A config may name any factory by import path ``package.module:function``.
+A config may name any factory by import path ``package.module:function``; the built-in names and
+their factories are listed in :mod:`landscope.problem.registry`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from landscope.factories import ConfigError, check_component, import_factory
-from landscope.problem.analytic import AnalyticExample
+from landscope.factories import ConfigError, import_factory
+from landscope.problem.registry import MODELS
 
 
 class HalfSpace(nn.Module):
@@ -386,43 +387,12 @@ class TransformerLM(nn.Module):
         return self.lm_head(self.ln_f(h))
 
 
-def _analytic(**kw):
-    return AnalyticExample(**kw)
-
-
-BUILTIN: dict[str, Callable[..., nn.Module]] = {
-    "analytic": _analytic,
-    "halfspace_logistic": HalfSpace,
-    "mlp": MLP,
-    "logistic_regression": LogisticRegression,
-    "cnn": CNN,
-    "resnet9": ResNet9,
-    "resnet18": resnet18,
-    "resnet34": resnet34,
-    "lstm_lm": LSTMLM,
-    "transformer_lm": TransformerLM,
-}
-
-
-def check_name(name: str, where: str) -> None:
-    check_component(name, BUILTIN, "model", where)
-
-
-def keywords_of(name: str) -> Callable:
-    """The callable whose signature lists the options of built-in model ``name`` (factories that
-    forward ``**kw`` name the class they build)."""
-
-    return {"analytic": AnalyticExample, "resnet18": ResNet, "resnet34": ResNet}.get(name, BUILTIN[name])
-
-
 def build_model(spec: dict, in_features: int, n_classes: int) -> nn.Module:
     kwargs = {k: v for k, v in spec.items() if k != "name"}
     kwargs.setdefault("in_features", in_features)
     kwargs.setdefault("n_classes", n_classes)
     name = spec["name"]
-    if ":" in name:
-        return import_factory(name, "model.name")(**kwargs)
-    return BUILTIN[name](**kwargs)
+    return import_factory(name if ":" in name else MODELS[name].factory, "model.name")(**kwargs)
 
 
 # ----------------------------------------------------------------------------------- losses

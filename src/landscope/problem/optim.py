@@ -19,14 +19,12 @@ import math
 
 import torch
 
-# Defaults of the schema's ``optimizer:`` and ``schedule:`` sections (tests/test_optim.py checks
-# they agree); the code reads every key through these, so an absent key means the schema default.
-OPTIMIZER_DEFAULTS = {"name": "sgd", "lr": 0.1, "momentum": 0.0, "nesterov": False,
-                      "weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8,
-                      "c": 0.5, "c0": 1.0, "b0": 1.0}
-SCHEDULE_DEFAULTS = {"name": "constant", "min_lr": 0.0, "pct_start": 0.3, "div_factor": 25.0,
-                     "final_div_factor": 10000.0, "anneal_strategy": "cos", "warmup_steps": 0,
-                     "warmup_fraction": 0.0, "warmup_init": 0.0, "power": 1.0}
+from landscope.settings import section_defaults
+
+# The schema's defaults of the ``optimizer:`` and ``schedule:`` sections; the code reads every key
+# through these, so an absent key means the schema default.
+OPTIMIZER_DEFAULTS = section_defaults("optimizer")
+SCHEDULE_DEFAULTS = section_defaults("schedule")
 OPTIMIZERS = ("sgd", "adam", "adamw", "nadamw", "sps_max", "decsps", "ngn", "adagrad_norm_max",
               "nsgdm")
 SCHEDULES = ("constant", "cosine", "onecycle", "warmup_cosine", "polynomial")

@@ -18,6 +18,7 @@ import polars as pl
 import torch
 
 from landscope.problem import analytic
+from landscope.report.base import Section
 from landscope.trajectory.replay import parameter_path
 from landscope.trajectory.rundir import checkpoint_path, load_checkpoint, load_minimizer
 
@@ -138,8 +139,8 @@ def surface_chart(example: int, grid: pl.DataFrame, cps: pl.DataFrame, xks: pl.D
     return alt.layer(*layers).properties(title=title, width=360, height=360).resolve_scale(color="independent")
 
 
-def surface_charts(con, results: str | Path, experiment: str) -> list[tuple[str, object]]:
-    """[(sweep point, chart)]: one surface per sweep point of an analytic experiment (else [])."""
+def analytic_sections(con, results: str | Path, experiment: str) -> list[Section]:
+    """One section per sweep point of an analytic experiment (else []): f(x, y) around the trajectories."""
     runs = analytic_runs(con, experiment)
     if runs.is_empty():
         return []
@@ -157,5 +158,5 @@ def surface_charts(con, results: str | Path, experiment: str) -> list[tuple[str,
         xlim, ylim = plot_box(xs, ys)
         chart = surface_chart(example, surface_grid(example, xlim, ylim), c, k, minimizer_set(example, xlim, ylim),
                               f"Example {example}: f(x, y), S (red), every iterate per seed, x_K (×) — {point}")
-        out.append((point, chart))
+        out.append(Section(f"Surface: {point}", chart))
     return out

@@ -1,4 +1,4 @@
-"""Curvature charts for an experiment page (landscope.report calls :func:`curvature_charts`).
+"""Curvature charts for an experiment page (landscope.report.page calls :func:`curvature_charts`).
 
 Per sweep point and checkpoint, over the point's seeds: sharpness against the optimizer's stability
 threshold (edge of stability: lambda_max vs 2/lr for SGD, the preconditioned sharpness vs 38/lr for
@@ -16,10 +16,8 @@ import math
 
 import altair as alt
 import polars as pl
-import torch
 
-from landscope.measures.hvp import smoothed_density
-from landscope.report.base import band_chart, point_color, point_order
+from landscope.report.base import Section, band_chart, point_color, point_order
 
 # (column, its standard error or None): aggregated per (point, step) over the point's runs
 _AGG_SQL = """
@@ -47,7 +45,7 @@ def eos_summary(con, experiment: str) -> tuple[int, int]:
 
 
 def eos_rules(con, experiment: str) -> list[str]:
-    """The distinct thresholds the experiment's runs are compared with (landscope.curvature.eos_threshold)."""
+    """The distinct thresholds the experiment's runs are compared with (landscope.measures.curvature.eos_threshold)."""
     q = "SELECT DISTINCT coalesce(eos_rule, 'gd') FROM curvature WHERE experiment = $e ORDER BY 1"
     return [r[0] for r in con.sql(q, params={"e": experiment}).fetchall()]
 
@@ -84,19 +82,20 @@ def sharpness_chart(stat: pl.DataFrame, lines: pl.DataFrame, rules: list[str] | 
     return alt.layer(*chart.layer, dashed).properties(title=chart.title, width=460, height=260)
 
 
-def curvature_charts(con, experiment: str) -> list[tuple[str, str, object | None]]:
-    """(title, caption, chart or None) of the experiment's curvature measurements, in page order."""
+def curvature_charts(con, experiment: str) -> list[Section]:
+    """The experiment's curvature measurements, in page order (chart None where there are no rows)."""
     out = []
     lam = curvature_stat_expr(con, experiment, "coalesce(c.eos_sharpness, c.lambda_max)")
     above, total = eos_summary(con, experiment)
     rules = eos_rules(con, experiment)
     share = f"{above} of {total} checkpoints ({100 * above / total:.0f}%)" if total else "no checkpoint"
-    out.append(("Edge of stability",
-                f"{share} above the stability threshold (dashed): 2/lr for SGD, 2(1+β)/lr with heavy-ball "
-                "momentum β, (2+2β1)/((1−β1) lr) = 38/lr at β1 = 0.9 for Adam, whose sharpness is that of "
-                "the preconditioned Hessian P⁻¹H (Cohen et al. 2022); Lanczos top Ritz value (a lower "
-                "bound), min-max band over seeds",
-                sharpness_chart(lam, threshold_lines(con, experiment), rules) if not lam.is_empty() else None))
+    out.append(Section(
+        "Edge of stability",
+        sharpness_chart(lam, threshold_lines(con, experiment), rules) if not lam.is_empty() else None,
+        f"{share} above the stability threshold (dashed): 2/lr for SGD, 2(1+β)/lr with heavy-ball "
+        "momentum β, (2+2β1)/((1−β1) lr) = 38/lr at β1 = 0.9 for Adam, whose sharpness is that of "
+        "the preconditioned Hessian P⁻¹H (Cohen et al. 2022); Lanczos top Ritz value (a lower "
+        "bound), min-max band over seeds"))
     specs = [("Smallest eigenvalue", "lambda_min", None, "λ_min", "bottom Lanczos Ritz value (an upper bound); "
               "negative: a saddle direction", "Smallest eigenvalue λ_min", 0.0),
              ("Negative eigenvalues", "neg_fraction", "neg_fraction_se", "fraction",
@@ -107,12 +106,13 @@ def curvature_charts(con, experiment: str) -> list[tuple[str, str, object | None
     for title, col, se, y_title, caption, chart_title, rule in specs:
         df = curvature_stat(con, experiment, col, se)
         chart = band_chart(df, chart_title, y_title, rule_at=rule) if not df.is_empty() else None
-        out.append((title, caption, chart))
+        out.append(Section(title, chart, caption))
     dens = density_curves(con, experiment)
-    out.append(("Spectral density", "SLQ density smoothed with a Gaussian of width σ (the Lanczos resolution), "
-                "first seed of each sweep point at its first, middle and last measured checkpoint, floored at "
-                "1e-6 of its peak; solid grey: 0, dashed: 2/lr at that checkpoint (gradient descent's threshold)",
-                density_chart(dens) if not dens.is_empty() else None))
+    out.append(Section(
+        "Spectral density", density_chart(dens) if not dens.is_empty() else None,
+        "SLQ density smoothed with a Gaussian of width σ (the Lanczos resolution), first seed of each sweep "
+        "point at its first, middle and last measured checkpoint, floored at 1e-6 of its peak; solid grey: 0, "
+        "dashed: 2/lr at that checkpoint (gradient descent's threshold)"))
     for title, col, se, caption in (
             ("Trace", "trace", "trace_se", "Hutchinson estimate; band: seeds' range ± one standard error over probes"),
             ("Trace (Hutch++)", "trace_hutchpp", "trace_hutchpp_se",
@@ -120,8 +120,8 @@ def curvature_charts(con, experiment: str) -> list[tuple[str, str, object | None
              "top eigendirections its sketch finds, Hutchinson on the rest; band: seeds' range ± one "
              "standard error")):
         df = curvature_stat(con, experiment, col, se)
-        out.append((title, caption, band_chart(df, f"Hessian trace ({title.lower()})", "tr H")
-                    if not df.is_empty() else None))
+        out.append(Section(title, band_chart(df, f"Hessian trace ({title.lower()})", "tr H")
+                           if not df.is_empty() else None, caption))
     out.append(plateau_section(con, experiment))
     return out + flatness_charts(con, experiment)
 
@@ -159,13 +159,17 @@ ORDER BY k.point, k.step, s.probe, s.ritz
 
 def density_curves(con, experiment: str, points: int = 160) -> pl.DataFrame:
     """point, step, checkpoint (first/middle/last), eigenvalue, density, two_over_lr: the smoothed SLQ
-    density (landscope.curvature.smoothed_density, averaged over probes) on an even grid over the
-    Ritz values ± 4 sigma, floored at 1e-6 of the curve's peak (the chart is log-scale)."""
-
+    density (landscope.measures.hvp.smoothed_density, averaged over probes) on an even grid over the
+    Ritz values ± 4 sigma, floored at 1e-6 of the curve's peak, taken at the Ritz values (the chart is
+    log-scale)."""
     nodes = con.sql(_DENSITY_SQL, params={"e": experiment}).pl()
     if nodes.is_empty():
         return pl.DataFrame(schema={"point": pl.String, "step": pl.Int64, "checkpoint": pl.String,
                                     "eigenvalue": pl.Float64, "density": pl.Float64, "two_over_lr": pl.Float64})
+    import torch  # only pages with a spectrum need torch; the others (plateaus only) stay torch-free
+
+    from landscope.measures.hvp import smoothed_density  # torch, as above
+
     rows = []
     for (point, step, label), g in nodes.group_by(["point", "step", "checkpoint"], maintain_order=True):
         ritz = torch.tensor(g["ritz"].to_list(), dtype=torch.float64)
@@ -175,16 +179,11 @@ def density_curves(con, experiment: str, points: int = 160) -> pl.DataFrame:
             sigma = max(float(ritz.max() - ritz.min()), 1e-12) / max(len(ritz) // g["probe"].n_unique(), 1)
         grid = torch.linspace(float(ritz.min()) - 4 * sigma, float(ritz.max()) + 4 * sigma, points,
                               dtype=torch.float64)
-        rho = smoothed_density(ritz, weight, grid, sigma).clamp_min(1e-6 * rho_peak(ritz, weight, sigma))
+        peak = float(smoothed_density(ritz, weight, ritz, sigma).max())
+        rho = smoothed_density(ritz, weight, grid, sigma).clamp_min(1e-6 * peak)
         rows += [{"point": point, "step": step, "checkpoint": label, "eigenvalue": float(t), "density": float(r),
                   "two_over_lr": g["two_over_lr"][0]} for t, r in zip(grid, rho)]
     return pl.DataFrame(rows)
-
-
-def rho_peak(ritz: torch.Tensor, weight: torch.Tensor, sigma: float) -> float:
-    """The smoothed density's largest value at the Ritz nodes (its peak up to the grid)."""
-
-    return float(smoothed_density(ritz, weight, ritz, sigma).max())
 
 
 def density_chart(df: pl.DataFrame):
@@ -232,8 +231,8 @@ def loss_bins(con, experiment: str, window: int) -> pl.DataFrame:
     return con.sql(q, params={"e": experiment, "w": window}).pl()
 
 
-def plateau_section(con, experiment: str) -> tuple[str, str, object | None]:
-    """('Plateaus', caption with the counts, chart of the binned loss with the plateaus or None)."""
+def plateau_section(con, experiment: str) -> Section:
+    """'Plateaus': the counts in the caption, the binned loss with the plateaus and escapes (or None)."""
     ev = plateau_rows(con, experiment)
     escaped = ev.filter(pl.col("escaped")) if not ev.is_empty() else ev
     at_end = ev.filter(pl.col("at_end")).height if not ev.is_empty() else 0
@@ -242,7 +241,7 @@ def plateau_section(con, experiment: str) -> tuple[str, str, object | None]:
                f"(the loss then dropped by plateau_drop; triangles), {at_end} lasting to the end of the "
                "run (convergence or a stall); thick bars: plateaus at their mean loss")
     if ev.is_empty():
-        return "Plateaus", caption, None
+        return Section("Plateaus", None, caption)
     window = int(ev["window_steps"][0])
     loss = loss_bins(con, experiment, window).filter(pl.col("loss") > 0)
     order = point_order(loss["point"].to_list() + ev["point"].to_list())
@@ -260,8 +259,8 @@ def plateau_section(con, experiment: str) -> tuple[str, str, object | None]:
         layers.append(alt.Chart(esc).mark_point(shape="triangle-down", size=90, filled=True).encode(
             x="escape_step:Q", y=alt.Y("loss_after:Q", scale=alt.Scale(type="log")), color=point_color(order),
             tooltip=["run:N", "escape_step:Q", alt.Tooltip("relative_drop:Q", format=".2f")]))
-    return "Plateaus", caption, alt.layer(*layers).properties(
-        title="Plateaus of the training loss and their escapes", width=460, height=260)
+    return Section("Plateaus", alt.layer(*layers).properties(
+        title="Plateaus of the training loss and their escapes", width=460, height=260), caption)
 
 
 # ----------------------------------------------------------------------------------- flatness
@@ -312,19 +311,22 @@ def point_chart(df: pl.DataFrame, title: str, y_title: str):
     return alt.layer(bar, dot).properties(title=title, width=460, height=260)
 
 
-def flatness_charts(con, experiment: str) -> list[tuple[str, str, object | None]]:
-    """(title, caption, chart or None) for step length, sublevel radius and LLC."""
+def flatness_charts(con, experiment: str) -> list[Section]:
+    """Step length, sublevel radius and LLC (chart None where there are no rows)."""
     steps = step_length_stat(con, experiment)
     log = not steps.is_empty() and steps["lo"].min() > 0
     radius, llc = radius_stat(con, experiment), llc_stat(con, experiment)
     return [
-        ("Step length", "||x_{k+1} - x_k|| / (steps between checkpoints); min-max band over seeds",
-         band_chart(steps, "Mean step length between checkpoints", "step length", log=log)
-         if not steps.is_empty() else None),
-        ("Sublevel radius", "largest t with f(x_K + t d) - f(x_K) <= eps along filter-normalised "
-         "directions d; dot: mean over seeds of the median, bar: lowest first to highest third quartile",
-         point_chart(radius, "eps-sublevel radius at x_K", "radius t") if not radius.is_empty() else None),
-        ("Local learning coefficient", "SGLD estimate at x_K; dot: mean over seeds, bar: seeds' range "
-         "± one standard deviation over chains",
-         point_chart(llc, "Local learning coefficient λ̂ at x_K", "λ̂") if not llc.is_empty() else None),
+        Section("Step length",
+                band_chart(steps, "Mean step length between checkpoints", "step length", log=log)
+                if not steps.is_empty() else None,
+                "||x_{k+1} - x_k|| / (steps between checkpoints); min-max band over seeds"),
+        Section("Sublevel radius",
+                point_chart(radius, "eps-sublevel radius at x_K", "radius t") if not radius.is_empty() else None,
+                "largest t with f(x_K + t d) - f(x_K) <= eps along filter-normalised directions d; dot: mean "
+                "over seeds of the median, bar: lowest first to highest third quartile"),
+        Section("Local learning coefficient",
+                point_chart(llc, "Local learning coefficient λ̂ at x_K", "λ̂") if not llc.is_empty() else None,
+                "SGLD estimate at x_K; dot: mean over seeds, bar: seeds' range ± one standard deviation over "
+                "chains"),
     ]

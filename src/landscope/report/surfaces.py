@@ -1,6 +1,6 @@
-"""Loss-surface charts for an experiment page (landscope.report calls :func:`surface_charts`).
+"""Loss-surface charts for an experiment page (landscope.report.page calls :func:`surface_charts`).
 
-From the ``surface_1d``, ``surface_2d`` and ``surface_path`` tables (landscope.surfaces):
+From the ``surface_1d``, ``surface_2d`` and ``surface_path`` tables (landscope.measures.surfaces):
 
 - the loss along x_0 -> x_K, one line per run coloured by sweep point (t = 0 is x_0, t = 1 is x_K);
 - the loss along x_k -> x_K from each starting iterate, one panel per sweep point;
@@ -14,7 +14,7 @@ from __future__ import annotations
 import altair as alt
 import polars as pl
 
-from landscope.report.base import point_color, point_order
+from landscope.report.base import Section, point_color, point_order
 
 PLANE_TEXT = {
     "random": ("Random plane",
@@ -169,22 +169,20 @@ def plane_charts(con, experiment: str, plane: str, per_row: int = 3):
     return alt.vconcat(*rows).resolve_scale(color="independent"), "; captured: " + ", ".join(shares)
 
 
-def surface_charts(con, experiment: str) -> list[tuple[str, str, object | None]]:
-    """(title, caption, chart or None) of the experiment's loss surfaces, in page order."""
+def surface_charts(con, experiment: str) -> list[Section]:
+    """The experiment's loss surfaces, in page order (chart None where there are no rows)."""
     first = line_stat(con, experiment, first_only=True)
     every = line_stat(con, experiment, first_only=False)
-    out = [("Loss from x_0 to x_K",
-            "loss on the evaluation subset at x_0 + t (x_K − x_0), one line per run; t = 0 is x_0, t = 1 is "
-            "x_K (dashed), beyond them the line is extrapolated. A monotone decrease means no barrier "
-            "between initialisation and x_K along the straight line",
-            first_line_chart(first) if not first.is_empty() else None),
-           ("Loss from x_k to x_K",
-            "the same from later iterates x_k (colour: k); a bump between t = 0 and 1 is a barrier the "
-            "trajectory went around",
-            starts_chart(every) if not every.is_empty() else None)]
+    out = [Section("Loss from x_0 to x_K", first_line_chart(first) if not first.is_empty() else None,
+                   "loss on the evaluation subset at x_0 + t (x_K − x_0), one line per run; t = 0 is x_0, t = 1 "
+                   "is x_K (dashed), beyond them the line is extrapolated. A monotone decrease means no barrier "
+                   "between initialisation and x_K along the straight line"),
+           Section("Loss from x_k to x_K", starts_chart(every) if not every.is_empty() else None,
+                   "the same from later iterates x_k (colour: k); a bump between t = 0 and 1 is a barrier the "
+                   "trajectory went around")]
     for plane in ("pca", "random"):
         title, caption = PLANE_TEXT[plane]
         chart, shares = plane_charts(con, experiment, plane)
-        out.append((title, caption + shares + ". Red cross: x_K; triangle: the first iterate; one panel per "
-                    "sweep point (its lowest seed)", chart))
+        out.append(Section(title, chart, caption + shares + ". Red cross: x_K; triangle: the first iterate; one "
+                           "panel per sweep point (its lowest seed)"))
     return out

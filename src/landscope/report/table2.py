@@ -1,20 +1,15 @@
 """The "Table 2" page: how the smallest feasible constants and the non-vanishing term move along
-sweeps of width, channels, depth, batch size, optimizer and model, beside what the paper claims.
+sweeps of width, channels, depth, batch size, optimizer and model, beside what the paper claims
+(landscope.report.claims).
 
-Three layers, each usable alone:
-
-* ``sweep_sequences(exp)`` turns an ExperimentSpec into JSON-able sequences: one per swept key of
-  ``TABLE2_KEYS`` and per combination of the experiment's other sweep values, points in config order;
-* ``classify_direction`` / ``optimizer_ordering`` / ``agreement`` say what a sequence of numbers
-  does (``rises``, ``falls``, ``rises then falls``, ...) and whether that matches the claim;
-* ``write_table2(results, sequences, out_html)`` queries condition_summary and writes the page.
+* ``sequence_rows`` queries condition_summary for one sequence's points, in sequence order;
+* ``directions`` compares what the sequence does with the claim, per quantity;
+* ``write_table2(results, sequences, out_html)`` writes the page: per sequence its values, directions and chart.
 """
 
 from __future__ import annotations
 
 import html
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import altair as alt
@@ -22,129 +17,16 @@ import polars as pl
 
 from landscope import store
 from landscope.report import base
-
-RTOL = 0.05  # changes within RTOL * max|value| of a sequence count as flat
-RISES, FALLS, FLAT, MIXED, NA = "rises", "falls", "flat", "mixed", "n/a"
-RISES_FALLS, FALLS_RISES = "rises then falls", "falls then rises"
-OPTIMIZER_CLAIM = ("adam", "sgdm", "sgd")  # the paper: Adam < SGDM < SGD (smallest beta first)
-FOLLOWS_LOSS = "follows the final loss"
-
-
-@dataclass(frozen=True)
-class Claim:
-    """What the paper says happens along one kind of sweep."""
-
-    beta: str  # claimed direction of the smallest feasible beta (or OPTIMIZER_CLAIM / FOLLOWS_LOSS)
-    term: str  # claimed direction of the non-vanishing term 2 beta sigma_int^2 / (alpha - beta)
-    text: str  # the claim in words, with where it comes from
-
-
-_WIDTH = Claim(RISES_FALLS, FALLS, "Minimal feasible α, β rise from small to medium width, then fall as "
-               "the model grows (Figs. 4, 5, 11-14); Table 2: βσ²_int decreases with width.")
-TABLE2_KEYS: dict[str, Claim] = {
-    "model.width": _WIDTH,
-    "model.channels": _WIDTH,
-    "model.depth": Claim(FALLS, FALLS, "α, β fall with depth; Table 2: βσ²_int decreases with depth."),
-    "batch_size": Claim(FALLS, FALLS, "α, β fall with batch size (Figs. 6, 15); Table 2: βσ²_int decreases "
-                        "with batch size."),
-    "optimizer": Claim("Adam < SGDM < SGD", NA, "Smallest feasible β: Adam < SGDM < SGD (Fig. 16); "
-                       "the paper states no ordering of the non-vanishing term."),
-    "model.name": Claim(FOLLOWS_LOSS, FALLS, "Larger models with higher final loss need larger α, β "
-                        "(Fig. 17); Table 2: βσ²_int decreases with depth (ResNet18 → ResNet34)."),
-}
-
-
-# ----------------------------------------------------------------------------------- directions
-def _finite(values) -> list[float]:
-    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
-
-
-def classify_direction(values, rtol: float = RTOL) -> str:
-    """What a sequence does along the sweep: rises, falls, rises then falls, falls then rises,
-    flat or mixed. Missing and non-finite entries are dropped; a step smaller than
-    ``rtol * max|value|`` counts as no change; fewer than two values give ``n/a``."""
-    if rtol < 0:
-        raise ValueError(f"rtol must be >= 0, got {rtol}; pass a relative tolerance such as 0.05")
-    v = _finite(values)
-    if len(v) < 2:
-        return NA
-    tol = rtol * max(abs(x) for x in v)
-    signs = [1 if b - a > tol else -1 for a, b in zip(v, v[1:]) if abs(b - a) > tol]
-    runs = [s for i, s in enumerate(signs) if i == 0 or s != signs[i - 1]]
-    return {(): FLAT, (1,): RISES, (-1,): FALLS, (1, -1): RISES_FALLS,
-            (-1, 1): FALLS_RISES}.get(tuple(runs), MIXED)
-
-
-def optimizer_kind(section: dict) -> str:
-    """adam (Adam, AdamW, NAdamW), sgdm (SGD with momentum, normalized SGD-M) or the optimizer's name."""
-    name = str(section.get("name", ""))
-    if name in ("adam", "adamw", "nadamw"):
-        return "adam"
-    if name == "nsgdm" or (name == "sgd" and float(section.get("momentum") or 0) > 0):
-        return "sgdm"
-    return name
-
-
-def optimizer_ordering(labels: list[str], values, rtol: float = RTOL) -> str:
-    """The labels sorted by value, smallest first: 'adam < sgdm < sgd' ('≈' within tolerance)."""
-    pairs = sorted(((float(v), str(lab)) for lab, v in zip(labels, values)
-                    if v is not None and math.isfinite(float(v))))
-    if len(pairs) < 2:
-        return NA
-    tol = rtol * max(abs(v) for v, _ in pairs)
-    text = pairs[0][1]
-    for (a, _), (b, lab) in zip(pairs, pairs[1:]):
-        text += (" ≈ " if b - a <= tol else " < ") + lab
-    return text
-
-
-def ordering_agrees(kinds: list[str], values, claim: tuple[str, ...] = OPTIMIZER_CLAIM) -> str | None:
-    """'yes' when every pair of kinds ranked by ``claim`` is ordered that way by value, 'no' when
-    some pair is reversed, None when fewer than two claimed kinds were measured."""
-    ranked = [(claim.index(k), float(v)) for k, v in zip(kinds, values)
-              if k in claim and v is not None and math.isfinite(float(v))]
-    if len({r for r, _ in ranked}) < 2:
-        return None
-    ok = all(va < vb for ra, va in ranked for rb, vb in ranked if ra < rb)
-    return "yes" if ok else "no"
-
-
-def agreement(measured: str, claimed: str) -> str | None:
-    """'yes' (same), 'partly' (one side of a claimed rise-then-fall), 'no', or None (nothing to compare)."""
-    if NA in (measured, claimed):
-        return None
-    if measured == claimed:
-        return "yes"
-    if claimed == RISES_FALLS and measured in (RISES, FALLS):
-        return "partly"
-    return "no"
-
-
-# ----------------------------------------------------------------------------------- sequences
-def _label(value) -> str:
-    """A sweep value as it appears in points: the label of a mapping, else the value itself."""
-    return value["label"] if isinstance(value, dict) else str(value)
-
-
-def sweep_sequences(exp) -> list[dict]:
-    """JSON-able sequences of one ExperimentSpec: for each swept key of TABLE2_KEYS and each
-    combination of the other sweep values, the points in the order the config lists the values."""
-    out = []
-    for key in (k for k in exp.sweep_keys if k in TABLE2_KEYS):
-        values = exp.raw["sweep"][key]
-        labels = [_label(v) for v in values]
-        kinds = {_label(v): optimizer_kind(v) for v in values if isinstance(v, dict)} if key == "optimizer" else {}
-        groups: dict[tuple, dict[str, str]] = {}
-        for r in exp.runs:
-            fixed = tuple((k, str(v)) for k, v in r.sweep.items() if k != key)
-            groups.setdefault(fixed, {})[str(r.sweep[key])] = r.point
-        for fixed, by_value in groups.items():
-            order = [lab for lab in labels if str(lab) in by_value]
-            out.append({"experiment": exp.name, "title": exp.title, "figure": exp.raw.get("figure"),
-                        "key": key, "fixed": ", ".join(f"{k.split('.')[-1]}={v}" for k, v in fixed),
-                        "values": [str(lab) for lab in order], "points": [by_value[str(lab)] for lab in order],
-                        "kinds": [kinds.get(str(lab), str(lab)) for lab in order]})
-    return out
+from landscope.report.claims import (
+    FOLLOWS_LOSS,
+    NA,
+    RTOL,
+    TABLE2_KEYS,
+    agreement,
+    classify_direction,
+    optimizer_ordering,
+    ordering_agrees,
+)
 
 
 def sequence_rows(con, seq: dict) -> pl.DataFrame:
@@ -217,7 +99,8 @@ def sequence_chart(seq: dict, rows: pl.DataFrame) -> alt.HConcatChart:
     return alt.hconcat(*panels)
 
 
-def _section(seq: dict, rows: pl.DataFrame, cid: str) -> str:
+def _sequence_html(seq: dict, rows: pl.DataFrame, cid: str) -> str:
+    """Heading, claim, values and directions of one sequence, and the <div> of its chart."""
     title = html.escape(seq["title"] or seq["experiment"])
     fig = f" &middot; paper figure {html.escape(str(seq['figure']))}" if seq.get("figure") else ""
     fixed = f" (with {html.escape(seq['fixed'])})" if seq["fixed"] else ""
@@ -246,9 +129,9 @@ def write_table2(results: str | Path, sequences: list[dict], out_html: str | Pat
     charts = []
     for i, (seq, rows) in enumerate(data):
         cid = "table" + base.letters(i)
-        parts.append(_section(seq, rows, cid))
+        parts.append(_sequence_html(seq, rows, cid))
         if not rows.is_empty():
-            charts.append((cid, sequence_chart(seq, rows)))
+            charts.append(base.Section(f"{seq['experiment']}: {seq['key']}", sequence_chart(seq, rows), id=cid))
     if not sequences:
         parts.append("<p class=note>No experiment of this study varies width, channels, depth, batch "
                      "size, optimizer or model.</p>")

@@ -13,7 +13,8 @@ optimizer, batch_size, steps, snapshot_every, seeds) and is not trained by lands
 
 writes, under ``results/checkpoints/experiment=mine/run=seed-0/``, what landscope's own training
 writes (a checkpoint every ``snapshot_every`` steps with its SHA-256 sidecar, the per-step train
-rows) plus ``recording.pt``: the sample indices, learning rate and loss of every step. Then
+rows) plus the recording (landscope.trajectory.rundir.RECORDING): the sample indices, learning rate
+and loss of every step. Then
 ``snakemake --cores all --configfile my_study.yaml`` runs the rest of the DAG on it: the train job
 of a recorded run only imports the recording (tables, manifest), snapshots the checkpoints and
 chooses x_K; the replay re-runs every segment with the recorded batches and learning rates and
@@ -47,25 +48,17 @@ from landscope.problem.optim import make_optimizer
 from landscope.spec import RunSpec
 from landscope.trajectory.rundir import (
     RECORDING,
-    CheckpointError,
+    RecordingError,
     checkpoint_dir,
-    checkpoint_path,
-    checkpoint_valid,
-    diverged_path,
-    file_sha256,
-    load_recording,
-    read_divergence,
+    clear_recorded_files,
+    mark_diverged,
     save_checkpoint,
-    segment_rows_path,
+    save_recording,
+    write_segment_rows,
 )
-from landscope.trajectory.train import finish_train
 
 # optimizer settings that do not change the numbers of a step (or that the replay sets itself)
 _NOT_COMPARED = {"params", "lr", "initial_lr", "foreach", "fused", "capturable", "differentiable"}
-
-
-class RecordingError(RuntimeError):
-    """The loop being recorded does not match its experiment, or the recording is incomplete."""
 
 
 def recorded_runs(config: dict | str | Path, experiment: str) -> list[RunSpec]:
@@ -122,9 +115,8 @@ class Recorder:
         self.diverged: dict | None = None
         self.closed = False
         self._t0 = time.perf_counter()
-        self._clear_old_recording()
+        clear_recorded_files(self.ckpt_dir)
         self._hook = optimizer.register_step_pre_hook(self._before_opt_step)
-
         save_checkpoint(self.ckpt_dir, 0, self.problem, optimizer)
 
     # ----------------------------------------------------------------------------- the loop
@@ -181,11 +173,10 @@ class Recorder:
             self._diverge(k)
         elif done in self._marks:
             self._write_segment_rows(done)
-
             save_checkpoint(self.ckpt_dir, done, self.problem, self.optimizer)
 
     def close(self) -> Path:
-        """Check that every step was recorded and write ``recording.pt`` (+ sidecar); returns its path."""
+        """Check that every step was recorded and write the recording (+ sidecar); returns its path."""
         if self.closed:
             return self.ckpt_dir / RECORDING
         self._hook.remove()
@@ -193,26 +184,13 @@ class Recorder:
         if self.diverged is None and self.step_count != self.steps:
             raise RecordingError(f"run {self.spec.run}: recorded {self.step_count} steps, but the experiment has "
                                  f"steps: {self.steps}; record all of them (or set steps: {self.step_count})")
-
         n = len(self._indices)
-        offsets = [0]
-        for idx in self._indices:
-            offsets.append(offsets[-1] + len(idx))
-        path = self.ckpt_dir / RECORDING
-        payload = {"indices": torch.cat(self._indices) if n else torch.zeros(0, dtype=torch.int64),
-                   "offsets": torch.tensor(offsets, dtype=torch.int64),
-                   "lr": torch.tensor(self._lrs, dtype=torch.float64),
-                   "loss": torch.tensor(self._losses[:n], dtype=torch.float64)}
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save(payload, tmp)
-        tmp.replace(path)
         chash = self.spec.config_hash()
-        side = {"experiment": self.spec.experiment, "run": self.spec.run, "config_hash": chash,
-                "steps": n, "sha256": file_sha256(path), "wall_s": time.perf_counter() - self._t0,
-                "diverged_step": None if self.diverged is None else self.diverged["step"],
-                "provenance": store.provenance(chash, str(self.problem.device))}
-        store.atomic_write_bytes(path.with_suffix(".json"), json.dumps(side, indent=1).encode())
-        return path
+        return save_recording(self.ckpt_dir, self._indices, self._lrs, self._losses[:n], {
+            "experiment": self.spec.experiment, "run": self.spec.run, "config_hash": chash, "steps": n,
+            "wall_s": time.perf_counter() - self._t0,
+            "diverged_step": None if self.diverged is None else self.diverged["step"],
+            "provenance": store.provenance(chash, str(self.problem.device))})
 
     def __enter__(self) -> "Recorder":
         return self
@@ -220,61 +198,24 @@ class Recorder:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-        else:  # an interrupted loop leaves no recording.json: the pipeline will not use it
+        else:  # an interrupted loop leaves no recording (nor its sidecar): the pipeline will not use it
             self._hook.remove()
             self.closed = True
 
     # ----------------------------------------------------------------------------- files
-    def _clear_old_recording(self) -> None:
-        d = self.ckpt_dir
-        if not d.is_dir():
-            return
-        for pattern in ("recording.*", "step=*.pt", "step=*.json", "train-segment=*.parquet", "diverged.json"):
-            for f in d.glob(pattern):
-                f.unlink()
-
     def _write_segment_rows(self, end: int) -> None:
         lo = self._segment_start
         j = self.spec.checkpoint_steps.index(lo)
-        steps = list(range(lo, end))
-        store.write_table(segment_rows_path(self.ckpt_dir, j), "train", {
-            "experiment": [self.spec.experiment] * len(steps), "run": [self.spec.run] * len(steps),
-            "step": steps, "epoch": self._epochs[lo:end], "lr": self._lrs[lo:end],
-            "batch_loss": self._losses[lo:end]})
+        write_segment_rows(self.ckpt_dir, j, self.spec, list(range(lo, end)), self._epochs[lo:end],
+                           self._lrs[lo:end], self._losses[lo:end])
         self._segment_start = end
 
     def _diverge(self, k: int) -> None:
         """A non-finite loss: as landscope's training does, keep the rows up to it, mark the run
         diverged, and take no more checkpoints."""
-
         j = self.spec.checkpoint_steps.index(self._segment_start)
         self._write_segment_rows(k + 1)
-        self.diverged = {"step": k, "segment": j, "config_hash": self.spec.config_hash()}
-        store.atomic_write_bytes(diverged_path(self.ckpt_dir), json.dumps(self.diverged).encode())
-
-
-def finish_recording(spec: RunSpec, ckpt_dir: str | Path, results: str | Path) -> dict:
-    """The train job of a recorded run: check the recording and its checkpoints, then write the
-    ``train`` and ``runs`` tables and ``manifest.json`` exactly as landscope's training would."""
-
-    ckpt_dir = Path(ckpt_dir)
-    for table in ("steps", "directions", "drift"):  # parts measured on an earlier recording
-        for part in store.table_dir(results, table, spec.experiment, spec.run).glob("part-*.parquet"):
-            part.unlink()
-    rec = load_recording(ckpt_dir, spec)
-    chash = spec.config_hash()
-    diverged = read_divergence(ckpt_dir, chash)
-    marks = spec.checkpoint_steps if diverged is None else spec.checkpoint_steps[:diverged["segment"] + 1]
-    for s in marks:
-        if not checkpoint_valid(checkpoint_path(ckpt_dir, s), chash):
-            raise CheckpointError(f"run {spec.experiment}/{spec.run}: recorded checkpoint step={s} is missing, "
-                                  "corrupted or from another configuration; record the run again")
-    problem = build_problem(spec)
-    if rec.indices.numel() and int(rec.indices.max()) >= len(problem.data):
-        raise RecordingError(f"run {spec.experiment}/{spec.run}: the recording indexes sample "
-                             f"{int(rec.indices.max())}, but the dataset has {len(problem.data)} samples")
-    wall = json.loads((ckpt_dir / RECORDING).with_suffix(".json").read_text()).get("wall_s", math.nan)
-    return finish_train(spec, problem, ckpt_dir, results, wall, diverged)
+        self.diverged = mark_diverged(self.ckpt_dir, k, j, self.spec.config_hash())
 
 
 def _resolve_spec(spec, experiment, run) -> RunSpec:

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
-import json
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pyarrow.parquet as pq
 
 from landscope import store
 from landscope.problem.build import build_problem
 from landscope.problem.evaluate import full_loss_and_grad, norm_of
-from landscope.trajectory.rundir import checkpoint_path, load_checkpoint, save_minimizer
+from landscope.trajectory.rundir import (
+    checkpoint_path,
+    load_checkpoint,
+    manifest_checkpoints,
+    run_manifest,
+    save_minimizer,
+)
 
 
 def snapshot_run(spec, ckpt_dir: str | Path, results: str | Path) -> Path:
     """Full-batch loss, gradient norm, parameter norm and accuracy at every checkpoint."""
-
     problem = build_problem(spec)
     rows = {k: [] for k in store.SCHEMAS["snapshots"]}
-    manifest = json.loads((Path(ckpt_dir) / "manifest.json").read_text())
-    for step in [c["step"] for c in manifest["checkpoints"]]:  # fewer when the run diverged
+    for step in manifest_checkpoints(run_manifest(spec, ckpt_dir, "snapshot")):  # fewer when the run diverged
         state = load_checkpoint(checkpoint_path(ckpt_dir, step), spec.config_hash(), problem.device)
         problem.model.load_state_dict(state["model"])
         f, grads, acc = full_loss_and_grad(problem, problem.model)
@@ -33,31 +39,36 @@ def snapshot_run(spec, ckpt_dir: str | Path, results: str | Path) -> Path:
                              "snapshots", rows, meta)
 
 
-def select_minimizer(spec, ckpt_dir: str | Path, snapshots_path: str | Path, out_pt: str | Path,
-                     results: str | Path) -> dict:
-    """Choose x_K among the checkpoints: ``last`` (the paper) or ``best`` (lowest full loss)."""
+@dataclass(frozen=True)
+class Choice:
+    """x_K as a minimizer method chose it."""
+
+    step: int  # the checkpoint it is (the last one averaged, for tail_average)
+    model: dict  # its model state
+    full_loss: float | None  # f(x_K) from the snapshots; None when x_K is no checkpoint
+    extra: dict = field(default_factory=dict)  # what else the method records (averaged_steps)
 
 
-    snaps = pq.read_table(snapshots_path).to_pydict()
-    if spec.minimizer in ("last", "projection"):  # projection: x_K per step; the file holds x_last
-        i = snaps["step"].index(max(snaps["step"]))
-    elif spec.minimizer == "tail_average":
-        i = None
-    elif spec.minimizer == "best":
-        i = min(range(len(snaps["step"])), key=lambda j: (snaps["full_loss"][j], -snaps["step"][j]))
-    else:
-        raise ValueError(f"unknown minimizer method {spec.minimizer!r}; use last, best, tail_average or projection")
-    if spec.minimizer == "tail_average":
-        return _tail_average(spec, ckpt_dir, snaps, out_pt, results)
-    step = snaps["step"][i]
-    state = load_checkpoint(checkpoint_path(ckpt_dir, step), spec.config_hash())
-    out = {"step": step, "method": spec.minimizer, "full_loss": snaps["full_loss"][i]}
-    save_minimizer(out_pt, {"model": state["model"], "step": step, "method": spec.minimizer}, out)
-    meta = store.provenance(spec.config_hash())
-    store.write_table(store.part_path(results, "minimizers", spec.experiment, spec.run), "minimizers", {
-        "experiment": [spec.experiment], "run": [spec.run], "method": [spec.minimizer],
-        "step": [step], "full_loss": [snaps["full_loss"][i]]}, meta)
-    return out
+def last_index(snaps: dict) -> int:
+    """The last checkpoint (the paper's x_K)."""
+    return snaps["step"].index(max(snaps["step"]))
+
+
+def best_index(snaps: dict) -> int:
+    """The checkpoint of lowest full loss (the later one on a tie)."""
+    return min(range(len(snaps["step"])), key=lambda j: (snaps["full_loss"][j], -snaps["step"][j]))
+
+
+def checkpoint_choice(index_of: Callable[[dict], int]) -> Callable:
+    """A method that picks one checkpoint: the one at ``index_of(snapshots)``."""
+
+    def choose(spec, ckpt_dir, snaps: dict) -> Choice:
+        i = index_of(snaps)
+        step = snaps["step"][i]
+        state = load_checkpoint(checkpoint_path(ckpt_dir, step), spec.config_hash())
+        return Choice(step, state["model"], snaps["full_loss"][i])
+
+    return choose
 
 
 TAIL_FRACTION = 0.25
@@ -69,9 +80,8 @@ def tail_steps(checkpoints: list[int], steps: int) -> list[int]:
     return tail if len(tail) >= 2 else sorted(checkpoints)[-2:]
 
 
-def _tail_average(spec, ckpt_dir, snaps, out_pt, results) -> dict:
+def tail_average(spec, ckpt_dir, snaps: dict) -> Choice:
     """x_K = mean of the parameters of the tail checkpoints (integer buffers: from the last one)."""
-
     chosen = tail_steps(sorted(snaps["step"]), spec.steps)
     states = [load_checkpoint(checkpoint_path(ckpt_dir, s), spec.config_hash())["model"] for s in chosen]
     avg = {}
@@ -80,10 +90,33 @@ def _tail_average(spec, ckpt_dir, snaps, out_pt, results) -> dict:
             avg[k] = (sum(st[k].double() for st in states) / len(states)).to(last.dtype)
         else:
             avg[k] = last.clone()
-    out = {"step": chosen[-1], "method": "tail_average", "full_loss": float("nan"), "averaged_steps": chosen}
-    save_minimizer(out_pt, {"model": avg, "step": chosen[-1], "method": "tail_average",
-                            "averaged_steps": chosen}, out)
+    return Choice(chosen[-1], avg, None, {"averaged_steps": chosen})
+
+
+# minimizer method -> how it chooses x_K (projection: x_K moves per step, Proj(x_k, S), in the
+# replay; the file holds the last checkpoint)
+MINIMIZERS: dict[str, Callable] = {
+    "last": checkpoint_choice(last_index),
+    "best": checkpoint_choice(best_index),
+    "tail_average": tail_average,
+    "projection": checkpoint_choice(last_index),
+}
+
+
+def select_minimizer(spec, ckpt_dir: str | Path, snapshots_path: str | Path, out_pt: str | Path,
+                     results: str | Path) -> dict:
+    """Choose x_K among the checkpoints by the run's method (MINIMIZERS: ``last``, the paper's, the
+    lowest full loss ``best``, ``tail_average``, ``projection``); write it (with its sidecar) and
+    the ``minimizers`` row; returns {'step', 'method', 'full_loss' (NaN when not measured), ...}."""
+    snaps = pq.read_table(snapshots_path).to_pydict()
+    choose = MINIMIZERS.get(spec.minimizer)
+    if choose is None:
+        raise ValueError(f"unknown minimizer method {spec.minimizer!r}; use last, best, tail_average or projection")
+    c = choose(spec, ckpt_dir, snaps)
+    out = {"step": c.step, "method": spec.minimizer,
+           "full_loss": math.nan if c.full_loss is None else c.full_loss, **c.extra}
+    save_minimizer(out_pt, {"model": c.model, "step": c.step, "method": spec.minimizer, **c.extra}, out)
     store.write_table(store.part_path(results, "minimizers", spec.experiment, spec.run), "minimizers", {
-        "experiment": [spec.experiment], "run": [spec.run], "method": ["tail_average"],
-        "step": [chosen[-1]], "full_loss": [None]}, store.provenance(spec.config_hash()))
+        "experiment": [spec.experiment], "run": [spec.run], "method": [spec.minimizer],
+        "step": [c.step], "full_loss": [c.full_loss]}, store.provenance(spec.config_hash()))
     return out

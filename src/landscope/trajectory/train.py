@@ -1,4 +1,5 @@
-"""Deterministic training with checkpoints and resume; the training step that replay re-runs."""
+"""The train job: deterministic training with checkpoints and resume (or importing a recorded loop),
+then the snapshots and x_K; and the training step that every replay re-runs."""
 
 from __future__ import annotations
 
@@ -8,25 +9,32 @@ import math
 import time
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from landscope import store
 from landscope.jobs import progress_bar
 from landscope.problem.build import Problem, build_problem, epoch_of
-from landscope.problem.optim import lr_at, make_optimizer
+from landscope.problem.optim import make_optimizer
 from landscope.spec import RunSpec
 from landscope.trajectory.rundir import (
+    CheckpointError,
+    RecordingError,
     checkpoint_path,
+    checkpoint_sha256,
     checkpoint_valid,
-    diverged_path,
+    clear_divergence,
     load_checkpoint,
+    load_recording,
+    mark_diverged,
     read_divergence,
+    read_train_rows,
     restore_state,
     save_checkpoint,
     segment_rows_path,
+    write_manifest,
+    write_segment_rows,
 )
+from landscope.trajectory.snapshot import select_minimizer, snapshot_run
 
 log = logging.getLogger("landscope")
 
@@ -53,22 +61,41 @@ def take_step(problem: Problem, opt: torch.optim.Optimizer, step: int, hook=None
     return loss.detach()
 
 
+def produce_run(spec: RunSpec, ckpt_dir: str | Path, results: str | Path, minimizer_path: str | Path,
+                progress: bool = False) -> dict:
+    """The train job of one run: train it (or, for ``source: recorded``, import what your own loop
+    recorded), snapshot every checkpoint, and choose x_K into ``minimizer_path``; returns the choice
+    (select_minimizer's dict). Three steps that stay separate functions (one job saves two
+    interpreter and torch start-ups per run; each could be a rule of its own)."""
+    if spec.source == "recorded":
+        finish_recording(spec, ckpt_dir, results)
+    else:
+        train_run(spec, ckpt_dir, results, progress=progress)
+    snapshots = snapshot_run(spec, ckpt_dir, results)
+    return select_minimizer(spec, ckpt_dir, snapshots, minimizer_path, results)
+
+
+def clear_measured_parts(spec: RunSpec, results: str | Path) -> None:
+    """Delete the run's evaluation parts: those of an earlier configuration (e.g. more segments) or
+    an earlier recording must not outlive it."""
+    for table in ("steps", "directions", "drift"):
+        for part in store.table_dir(results, table, spec.experiment, spec.run).glob("part-*.parquet"):
+            part.unlink()
+
+
 def train_run(spec: RunSpec, ckpt_dir: str | Path, results: str | Path, progress: bool = False) -> dict:
     """Train one run deterministically, checkpointing every ``snapshot_every`` steps.
 
     Resumes from the newest valid checkpoint in ``ckpt_dir`` written by the same configuration.
-    Writes the ``train`` and ``runs`` tables and returns the manifest (also written as
-    ``ckpt_dir/manifest.json``).
+    Writes the ``train`` and ``runs`` tables and returns the manifest (also written into the run
+    folder).
     """
     ckpt_dir = Path(ckpt_dir)
     if spec.source == "recorded":
         raise ValueError(f"run {spec.experiment}/{spec.run} has source: recorded: its trajectory comes from "
-                         "your own loop (landscope.Recorder), not from train_run; see recorder.finish_recording")
+                         "your own loop (landscope.Recorder), not from train_run; see train.finish_recording")
     t0 = time.perf_counter()
-    # evaluation parts of an earlier configuration (e.g. more segments) must not outlive it
-    for table in ("steps", "directions", "drift"):
-        for part in store.table_dir(results, table, spec.experiment, spec.run).glob("part-*.parquet"):
-            part.unlink()
+    clear_measured_parts(spec, results)
     problem = build_problem(spec)
     opt = make_optimizer(spec.optimizer, problem.model.parameters())
     marks = spec.checkpoint_steps
@@ -87,7 +114,7 @@ def train_run(spec: RunSpec, ckpt_dir: str | Path, results: str | Path, progress
     diverged = read_divergence(ckpt_dir, chash)
     if diverged is not None:  # deterministic: it would diverge again at the same step
         return finish_train(spec, problem, ckpt_dir, results, time.perf_counter() - t0, diverged)
-    diverged_path(ckpt_dir).unlink(missing_ok=True)
+    clear_divergence(ckpt_dir)
     if good >= 0:
         restore_state(problem, opt, load_checkpoint(checkpoint_path(ckpt_dir, marks[good]), chash))
         if good > 0:
@@ -105,17 +132,13 @@ def train_run(spec: RunSpec, ckpt_dir: str | Path, results: str | Path, progress
         bad = [lo + i for i, v in enumerate(losses_cpu) if not math.isfinite(v)]
         end = bad[0] + 1 if bad else hi
         steps = list(range(lo, end))
-        store.write_table(segment_rows_path(ckpt_dir, j), "train", {
-            "experiment": [spec.experiment] * len(steps), "run": [spec.run] * len(steps),
-            "step": steps, "epoch": [epoch_of(n, spec.batch_size, s) for s in steps],
-            "lr": [lr_at(spec.optimizer, spec.schedule, spec.steps, s) for s in steps],
-            "batch_loss": losses_cpu[:len(steps)]})
+        write_segment_rows(ckpt_dir, j, spec, steps, [epoch_of(n, spec.batch_size, s) for s in steps],
+                           [problem.lr(s) for s in steps], losses_cpu[:len(steps)])
         if bad:
             log.warning("run %s/%s diverged: loss %s at step %d; the run is marked diverged and left "
                         "out of the conditions; the rest of the study goes on", spec.experiment,
                         spec.run, losses_cpu[bad[0] - lo], bad[0])
-            store.atomic_write_bytes(diverged_path(ckpt_dir), json.dumps(
-                {"step": bad[0], "segment": j, "config_hash": chash}).encode())
+            mark_diverged(ckpt_dir, bad[0], j, chash)
             break
         save_checkpoint(ckpt_dir, hi, problem, opt)
         if bar is not None:
@@ -123,20 +146,41 @@ def train_run(spec: RunSpec, ckpt_dir: str | Path, results: str | Path, progress
     if bar is not None:
         bar.close()
     return finish_train(spec, problem, ckpt_dir, results, time.perf_counter() - t0,
-                         read_divergence(ckpt_dir, chash))
+                        read_divergence(ckpt_dir, chash))
+
+
+def finish_recording(spec: RunSpec, ckpt_dir: str | Path, results: str | Path) -> dict:
+    """The train job of a recorded run: check the recording and its checkpoints, then write the
+    ``train`` and ``runs`` tables and the manifest exactly as landscope's training would."""
+    ckpt_dir = Path(ckpt_dir)
+    clear_measured_parts(spec, results)  # parts measured on an earlier recording
+    rec = load_recording(ckpt_dir, spec)
+    chash = spec.config_hash()
+    diverged = read_divergence(ckpt_dir, chash)
+    marks = spec.checkpoint_steps if diverged is None else spec.checkpoint_steps[:diverged["segment"] + 1]
+    for s in marks:
+        if not checkpoint_valid(checkpoint_path(ckpt_dir, s), chash):
+            raise CheckpointError(f"run {spec.experiment}/{spec.run}: recorded checkpoint step={s} is missing, "
+                                  "corrupted or from another configuration; record the run again")
+    problem = build_problem(spec, rec)
+    if rec.indices.numel() and int(rec.indices.max()) >= len(problem.data):
+        raise RecordingError(f"run {spec.experiment}/{spec.run}: the recording indexes sample "
+                             f"{int(rec.indices.max())}, but the dataset has {len(problem.data)} samples")
+    return finish_train(spec, problem, ckpt_dir, results, rec.wall_s, diverged)
 
 
 def finish_train(spec: RunSpec, problem: Problem, ckpt_dir: Path, results, wall_s: float,
-                  diverged: dict | None = None) -> dict:
+                 diverged: dict | None = None) -> dict:
+    """Write the run's ``train`` and ``runs`` tables and its manifest (the checkpoints up to the
+    start of the segment that diverged, if it did); returns the manifest."""
     marks = spec.checkpoint_steps
     if diverged is not None:  # checkpoints up to the start of the segment that diverged
         marks = marks[:diverged["segment"] + 1]
     n_parts = len(marks) - 1 + (diverged is not None)
     status = "completed" if diverged is None else "diverged"
     meta = store.provenance(spec.config_hash(), str(problem.device))
-    parts = [pq.read_table(segment_rows_path(ckpt_dir, j)) for j in range(n_parts)]
-    rows = pa.concat_tables(parts).to_pydict()
-    store.write_table(store.part_path(results, "train", spec.experiment, spec.run), "train", rows, meta)
+    store.write_table(store.part_path(results, "train", spec.experiment, spec.run), "train",
+                      read_train_rows(ckpt_dir, n_parts), meta)
     opt_name = spec.optimizer["name"] + (f"(momentum={spec.optimizer['momentum']})"
                                          if spec.optimizer.get("momentum") else "")
     store.write_table(store.part_path(results, "runs", spec.experiment, spec.run), "runs", {
@@ -152,9 +196,8 @@ def finish_train(spec: RunSpec, problem: Problem, ckpt_dir: Path, results, wall_
         "experiment": spec.experiment, "run": spec.run, "config_hash": spec.config_hash(), "spec": spec.to_dict(),
         "n_params": problem.n_params, "status": status, "train_wall_s": wall_s,
         "diverged_step": None if diverged is None else diverged["step"],
-        "checkpoints": [{"step": s, "file": checkpoint_path(ckpt_dir, s).name,
-                         "sha256": json.loads(checkpoint_path(ckpt_dir, s).with_suffix(".json").read_text())["sha256"]}
+        "checkpoints": [{"step": s, "file": checkpoint_path(ckpt_dir, s).name, "sha256": checkpoint_sha256(ckpt_dir, s)}
                         for s in marks],
     }
-    store.atomic_write_bytes(Path(ckpt_dir) / "manifest.json", json.dumps(manifest, indent=1).encode())
+    write_manifest(ckpt_dir, manifest)
     return manifest

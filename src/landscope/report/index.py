@@ -1,0 +1,62 @@
+"""reports/index.html: every experiment of the study linked, with one verdict row per sweep point (plain
+HTML, no JavaScript)."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import polars as pl
+
+from landscope import store
+from landscope.report.base import html_page, html_table, page_href, write_html
+from landscope.report.conditions import condition_summary
+
+VERDICT_COLUMNS = [
+    ("point", "sweep point"), ("ab", "some (α, β) works"), ("alpha_min", "smallest α"),
+    ("beta_at_alpha_min", "β there"), ("beta_min", "smallest β"), ("pl_log10_mu_min", "log10 PL μ (min)"),
+    ("aiming_min", "Aiming min"), ("aiming", "Aiming"), ("final_full_loss_mean", "final loss")]
+
+
+def verdicts(con, experiment: str) -> pl.DataFrame:
+    """One verdict row per point: feasibility, smallest constants, PL, Aiming, final loss."""
+    df = condition_summary(con, experiment)
+    if df.is_empty():
+        return df
+    return df.with_columns(ab=pl.when(pl.col("n_runs") == 0).then(pl.lit("no measured run (diverged?)"))
+                           .when(pl.col("feasible")).then(pl.lit("yes")).otherwise(pl.lit("no")),
+                           aiming=pl.when(pl.col("aiming_min").is_null()).then(pl.lit(None, dtype=pl.String))
+                           .when(pl.col("aiming_min") < 0).then(pl.lit("fails somewhere"))
+                           .otherwise(pl.lit("holds")))
+
+
+INDEX_INTRO = """<p class=note>Does the loss landscape along these training runs satisfy the
+&alpha;-&beta;-condition (pairs with &alpha; &ge; &beta; + margin, T &ge; 0 at every replayed step of every
+seed), PL and Aiming, and with which constants? One row per sweep point. A negative Aiming minimum
+means Aiming fails somewhere along the trajectory; log<sub>10</sub> PL &mu; is the admissible PL
+constant (very negative: PL says little). Each experiment's page has the heatmaps and curves.</p>"""
+
+
+def write_index(results: str | Path, experiments: list[str], out_html: str | Path,
+                skipped: dict[str, str] | None = None, links: dict[str, str] | None = None) -> Path:
+    """The index page (plain HTML, no JavaScript): every experiment linked, with its verdicts;
+    ``links`` ({relative href: text}) lists study-wide pages such as table2.html first."""
+    con = store.connect(results)
+    try:
+        tables = {exp: verdicts(con, exp) for exp in experiments}
+    finally:
+        con.close()
+    parts = ["<h1>landscope reports</h1>", INDEX_INTRO]
+    if links:
+        items = "".join(f"<li><a href=\"{html.escape(href)}\">{html.escape(text)}</a></li>"
+                        for href, text in links.items())
+        parts.append(f"<ul class=pages>{items}</ul>")
+    for exp, df in tables.items():
+        parts.append(f"<h2><a href=\"{html.escape(page_href(exp))}\">{html.escape(exp)}</a></h2>")
+        parts.append(html_table(df, VERDICT_COLUMNS) if not df.is_empty()
+                     else "<p class=note>No condition summary yet.</p>")
+    if skipped:
+        items = "".join(f"<li><code>{html.escape(k)}</code>: {html.escape(str(v))}</li>"
+                        for k, v in sorted(skipped.items()))
+        parts.append(f"<h2>Skipped experiments</h2><ul>{items}</ul>")
+    return write_html(out_html, html_page("landscope reports", "\n".join(parts)))
