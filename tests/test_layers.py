@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 PACKAGE = "landscope"
@@ -281,28 +283,11 @@ def _report(kind: str) -> list[str]:
     return check_tree(SRC)[kind]
 
 
-def test_no_import_from_a_higher_layer():
-    found = _report("upward")
-    assert not found, "\n".join(found)
-
-
-def test_no_import_circles():
-    found = _report("cycle")
-    assert not found, "\n".join(found)
-
-
-def test_no_private_names_across_modules():
-    found = _report("private")
-    assert not found, "\n".join(found)
-
-
-def test_modules_stay_short():
-    found = _report("length")
-    assert not found, "\n".join(found)
-
-
-def test_function_local_imports_say_why():
-    found = _report("local")
+@pytest.mark.parametrize("kind", ["upward", "cycle", "private", "length", "local"], ids=[
+    "no import from a higher layer", "no import circles", "no private names across modules",
+    "modules stay short", "function-local imports say why"])
+def test_layering_rule(kind):
+    found = _report(kind)
     assert not found, "\n".join(found)
 
 

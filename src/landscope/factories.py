@@ -91,7 +91,6 @@ def factory_text(path: str) -> FactoryText:
     """Options and docstring of the top-level function or class named by ``path`` ('module:name'),
     read from the module's source without importing it (tests/test_planning.py checks the result
     against ``inspect.signature`` of every built-in)."""
-
     module, _, name = path.partition(":")
     found = [n for n in _module_tree(module).body
              if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == name]
