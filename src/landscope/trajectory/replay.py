@@ -232,9 +232,6 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
         p.requires_grad_(False)
     params = list(problem.model.parameters())
     params_k = list(model_k.parameters())
-    # With dropout the measurement needs its own forward (dropout off). Without it, the training
-    # forward (batch-norm on this batch's statistics) already gives f_{i_k}(x_k) and its gradient.
-    separate = has_dropout(problem.model)
     batchnorm = bool(batchnorm_modules(model_k))
     if batchnorm:  # x_K is only measured: batch statistics of each batch, running statistics never written
         use_batch_statistics(model_k)
@@ -251,16 +248,31 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
     bar = progress_bar(progress, n_steps, 0, f"replay {spec.run} [{lo},{hi})")
     state = {"i": 0}
 
+    # How each step is measured, decided here once. f_{i_k}(x_k) and its gradient: with dropout the
+    # measurement needs its own forward (dropout off, batch-norm on this batch's statistics, running
+    # statistics untouched); without it, the training forward already gives both.
+    def own_forward(xb, yb, loss):
+        with measurement_mode(problem.model):
+            mloss = problem.loss_fn(problem.model, problem.model(xb), yb).mean()
+            return mloss, torch.autograd.grad(mloss, params)
+
+    def training_forward(xb, yb, loss):
+        return loss, [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+
+    # f_{i_k}(x_K): in this step's forward, or (deferred) for all steps after the loop
+    def loss_at_min_now(i, xb, yb):
+        losses[i, 1] = problem.loss_fn(model_k, model_k(xb), yb).mean()
+
+    def loss_at_min_later(i, xb, yb):
+        """Nothing now: :func:`_deferred_losses_at_min` measures every step after the loop."""
+
+    loss_and_grads = own_forward if has_dropout(problem.model) else training_forward
+    loss_at_min = loss_at_min_later if deferred else loss_at_min_now
+
     def hook(idx, xb, yb, loss):
         i = state["i"]
         reference.sync(params)
-        if separate:  # dropout off, batch-norm on this batch's statistics, running stats untouched
-            with measurement_mode(problem.model):
-                out = problem.model(xb)
-                mloss = problem.loss_fn(problem.model, out, yb).mean()
-                grads = torch.autograd.grad(mloss, params)
-        else:
-            mloss, grads = loss, [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        mloss, grads = loss_and_grads(xb, yb, loss)
         with torch.no_grad():
             # g and d side by side in float64 (exact products of float32 numbers), then one BLAS
             # product gives <g, d>, |g|^2, |d|^2: six kernels per step, no allocation
@@ -269,8 +281,7 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
             pair[1].sub_(reference.flat)
             torch.mm(pair, pair.T, out=grams[i].view(2, 2))
             losses[i, 0] = mloss.detach()
-            if not deferred:
-                losses[i, 1] = problem.loss_fn(model_k, model_k(xb), yb).mean()
+            loss_at_min(i, xb, yb)
         state["i"] = i + 1
         if bar is not None:
             bar.update(1)
