@@ -5,6 +5,7 @@ values, factories that fail to import, f_i* that nobody knows, and a malicious c
 """
 
 import json
+import math
 import os
 import pickle
 
@@ -15,6 +16,7 @@ from conftest import make_study
 from landscope.config import load_study
 from landscope.factories import ConfigError
 from landscope.problem import build
+from landscope.problem.evaluate import cosine, norm_of
 from landscope.trajectory import rundir
 
 BASE = {"model": {"name": "mlp"}, "dataset": {"name": "digits", "n_train": 200}}
@@ -150,3 +152,16 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         rundir.load_minimizer(tmp_path / "minimizer.pt")
     assert not marker.exists()
+
+
+def test_cosine_of_opposite_vectors_is_clamped_to_minus_one():
+    """direction_row's cos_angle: an exactly opposite pair whose float64 quotient rounds to
+    -1.0000000000000002 (found by search), computed as direction_row does, is clamped to -1."""
+    g = torch.tensor([0.6888437030500962, 0.515908805880605], dtype=torch.float64)
+    d = -1.3196575844094505 * g
+    dot, gnorm, dist = float((g * d).sum()), norm_of([g]), norm_of([d])
+    assert dot / (gnorm * dist) == -1.0000000000000002
+    assert cosine(dot, gnorm, dist) == -1.0
+    assert cosine(-dot, gnorm, dist) == 1.0
+    assert cosine(0.3, 1.0, 0.5) == 0.6
+    assert math.isnan(cosine(0.0, 0.0, 1.0)) and math.isnan(cosine(0.0, 1.0, 0.0))

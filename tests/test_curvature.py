@@ -352,6 +352,45 @@ def test_eos_threshold_of_adaptive_methods():
     assert row["eos_sharpness"] == 400.0 and row["above_eos"] and row["eos_threshold"] == pytest.approx(380.0)
 
 
+@pytest.mark.parametrize("opt", [{"name": "sgd"}, {"name": "sgd", "momentum": 0.9}, {"name": "adam"},
+                                 {"name": "nadamw"}, {"name": "sps_max"}, {"name": "nsgdm"}])
+def test_eos_at_lr_zero_is_not_applicable(opt):
+    """At lr = 0 the optimizer does not move and every threshold is infinite: no comparison (it cannot fail)."""
+    thr, rule = cv.eos_threshold(opt, 0.0)
+    assert math.isnan(thr) and rule == "lr_zero"
+    row = cv.edge_of_stability(1e6, 0.0, opt, precond_lambda_max=1e6)
+    assert row["above_eos"] is None and math.isnan(row["eos_threshold"]) and row["eos_rule"] == "lr_zero"
+    assert row["two_over_lr"] == math.inf  # the reference line 2/lr, left as it is (the chart drops it)
+
+
+def test_eos_summary_leaves_out_checkpoints_at_lr_zero(tmp_path):
+    """Two runs of a decayed schedule with their last checkpoint at lr = 0, stored as older results did
+    (above_eos False against an infinite threshold) and as now (None): counted as left out, not as below."""
+    from landscope import store
+    from landscope.report import curvature as rc
+
+    results = synthetic_results(tmp_path)
+    for seed, above_at_zero in ((0, False), (1, None)):
+        run = f"decay_seed-{seed}"
+        rows = {c: [None, None] for c in store.SCHEMAS["curvature"]}
+        rows.update(experiment=["z", "z"], run=[run, run], step=[0, 10], lambda_max=[30.0, 30.0], lr=[1.0, 0.0],
+                    two_over_lr=[2.0, math.inf], eos_threshold=[2.0, math.nan if above_at_zero is None else math.inf],
+                    eos_rule=["gd", "lr_zero" if above_at_zero is None else "gd"], eos_sharpness=[30.0, 30.0],
+                    above_eos=[True, above_at_zero])
+        store.write_table(store.part_path(results, "curvature", "z", run), "curvature", rows)
+    con = store.connect(results)
+    assert rc.eos_summary(con, "z") == (2, 2, 2)
+    assert rc.eos_share(2, 2, 2) == ("2 of 2 checkpoints (100%) above the stability threshold; 2 checkpoints at "
+                                     "lr = 0, where the optimizer does not move, left out (not applicable: the "
+                                     "threshold is infinite there)")
+    assert rc.eos_share(0, 0, 2).startswith("not applicable: no checkpoint where the optimizer moves is compared; "
+                                            "2 checkpoints at lr = 0")
+    assert rc.eos_share(0, 0, 0) == "not applicable: no checkpoint where the optimizer moves is compared"
+    assert "; 1 checkpoint at lr = 0," in rc.eos_share(0, 3, 1)
+    caption = rc.curvature_charts(con, "z")[0].caption
+    assert caption.startswith("2 of 2 checkpoints (100%) above the stability threshold; 2 checkpoints at lr = 0")
+
+
 def test_operator_rejects_wrong_length_and_non_finite_loss():
     model, x, y = tiny_problem()
     op = hvp.hessian_operator(model, ce, x, y)
@@ -490,7 +529,7 @@ def synthetic_results(root):
                         neg_fraction_se=[0.05, 0.01], trace=[100.0, 50.0], trace_se=[4.0, 2.0],
                         two_over_lr=[2 / lr] * 2, above_eos=[x > 2 / lr for x in lam],
                         trace_hutchpp=[98.0, 51.0], trace_hutchpp_se=[1.0, 0.5], density_sigma=[0.5, 0.5],
-                        eos_threshold=[2 / lr] * 2, eos_rule=["gd"] * 2, eos_sharpness=lam)
+                        eos_threshold=[2 / lr] * 2, eos_rule=["gd"] * 2, eos_sharpness=lam, lr=[lr] * 2)
             store.write_table(store.part_path(results, "curvature", "e", run), "curvature", rows)
             # one probe, two nodes per checkpoint: weight 0.25 at -1 and 0.75 at lambda_max
             spec = {"experiment": ["e"] * 4, "run": [run] * 4, "step": [0, 0, 10, 10], "probe": [0] * 4,
@@ -512,7 +551,7 @@ def test_curvature_charts_on_synthetic_results(tmp_path):
     from landscope.report import curvature as rc
 
     con = store.connect(synthetic_results(tmp_path))
-    assert rc.eos_summary(con, "e") == (6, 8)  # lr 1: 4 of 4; lr 0.1: only step 10 (2 of 4)
+    assert rc.eos_summary(con, "e") == (6, 8, 0)  # lr 1: 4 of 4; lr 0.1: only step 10 (2 of 4)
     neg = rc.curvature_stat(con, "e", "neg_fraction", "neg_fraction_se").to_dicts()
     first = next(r for r in neg if r["point"] == "lr-0.1" and r["step"] == 0)
     assert first["n_runs"] == 2 and first["mean"] == pytest.approx(0.25)
@@ -529,7 +568,7 @@ def test_curvature_charts_on_synthetic_results(tmp_path):
     assert "2 plateau(s)" in plateaus and "1 escaped" in plateaus and "1 lasting" in plateaus
     assert len(charts[6].chart.to_dict()["layer"]) == 3  # loss curve, plateau bars, escape markers
     assert len(charts[3].chart.to_dict()["concat"]) == 2  # one density panel per sweep point
-    assert "6 of 8 checkpoints (75%)" in charts[0].caption
+    assert "6 of 8 checkpoints (75%) above the stability threshold. " in charts[0].caption
     sharp = charts[0].chart.to_dict()
     assert len(sharp["layer"]) == 3 and sharp["layer"][0]["encoding"]["y"]["scale"]["type"] == "log"
     assert rc.curvature_charts(con, "other")[0].chart is None  # no rows: no chart, no error

@@ -227,18 +227,39 @@ def test_ngn():
 
 
 @pytest.mark.parametrize("b0", [1.0, 10.0])
-def test_adagrad_norm_max(b0):
+def test_adagrad_norm_max_is_theorem_7(b0):
+    """Three steps by hand: c_k^2 = max(c_(k-1)^2, |g_k|^2), b_k^2 = b_(k-1)^2 + c_k^2, b_(-1) = b0."""
     lr = 1.0
-    s0 = sq(grad(X0))                                     # 13
-    x1 = axpy(X0, -lr / max(b0, math.sqrt(s0)), grad(X0))
-    s1 = s0 + sq(grad(x1))
-    x2 = axpy(x1, -lr / max(b0, math.sqrt(s1)), grad(x1))
-    if b0 == 10.0:                                        # the floor binds: plain SGD with lr / b0
-        assert math.sqrt(s1) < b0
-        close(x1, axpy(X0, -0.1, grad(X0)))
-    path, opt = run(spec("adagrad_norm_max", lr=lr, b0=b0), 2)
+    g0 = grad(X0)                                         # |g0|^2 = 13
+    b_sq0 = b0 ** 2 + 13.0                                # c_0^2 = 13
+    x1 = axpy(X0, -lr / math.sqrt(b_sq0), g0)
+    c_sq1 = max(13.0, sq(grad(x1)))
+    b_sq1 = b_sq0 + c_sq1
+    x2 = axpy(x1, -lr / math.sqrt(b_sq1), grad(x1))
+    c_sq2 = max(c_sq1, sq(grad(x2)))
+    b_sq2 = b_sq1 + c_sq2
+    x3 = axpy(x2, -lr / math.sqrt(b_sq2), grad(x2))
+    # the step shrinks the gradient, so the running maximum stays |g0|^2 and is accumulated three times,
+    # where AdaGrad-norm would add the (smaller) current norms and a floor would not add b0^2
+    assert sq(grad(x1)) < 13.0 and sq(grad(x2)) < 13.0 and b_sq2 == b0 ** 2 + 3 * 13.0
+    if b0 == 1.0:                                         # x1 = x0 - g0 / sqrt(14), written out
+        close(x1, [1.0 - 3.0 / math.sqrt(14.0), -2.0 + 2.0 / math.sqrt(14.0)])
+    path, opt = run(spec("adagrad_norm_max", lr=lr, b0=b0), 3)
+    close(path, [x1, x2, x3])
+    state = opt.state[opt.param_groups[0]["params"][0]]
+    close(state["max_sq_grad"], 13.0)
+    close(state["b_sq"], b0 ** 2 + 39.0)
+
+
+def test_adagrad_norm_max_running_max_rises_with_the_gradient():
+    """A step that grows the gradient: c_1^2 = |g_1|^2 > |g_0|^2 (lr 4 overshoots the a-axis: a -> 1 - 12/sqrt 14)."""
+    lr = 4.0
+    x1 = axpy(X0, -lr / math.sqrt(14.0), grad(X0))
+    assert sq(grad(x1)) > 13.0
+    b_sq1 = 14.0 + sq(grad(x1))
+    x2 = axpy(x1, -lr / math.sqrt(b_sq1), grad(x1))
+    path, _ = run(spec("adagrad_norm_max", lr=lr), 2)
     close(path, [x1, x2])
-    close(opt.state[opt.param_groups[0]["params"][0]]["sum_sq_grad"], s1)
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.9])
@@ -251,6 +272,24 @@ def test_nsgdm(beta):
     x2 = axpy(x1, -lr / math.sqrt(sq(m1)), m1)
     path, _ = run(spec("nsgdm", lr=lr, momentum=beta), 2)
     close(path, [x1, x2])
+    path, _ = run(spec("nsgdm", lr=lr, momentum=beta, momentum_follows_lr=True), 2)
+    close(path, [x1, x2])                                 # a constant schedule leaves beta_k = beta
+
+
+def test_nsgdm_momentum_follows_the_schedule():
+    """Three steps of a linear decay over 4 steps: lr_k = 0.1 (1 - k/4), beta_k = 0.9 (1 - k/4)."""
+    lr, beta, sched = 0.1, 0.9, {"name": "polynomial", "power": 1.0}
+    lrs_, betas = [0.1, 0.075, 0.05], [0.9, 0.675, 0.45]
+    x, m, want = X0, [0.0, 0.0], []
+    for lr_k, b_k in zip(lrs_, betas):
+        m = [b_k * mi + (1 - b_k) * gi for mi, gi in zip(m, grad(x))]
+        x = axpy(x, -lr_k / math.sqrt(sq(m)), m)
+        want.append(x)
+    path, opt = run(spec("nsgdm", lr=lr, momentum=beta, momentum_follows_lr=True), 3, sched=sched, steps=4)
+    close(path, want)
+    assert opt.param_groups[0]["peak_lr"] == lr
+    fixed, _ = run(spec("nsgdm", lr=lr, momentum=beta), 3, sched=sched, steps=4)
+    assert abs(fixed[2][1] - path[2][1]) > 1e-4          # off by default: the constant beta is another path
 
 
 def test_polyak_lr_comes_from_the_schedule():
@@ -281,6 +320,7 @@ def test_missing_batch_info_is_explained(name):
     (spec("sps_max", weight_decay=0.1), "sps_max: weight_decay is not supported"),
     (spec("sgd", nesterov=True), "nesterov: true needs momentum > 0"),
     (spec("nsgdm", momentum=1.0), "nsgdm: momentum must be < 1"),
+    (spec("sgd", momentum=0.9, momentum_follows_lr=True), "sgd: momentum_follows_lr applies to nsgdm only"),
     (spec("lbfgs"), "available: sgd, adam, adamw, nadamw, sps_max"),
 ])
 def test_bad_optimizer_settings_are_explained(opt_spec, needle):
@@ -292,7 +332,7 @@ def test_bad_optimizer_settings_are_explained(opt_spec, needle):
 ROUND_TRIP = [spec("sgd", momentum=0.9, nesterov=True, weight_decay=0.01), spec("adam", weight_decay=0.01),
               spec("adamw", weight_decay=0.01), spec("nadamw", weight_decay=0.01), spec("sps_max", lr=0.5),
               spec("decsps", lr=0.5), spec("ngn", lr=0.5), spec("adagrad_norm_max", weight_decay=0.01),
-              spec("nsgdm", momentum=0.9, weight_decay=0.01)]
+              spec("nsgdm", momentum=0.9, weight_decay=0.01, momentum_follows_lr=True)]
 
 
 def _train(params, opt, opt_spec, steps, ks):

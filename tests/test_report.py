@@ -7,7 +7,12 @@ Fixture ``demo``: points width=16 (c=1) and width=128 (c=3.75), seeds 0 and 1.
   cos_angle = 0.5 - 0.1 seed, aiming_coef (seed 0) 1, 0.5, -0.25 and (seed 1) 2, 1, 0.5;
 * pl: log10 mu = -3 - step / 100 - seed;
 * ab_grid on alpha, beta in {0..9}: min_t = alpha - 2 beta - c where alpha >= beta + 0.1, else NULL;
-* ab_region: the exact feasible triangle (c, 0), (9, 0), (9, (9 - c) / 2) of that grid's T.
+* ab_region: the exact feasible triangle (c, 0), (9, 0), (9, (9 - c) / 2) of that grid's T;
+* condition_summary: smallest pair (c, 0), set by the data (width=16) and by beta >= 0 (width=128); the
+  non-vanishing term's minimum 0 at (c, 0); per seed the smallest alpha is 0.8 c (seed 0) and c (seed 1);
+  the full-batch rows are 4 per run, up to 100 steps apart;
+* margin_sensitivity: margins 0.01, 0.1 (configured), 1: alpha_min c throughout, at margin 1 the corner for
+  width=16 (c = 1 = margin).
 """
 
 import json
@@ -55,6 +60,8 @@ def _write_demo(results):
     region = {c: [] for c in store.SCHEMAS["ab_region"]}
     pl_rows = {c: [] for c in store.SCHEMAS["pl"]}
     summary = {c: [] for c in store.SCHEMAS["condition_summary"]}
+    margins = {c: [] for c in store.SCHEMAS["margin_sensitivity"]}
+    seeds = {c: [] for c in store.SCHEMAS["seed_conditions"]}
     for point, (k, c) in POINTS.items():
         for seed in (0, 1):
             run = _write_run(results, EXP, point, seed, steps, k * (1 + seed) / (1 + steps), meta)
@@ -92,11 +99,27 @@ def _write_demo(results):
                    alpha_min=c, beta_at_alpha_min=0.0, beta_min=0.0, alpha_at_beta_min=c, margin=0.1,
                    alpha_box=9.0, beta_box=9.0, sigma_int_sq=0.5, sigma_int_sq_method="test<method>",
                    nonvanishing_term=0.0, pl_log10_mu_min=-5.99, aiming_min=-0.25 if k == 1 else 0.5,
-                   final_full_loss_mean=0.0125, max_abs_drift=0.0)
+                   final_full_loss_mean=0.0125, max_abs_drift=0.0, nonvanishing_alpha=c, nonvanishing_beta=0.0,
+                   binding="data" if k == 1 else "beta_nonneg", n_seeds=2, alpha_min_seed_lo=0.8 * c,
+                   alpha_min_seed_hi=c, nonvanishing_term_seed_lo=0.0, nonvanishing_term_seed_hi=0.0,
+                   directions_points=4, directions_spacing=100, cos_angle_min=0.4, qcvx_theta_min=0.75)
         for col in summary:
             summary[col].append(row[col])
+        for m in (0.01, 0.1, 1.0):
+            mrow = dict(experiment=EXP, point=point, margin=m, is_configured=m == 0.1, feasible=True, alpha_min=c,
+                        beta_at_alpha_min=0.0, nonvanishing_term=0.0,
+                        binding="corner" if m == c else row["binding"])
+            for col in margins:
+                margins[col].append(mrow[col])
+        for seed in (0, 1):
+            srow = dict(experiment=EXP, point=point, run=_run_name(point, seed), seed=seed, n_steps=300,
+                        feasible=True, alpha_min=c * (0.8 if seed == 0 else 1.0), beta_at_alpha_min=0.0,
+                        beta_min=0.0, nonvanishing_term=0.0, nonvanishing_alpha=c, nonvanishing_beta=0.0,
+                        binding=row["binding"])
+            for col in seeds:
+                seeds[col].append(srow[col])
     for table, cols in (("ab_grid", grid), ("ab_region", region), ("pl", pl_rows),
-                        ("condition_summary", summary)):
+                        ("condition_summary", summary), ("margin_sensitivity", margins), ("seed_conditions", seeds)):
         store.write_table(store.part_path(results, table, EXP), table, cols, meta)
 
 
@@ -245,6 +268,27 @@ def test_experiment_page(demo, tmp_path):
     assert "<td>3.75</td>" in page  # alpha_min of width=128
     assert page.index("<td class=l>width=16</td>") < page.index("<td class=l>width=128</td>")
     assert "abc123" in page and "last_iterate" in page  # provenance; x_K choice
+    rows = {}
+    for point, cells in re.findall(r"<tr><td class=l>(width=\d+)</td>(.*?)</tr>", page):
+        rows.setdefault(point, cells)  # the first table: the summary
+    assert rows["width=16"].startswith("<td>2</td><td>yes</td><td>1</td><td>0.8 – 1</td><td>0</td>"
+                                       "<td>set by the data</td><td>0</td><td>0</td><td>(1, 0)</td><td>0</td>")
+    assert "<td>3 – 3.75</td><td>0</td><td>set by β ≥ 0, not by the data</td>" in rows["width=128"]
+    # full-batch verdicts: the sampling beside Aiming, worded "at the N measured points" when sparse
+    assert ("<td class=l>width=128</td><td>4 per run, up to 100 steps apart</td><td>-5.99</td><td>0.5</td>"
+            "<td>holds at the 4 measured points</td><td>0.4</td><td>0.75</td>") in page
+    assert page.count("Full-batch points: 4 per run, up to 100 steps apart.") == 3  # angle, Aiming, PL captions
+    # margin sensitivity: the configured margin marked, the corner named where the margin sets the pair
+    assert ("<td class=l>width=16</td><td>1 (configured)</td>" not in page
+            and "<td class=l>width=16</td><td>0.1 (configured)</td><td>yes</td><td>1</td><td>0</td><td>0</td>"
+                "<td>set by the data</td>" in page)
+    assert ("<td class=l>width=16</td><td>1</td><td>yes</td><td>1</td><td>0</td><td>0</td><td>at the corner α = "
+            "margin, β = 0: set by the constraints, not by the data</td>") in page
+    # every run on its own, collapsed
+    assert re.search(r"<details><summary>Every run.*<td class=l>width=128</td><td>0</td><td>width-128_seed-0</td>"
+                     r"<td>300</td><td>yes</td><td>3</td>.*</details>", page)
+    # the conventions the semantics box states
+    assert "log<sub>10</sub> 2&mu;" in page and "0.301" in page and "<i>every mini-batch loss</i>" in page
     specs = _embedded_specs(page)
     assert len(specs) == n_charts
     for spec in specs:  # every chart compiles and renders (vl-convert, offline)
@@ -266,9 +310,11 @@ def test_index(demo, tmp_path):
     rows = re.findall(r"<tr><td class=l>(width=\d+)</td>(.*?)</tr>", index)
     assert [p for p, _ in rows] == ["width=16", "width=128"]
     cells = dict(rows)
-    assert "<td>yes</td><td>1</td><td>0</td><td>0</td><td>-5.99</td><td>-0.25</td><td>fails somewhere</td>" \
+    assert ("<td>yes</td><td>1</td><td>0</td><td>0</td><td>0</td><td>(1, 0)</td><td>2</td><td>0.8 – 1</td>"
+            "<td>-5.99</td><td>-0.25</td><td>fails somewhere</td><td>4 per run, up to 100 steps apart</td>") \
         in cells["width=16"]
-    assert "<td>3.75</td>" in cells["width=128"] and "<td>holds</td>" in cells["width=128"]
+    assert "<td>yes, set by β ≥ 0, not by the data</td><td>3.75</td>" in cells["width=128"]
+    assert "<td>holds at the 4 measured points</td>" in cells["width=128"]
 
 
 def test_chart_to_svg(con, tmp_path):

@@ -54,6 +54,46 @@ def test_optimizer_ordering_and_agreement():
     assert claims.agreement("n/a", "falls") is None
 
 
+def test_spread_direction():
+    # consecutive intervals apart: a direction; touching or overlapping: not resolved
+    assert claims.spread_direction([(1, 2), (3, 4), (2.1, 2.9)], 2) == "rises then falls"
+    assert claims.spread_direction([(3, 4), (1, 2)], 3) == "falls"
+    assert claims.spread_direction([(1, 2), (2, 3)], 2) == "not resolved with 2 seeds"  # touching at 2
+    assert claims.spread_direction([(1, 2), (1.5, 3), (5, 6)], 2) == "not resolved with 2 seeds"
+    assert claims.spread_direction([(1, 1), (2, 2)], 1) == "not resolved with 1 seed"  # no spread from one seed
+    assert claims.spread_direction([(1, 2), (None, None), (float("nan"), 3.0), (5, 6)], 2) == "rises"
+    assert claims.spread_direction([(1, 2)], 2) == "n/a"
+    assert claims.interval_order((1, 2), (0, 0.5)) == -1 and claims.interval_order((1, 2), (None, 3)) is None
+
+
+def test_ordering_with_seed_spread():
+    kinds = ["sgd", "sgdm", "adam"]
+    apart = [(3, 3.5), (2, 2.5), (1, 1.5)]
+    assert claims.ordering_resolved(kinds, apart, 2) == "yes"
+    assert claims.ordering_resolved(kinds, apart[::-1], 2) == "no"
+    assert claims.ordering_resolved(kinds, [(3, 3.5), (1.4, 2.5), (1, 1.5)], 2) == "not resolved with 2 seeds"
+    assert claims.ordering_resolved(kinds, apart, 1) == "not resolved with 1 seed"
+    assert claims.ordering_resolved(["sgd", "lion"], apart[:2], 2) is None
+
+
+def test_constrained_points():
+    assert claims.constrained_points(["a", "b", "c", "d", "e"], ["data", "margin", "", None, "corner"]) == ["b", "e"]
+
+
+def test_directions_one_seed_and_undetermined_precedence():
+    seq = _seq("e", "model.depth", ["2", "4"], ["p2", "p4"])
+    rows = pl.DataFrame([{"point": p, "value": v, "n_runs": 1, "n_seeds": 1, "binding": "data",
+                          "final_full_loss_mean": 0.1, **{f"{q}{s}": x for q in ("alpha_min", "beta_min",
+                                                                                  "nonvanishing_term")
+                                                          for s, x in (("", b), ("_seed_lo", b), ("_seed_hi", b))}}
+                         for p, v, b in (("p2", "2", 2.0), ("p4", "4", 1.0))])
+    got = {d["quantity"]: (d["measured"], d["agrees"]) for d in t2.directions(seq, rows)}
+    assert got["smallest β"] == ("falls (within the seed spread)", "not resolved with 1 seed")
+    rows = rows.with_columns(binding=pl.Series(["data", "margin"]))
+    got = {d["quantity"]: (d["measured"], d["agrees"]) for d in t2.directions(seq, rows)}
+    assert got["smallest β"] == ("1 of 2 points set by a constraint", "undetermined at this scale")
+
+
 BASE = {"model": {"name": "mlp", "depth": 3, "width": 8}, "dataset": {"name": "digits", "n_train": 64},
         "optimizer": {"name": "sgd", "lr": 0.1}, "batch_size": 8, "steps": 4, "snapshot_every": 2,
         "seeds": [0, 1]}
@@ -80,19 +120,43 @@ def test_sweep_sequences_from_config():
     assert claims.sweep_sequences(plain) == []  # minimizer is not a Table 2 axis
 
 
-def _summary(results, exp, rows):
+def _summary(results, exp, rows, n_seeds=2):
+    """condition_summary of ``rows`` ({point: values}) and a seed_conditions table whose per-seed smallest beta
+    spans the row's beta_min_seed_lo .. beta_min_seed_hi (seeds 0 and 1; more seeds repeat the middle)."""
     cols = {c: [] for c in store.SCHEMAS["condition_summary"]}
+    seeds = {c: [] for c in store.SCHEMAS["seed_conditions"]}
     for point, vals in rows.items():
+        vals = dict(vals)
+        blo, bhi = vals.pop("beta_min_seed_lo"), vals.pop("beta_min_seed_hi")
         row = {c: None for c in cols}
-        row.update(experiment=exp, point=point, sweep_json="{}", n_runs=2, feasible=True, **vals)
+        row.update(experiment=exp, point=point, sweep_json="{}", n_runs=n_seeds, n_seeds=n_seeds, feasible=True,
+                   **vals)
         for c in cols:
             cols[c].append(row[c])
+        for seed in range(n_seeds):
+            beta = blo if seed == 0 else bhi if seed == 1 else (blo + bhi) / 2
+            srow = {c: None for c in seeds}
+            srow.update(experiment=exp, point=point, run=f"{point}_seed-{seed}", seed=seed, feasible=True,
+                        beta_min=beta, binding=vals.get("binding"))
+            for c in seeds:
+                seeds[c].append(srow[c])
     store.write_table(store.part_path(results, "condition_summary", exp), "condition_summary", cols)
+    store.write_table(store.part_path(results, "seed_conditions", exp), "seed_conditions", seeds)
 
 
-def _row(amin, bmin, term, loss=0.1):
-    return {"alpha_min": amin, "beta_at_alpha_min": bmin, "beta_min": bmin, "sigma_int_sq": 0.5,
-            "nonvanishing_term": term, "final_full_loss_mean": loss}
+def _row(amin, bmin, term, loss=0.1, spread=0.05, binding="data"):
+    """One point: every constant with the seed interval value * (1 -+ spread)."""
+    out = {"alpha_min": amin, "beta_at_alpha_min": bmin, "beta_min": bmin, "sigma_int_sq": 0.5,
+           "nonvanishing_term": term, "nonvanishing_alpha": amin + 1, "nonvanishing_beta": bmin + 0.5,
+           "final_full_loss_mean": loss, "binding": binding}
+    for q, v in (("alpha_min", amin), ("beta_min", bmin), ("nonvanishing_term", term)):
+        out[f"{q}_seed_lo"], out[f"{q}_seed_hi"] = v * (1 - spread), v * (1 + spread)
+    return out
+
+
+def _seq(exp, key, values, points, kinds=None, title=None):
+    return {"experiment": exp, "title": title or exp, "figure": None, "key": key, "fixed": "", "values": values,
+            "points": points, "kinds": kinds or values}
 
 
 @pytest.fixture
@@ -107,6 +171,14 @@ def table2_results(tmp_path):
     # resnet18 -> resnet34: higher final loss and larger beta (follows the loss), term rises
     _summary(results, "res", {"name=resnet18": _row(2, 1, 0.1, loss=0.2),
                               "name=resnet34": _row(3, 2, 0.3, loss=0.5)})
+    # depth: all points at the corner (margin, 0): the constants are the constraints', not the data's
+    corner = dict(_row(0.1, 0.0, 0.0, spread=0.0, binding="corner"))
+    _summary(results, "corner", {"depth=2": corner, "depth=4": _row(0.3, 0.1, 0.2), "depth=8": corner})
+    # batch size: beta 2.0 -> 1.8 -> 1.0 with seed spread 10 %: the first step's intervals [1.8, 2.2] and
+    # [1.62, 1.98] overlap, so the fall is not resolved; the term 1 -> 0.5 -> 0.2 falls beyond the spread
+    _summary(results, "noisy", {"batch_size=8": _row(3, 2.0, 1.0, spread=0.1),
+                                "batch_size=16": _row(2.7, 1.8, 0.5, spread=0.1),
+                                "batch_size=32": _row(2.0, 1.0, 0.2, spread=0.1)})
     seqs = [
         {"experiment": "wide<x>", "title": "<script>alert(1)</script>", "figure": "4 <i>", "key": "model.width",
          "fixed": "", "values": ["16", "64", "256"], "points": ["width=16", "width=64", "width=256"],
@@ -119,6 +191,8 @@ def table2_results(tmp_path):
          "kinds": ["resnet18", "resnet34"]},
         {"experiment": "missing", "title": "not run yet", "figure": None, "key": "batch_size", "fixed": "",
          "values": ["8"], "points": ["batch_size=8"], "kinds": ["8"]},
+        _seq("corner", "model.depth", ["2", "4", "8"], ["depth=2", "depth=4", "depth=8"]),
+        _seq("noisy", "batch_size", ["8", "16", "32"], ["batch_size=8", "batch_size=16", "batch_size=32"]),
     ]
     return results, seqs
 
@@ -134,18 +208,28 @@ def test_table2_page(table2_results, tmp_path):
     assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "4 &lt;i&gt;" in page and 'href="wide&lt;x&gt;.html"' in page
     beta = _direction_rows(page, "smallest β")
-    assert beta == [["rises then falls", "rises then falls", "yes"],
-                    ["sgdm &lt; adam &lt; sgd", "Adam &lt; SGDM &lt; SGD", "no"],
-                    ["rises", "rises (as the final loss)", "yes"]]
-    term = _direction_rows(page, "2βσ²/(α−β) at smallest α")
-    assert term == [["falls", "falls", "yes"], ["flat", "n/a", "—"], ["rises", "falls", "no"]]
+    assert beta == [["rises then falls", "rises then falls", "yes"],  # agrees
+                    ["sgdm &lt; adam &lt; sgd", "Adam &lt; SGDM &lt; SGD", "no"],  # disagrees, beyond the spread
+                    ["rises", "rises (as the final loss)", "yes"],
+                    ["2 of 3 points set by a constraint", "falls", "undetermined at this scale"],  # corner tie
+                    ["falls (within the seed spread)", "falls", "not resolved with 2 seeds"]]
+    term = _direction_rows(page, "min 2βσ²/(α−β)")
+    assert term == [["falls", "falls", "yes"], ["flat (within the seed spread)", "n/a", "—"], ["rises", "falls", "no"],
+                    ["2 of 3 points set by a constraint", "falls", "undetermined at this scale"],
+                    ["falls", "falls", "yes"]]
+    alpha = _direction_rows(page, "smallest α")
+    assert alpha[3:] == [["2 of 3 points set by a constraint", "falls", "undetermined at this scale"],
+                         ["falls (within the seed spread)", "falls", "not resolved with 2 seeds"]]
+    assert "at the corner α = margin, β = 0: set by the constraints, not by the data" in page
+    assert "do not overlap" in page  # the page says how a direction is called
     # the width table lists values in config order with their numbers
-    assert re.search(r"<td class=l>16</td><td>2</td><td>1</td><td>1</td><td>0.5</td><td>0.8</td>", page)
+    assert re.search(r"<td class=l>16</td><td>2</td><td>2</td><td>1.9 – 2.1</td><td>1</td><td>set by the data</td>"
+                     r"<td>1</td><td>0.95 – 1.05</td><td>0.5</td><td>0.8</td><td>\(3, 1.5\)</td><td>0.76 – 0.84</td>", page)
     assert page.index("<td class=l>64</td>") < page.index("<td class=l>256</td>")
     assert "No condition summary yet" in page  # the experiment that has not run
     specs = [json.loads(m) for m in re.findall(r"^vegaEmbed\('#table[a-z]+', (.*), \{actions: false\}\);$",
                                                 page, re.M)]
-    assert len(specs) == 3
+    assert len(specs) == 5
     data = list(specs[0]["datasets"].values())
     assert sorted(len(d) for d in data) == [3, 3]  # beta_min and the term, three widths each
     assert specs[0]["hconcat"][0]["encoding"]["x"]["sort"] == ["16", "64", "256"]

@@ -10,6 +10,7 @@ from :mod:`landscope.problem.sources`, so planning the DAG imports neither torch
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
 import json
 import math
@@ -27,6 +28,9 @@ from landscope.settings import check_surfaces, load_schema
 from landscope.spec import ExperimentSpec, RunSpec, Study
 
 SAFE_VALUE = re.compile(r"^[A-Za-z0-9.+_-]{1,64}$")
+# Exponent notation that YAML 1.1 (PyYAML) reads as a string: `1e-4`, `2E+3`, `5.e-2` (it needs a dot and a signed
+# exponent to see a float). Where the schema wants a number such a string is taken as the number it spells.
+EXPONENT_STRING = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+$")
 
 
 def _resolve(schema: dict, root: dict) -> dict:
@@ -58,6 +62,41 @@ def fill_defaults(instance: Any, schema: dict, root: dict) -> Any:
             if key not in props:
                 out[key] = fill_defaults(out[key], extra, root)
     return out
+
+
+def _types(schema: dict) -> list:
+    t = schema.get("type", [])
+    return [t] if isinstance(t, str) else list(t)
+
+
+def as_number(value: Any, schema: dict) -> Any:
+    """``value``, or the number it spells when it is a string in exponent notation (``1e-4``, a string to
+    YAML 1.1) and ``schema`` wants a number (an integer: only when the number is whole). Not where a
+    mapping may stand (a sweep value): what it replaces is known only there, and read then."""
+    types = _types(schema)
+    if not (isinstance(value, str) and EXPONENT_STRING.match(value)) or "object" in types:
+        return value
+    if "number" in types:
+        return float(value)
+    if "integer" in types and float(value).is_integer():
+        return int(float(value))
+    return value
+
+
+def read_numbers(instance: Any, schema: dict | None, root: dict) -> Any:
+    """``instance`` with :func:`as_number` applied wherever its schema wants a number (objects and arrays,
+    recursively); keys without a schema (a model's or dataset's options) are left as written."""
+    if schema is None:
+        return instance
+    schema = _resolve(schema, root)
+    instance = as_number(instance, schema)
+    if isinstance(instance, dict):
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        return {k: read_numbers(v, props.get(k, extra if isinstance(extra, dict) else None), root)
+                for k, v in instance.items()}
+    if isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        return [read_numbers(v, schema["items"], root) for v in instance]
+    return instance
 
 
 def _where(path) -> str:
@@ -112,6 +151,7 @@ def validate(config: dict, schema: dict | None = None) -> dict:
     schema = schema or load_schema()
     if not isinstance(config, dict):
         raise ConfigError(f"the config must be a mapping, got {type(config).__name__}")
+    config = read_numbers(config, schema, schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     bad_numbers = list(_non_finite(config, ()))
@@ -126,17 +166,76 @@ def validate(config: dict, schema: dict | None = None) -> dict:
     exp_schema = _resolve(schema["properties"]["experiments"]["additionalProperties"], schema)
     for name, exp in full["experiments"].items():
         for key, values in exp["sweep"].items():
-            exp["sweep"][key] = _section_values(name, exp, key, values, exp_schema, schema)
+            axis = _axis_schema(name, exp, key, exp_schema, schema)
+            exp["sweep"][key] = _section_values(name, exp, key, values, exp_schema, schema, axis)
         _check_semantics(name, exp)
     return full
 
 
-def _section_values(name: str, exp: dict, key: str, values: list, exp_schema: dict, root: dict) -> list:
-    """Sweep values that are mappings replace a whole section: validate each one as that section of
-    the experiment, fill its defaults, and keep its point label under ``label``."""
-    if not any(isinstance(v, dict) for v in values):
-        return values
+def _closest(word: str, valid, prefix: str) -> str:
+    """'; closest valid keys: ...' (difflib), or every valid key when none is close."""
+    valid = sorted(valid)
+    close = difflib.get_close_matches(word, valid, n=3, cutoff=0.6)
+    if close:
+        return "; closest valid keys: " + ", ".join(prefix + c for c in close)
+    return "; valid keys: " + (", ".join(prefix + c for c in valid) or "(none)")
+
+
+def _axis_schema(name: str, exp: dict, key: str, exp_schema: dict, root: dict) -> dict | None:
+    """The schema of the key a sweep axis names, checked like that key outside ``sweep``: every part of
+    the dotted path must be a key of the experiment (a model's or dataset's option: of its built-in
+    factory), else a ConfigError naming the axis and the closest valid keys. None for an option, which
+    has no schema (so is not checked, for a bring-your-own factory or a swept component name)."""
+    where, parts = f"experiments.{name}.sweep.{key}", key.split(".")
+    if parts[0] in ("sweep", "seeds"):
+        raise ConfigError(f"config key '{where}': cannot sweep over '{parts[0]}'; list seeds under 'seeds'")
+    schema = exp_schema
+    for i, part in enumerate(parts):
+        done, last = ".".join(parts[:i]), i == len(parts) - 1
+        prefix = done + "." if done else ""
+        props = schema.get("properties", {})
+        if i == 1 and parts[0] in ("model", "dataset") and part != "name":
+            kind, section = parts[0], exp[parts[0]]
+            if f"{kind}.name" in exp["sweep"] or kind in exp["sweep"] or ":" in section["name"]:
+                return None
+            builtin = registry.MODELS if kind == "model" else registry.DATASETS
+            implicit = registry.MODEL_IMPLICIT if kind == "model" else ()
+            options = set(builtin[section["name"]].text().options) - set(implicit)
+            if part in options and last:
+                return None
+            if part in options:
+                raise ConfigError(f"config key '{where}': sweep axis '{key}' names no key of the experiment: "
+                                  f"'{prefix}{part}' is an option of {kind} {section['name']!r}, not a section")
+            raise ConfigError(f"config key '{where}': sweep axis '{key}' names no key of the experiment: '{part}' "
+                              f"is not an option of {kind} {section['name']!r}" + _closest(part, options | {"name"}, prefix))
+        if part not in props:
+            what = (f"'{part}' is not a key of '{done}'" if done else f"'{part}' is not a key of the experiment")
+            if not props:
+                what = f"'{done}' is not a section of the experiment"
+            valid = set(props) - {"sweep", "seeds"}
+            raise ConfigError(f"config key '{where}': sweep axis '{key}' names no key of the experiment: {what}"
+                              + (_closest(part, valid, prefix) if valid else ""))
+        schema = _resolve(props[part], root)
+    return schema
+
+
+def _section_values(name: str, exp: dict, key: str, values: list, exp_schema: dict, root: dict,
+                    axis: dict | None) -> list:
+    """Sweep values checked as the key they replace: a plain value against that key's schema
+    ``axis`` (exponent strings read as numbers there); a mapping replaces a whole section: validate each one as
+    that section of the experiment, fill its defaults, and keep its point label under ``label``."""
     where = f"experiments.{name}.sweep.{key}"
+    if not any(isinstance(v, dict) for v in values):
+        if axis is None:
+            return values
+        values = [as_number(v, axis) for v in values]
+        validator = jsonschema.Draft202012Validator({**axis, "$defs": root.get("$defs", {})})
+        for i, value in enumerate(values):
+            errors = [_explain(e).replace("config key '<top level>'", f"config key '{where}[{i}]'")
+                      for e in validator.iter_errors(value)]
+            if errors:
+                raise ConfigError("invalid sweep value:\n  - " + "\n  - ".join(errors))
+        return values
     if not all(isinstance(v, dict) for v in values):
         raise ConfigError(f"config key '{where}': mix of mappings and plain values; use one kind per axis")
     parent, leaf = _walk(exp, key, f"experiments.{name}.sweep")
@@ -155,6 +254,7 @@ def _section_values(name: str, exp: dict, key: str, values: list, exp_schema: di
         del trial["sweep"]
         parent_t, _ = _walk(trial, key, where)
         parent_t[leaf] = section
+        trial = read_numbers(trial, exp_schema, root)
         errors = sorted(validator.iter_errors(trial), key=lambda e: list(map(str, e.absolute_path)))
         if errors:
             raise ConfigError(f"invalid sweep value {where}[{i}] (label {label!r}):\n  - " +
@@ -243,6 +343,9 @@ def expand_experiment(name: str, exp: dict, top: dict) -> ExperimentSpec:
             parent, leaf = _walk(concrete, k, f"experiments.{name}.sweep")
             parent[leaf] = {a: b for a, b in v.items() if a != "label"} if isinstance(v, dict) else v
         point = ",".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in zip(keys, shown)) or "all"
+        # momentum_follows_lr is left out at its default (false), as RunSpec.to_dict leaves out source: runs
+        # from before the key existed keep their config hash (and their checkpoints)
+        optimizer = {k: v for k, v in concrete["optimizer"].items() if not (k == "momentum_follows_lr" and v is False)}
         for seed in exp["seeds"]:
             label = "_".join(f"{k.split('.')[-1]}-{_fmt(v)}" for k, v in zip(keys, shown))
             run = f"{label}_seed-{seed}" if label else f"seed-{seed}"
@@ -250,7 +353,7 @@ def expand_experiment(name: str, exp: dict, top: dict) -> ExperimentSpec:
                 experiment=name, run=run, point=point,
                 sweep={k: v for k, v in zip(keys, shown)}, seed=seed,
                 model=concrete["model"], dataset=concrete["dataset"], loss=concrete["loss"],
-                optimizer=concrete["optimizer"], schedule=concrete["schedule"],
+                optimizer=optimizer, schedule=concrete["schedule"],
                 batch_size=concrete["batch_size"], steps=concrete["steps"],
                 snapshot_every=concrete["snapshot_every"], f_i_star=concrete["f_i_star"],
                 minimizer=concrete["minimizer"], drift_tolerance=concrete["drift_tolerance"],

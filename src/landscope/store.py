@@ -76,10 +76,32 @@ SCHEMAS: dict[str, dict[str, pa.DataType]] = {
         "feasible": BOOL, "alpha_min": F64, "beta_at_alpha_min": F64, "beta_min": F64,
         "alpha_at_beta_min": F64, "margin": F64, "alpha_box": F64, "beta_box": F64,
         "hull_points": I64, "f_star_est": F64, "f_i_star_mean": F64, "sigma_int_sq": F64,
-        "sigma_int_sq_method": STR, "nonvanishing_term": F64, "nonvanishing_term_min": F64,
+        "sigma_int_sq_method": STR,
+        # the non-vanishing term 2 beta sigma_int^2 / (alpha - beta): its minimum over the feasible region,
+        # and the pair that attains it
+        "nonvanishing_term": F64, "nonvanishing_alpha": F64, "nonvanishing_beta": F64,
+        # which constraint sets the smallest pair: data, margin, beta_nonneg or corner (margin and beta >= 0)
+        "binding": STR,
+        # the spread over seeds of the per-run constants (seed_conditions): min and max over the point's runs
+        "n_seeds": I64, "alpha_min_seed_lo": F64, "alpha_min_seed_hi": F64,
+        "nonvanishing_term_seed_lo": F64, "nonvanishing_term_seed_hi": F64,
         "pl_delta": F64, "pl_log10_mu_min": F64, "aiming_min": F64, "aiming_min_step": I64,
         "qcvx_theta_min": F64, "cos_angle_min": F64, "cos_angle_mean": F64,
+        # how densely the full-batch verdicts (PL, Aiming, angle, QCvx) were sampled: rows per run (the
+        # fewest over the point's runs) and the steps between consecutive rows (the largest gap)
+        "directions_points": I64, "directions_spacing": I64,
         "final_full_loss_mean": F64, "final_batch_loss_mean": F64, "max_abs_drift": F64,
+    },
+    # the alpha-beta constants of each run on its own (one row per run): what the seed spread is made of
+    "seed_conditions": {
+        "experiment": STR, "point": STR, "run": STR, "seed": I64, "n_steps": I64, "feasible": BOOL,
+        "alpha_min": F64, "beta_at_alpha_min": F64, "beta_min": F64, "nonvanishing_term": F64,
+        "nonvanishing_alpha": F64, "nonvanishing_beta": F64, "binding": STR,
+    },
+    # how the smallest pair and the non-vanishing term move with the margin (alpha >= beta + margin), per point
+    "margin_sensitivity": {
+        "experiment": STR, "point": STR, "margin": F64, "is_configured": BOOL, "feasible": BOOL,
+        "alpha_min": F64, "beta_at_alpha_min": F64, "nonvanishing_term": F64, "binding": STR,
     },
 }
 

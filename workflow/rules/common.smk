@@ -76,7 +76,8 @@ def get_run_parts(wildcards, table):
 
 
 def get_report_inputs(wildcards):
-    tables = ("ab_region", "ab_frontier", "ab_grid", "pl", "condition_summary")
+    tables = ("ab_region", "ab_frontier", "ab_grid", "pl", "condition_summary", "seed_conditions",
+              "margin_sensitivity")
     out = [f"results/tables/{t}/experiment={wildcards.experiment}/part-00000.parquet" for t in tables]
     for t in ("runs", "train", "snapshots", "minimizers"):
         out += get_run_parts(wildcards, t)
@@ -160,7 +161,8 @@ def get_table2_sequences():
 
 def get_table2_summaries():
     names = dict.fromkeys(s["experiment"] for s in get_table2_sequences())
-    return [f"results/tables/condition_summary/experiment={e}/part-00000.parquet" for e in names]
+    return [f"results/tables/{t}/experiment={e}/part-00000.parquet"
+            for e in names for t in ("condition_summary", "seed_conditions")]  # seed_conditions: beta's seed spread
 
 
 def get_table2_results(wildcards, input):

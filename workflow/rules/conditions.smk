@@ -1,5 +1,6 @@
 rule conditions:
-    """Exact alpha-beta region, min-T grid, PL / Aiming / angle estimates per sweep point."""
+    """Exact alpha-beta region and constants (all seeds, each seed, a range of margins), min-T grid,
+    PL / Aiming / angle estimates per sweep point."""
     input:
         steps=get_steps_parts,
         directions=get_directions_parts,
@@ -10,6 +11,8 @@ rule conditions:
         frontier="results/tables/ab_frontier/experiment={experiment}/part-00000.parquet",
         grid="results/tables/ab_grid/experiment={experiment}/part-00000.parquet",
         pl="results/tables/pl/experiment={experiment}/part-00000.parquet",
+        seeds="results/tables/seed_conditions/experiment={experiment}/part-00000.parquet",
+        margins="results/tables/margin_sensitivity/experiment={experiment}/part-00000.parquet",
     params:
         experiment=get_experiment_spec,
         results=get_results_dir_of_output,

@@ -8,5 +8,6 @@ with job_logging(snakemake.log[0], f"conditions {exp.name}") as log:
     out = experiment_conditions(exp, snakemake.params.results, snakemake.input.steps,
                                 snakemake.input.directions, snakemake.input.drift)
     for row in out["points"]:
-        log.info("%s: feasible=%s alpha_min=%.4g beta_at_alpha_min=%.4g", row["point"], row["feasible"],
-                 row["alpha_min"], row["beta_at_alpha_min"])
+        log.info("%s: feasible=%s alpha_min=%.4g beta_at_alpha_min=%.4g (%s) nonvanishing_term=%.4g",
+                 row["point"], row["feasible"], row["alpha_min"], row["beta_at_alpha_min"], row["binding"] or "-",
+                 row["nonvanishing_term"])

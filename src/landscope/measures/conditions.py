@@ -12,8 +12,10 @@ T is affine in (alpha, beta), so min_k T_k = -max_k (alpha, beta, 1) . p_k with 
 a maximum of a linear function over points, attained at a vertex of their convex hull. Reducing the
 K points to the hull's H vertices makes every grid and region query O(H) instead of O(K).
 The feasible set {T_k >= 0 for all k, beta >= 0, alpha >= beta + margin} is an intersection of
-half-planes (alpha u_k - beta v_k <= a_k): a convex polygon, computed exactly by clipping within a
-box (it is unbounded along (1, 1)).
+half-planes (alpha u_k - beta v_k <= a_k): a convex polygon, unbounded along (1, 1). Its verdict and
+constants (smallest alpha, smallest beta, the minimum of the non-vanishing term) come from linear
+programs over every hull row, never from a box; the box (`alpha_max`) only frames what is drawn: the
+polygon clipped to it, the frontier and the heatmap.
 """
 
 from __future__ import annotations
@@ -104,16 +106,90 @@ def feasible_polygon(u, v, a, margin: float, alpha_box: float, beta_box: float) 
     return poly
 
 
-def lp_min(u, v, a, margin: float, objective: tuple[float, float], bound: float = 1e12):
-    """Minimize objective . (alpha, beta) over the feasible set; None when infeasible."""
+def _rows(u, v, a, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """The constraints alpha u_k - beta v_k <= a_k and beta - alpha <= -margin as (A, b), each data row scaled
+    to unit size (the same half-plane; the LP's absolute tolerances then mean the same for every row)."""
     A = np.column_stack([u, -np.asarray(v, float)])
     b = np.asarray(a, float)
-    A = np.vstack([A, [-1.0, 1.0]])
-    b = np.append(b, -margin)
-    res = linprog(c=list(objective), A_ub=A, b_ub=b, bounds=[(0, bound), (0, bound)], method="highs")
+    norm = np.maximum(np.abs(A).max(axis=1), np.abs(b)) if len(b) else b
+    norm = np.where(norm > 0, norm, 1.0)
+    return np.vstack([A / norm[:, None], [-1.0, 1.0]]), np.append(b / norm, -margin)
+
+
+def lp_min(u, v, a, margin: float, objective: tuple[float, float],
+           bounds: tuple = ((0.0, None), (0.0, None))) -> tuple[float, float] | None:
+    """Minimize objective . (alpha, beta) over the whole feasible set (no box); None when it is empty."""
+    A, b = _rows(u, v, a, margin)
+    res = linprog(c=list(objective), A_ub=A, b_ub=b, bounds=list(bounds), method="highs-ds")
     if res.status != 0:
         return None
     return float(res.x[0]), float(res.x[1])
+
+
+def lex_min(u, v, a, margin: float, first: int) -> tuple[float, float] | None:
+    """The feasible pair with the smallest coordinate ``first`` (0: alpha, 1: beta) and, among those, the smallest
+    other one: two LPs, the second with the first coordinate fixed at its minimum (a vertex of the region)."""
+    obj = [0.0, 0.0]
+    obj[first] = 1.0
+    best = lp_min(u, v, a, margin, tuple(obj))
+    if best is None:
+        return None
+    fixed = [(0.0, None), (0.0, None)]
+    fixed[first] = (best[first], best[first])
+    second = lp_min(u, v, a, margin, tuple(obj[::-1]), tuple(fixed))
+    if second is None:  # the fixed coordinate rounded just outside: allow the LP's own tolerance
+        fixed[first] = (best[first], best[first] + 1e-9 * max(1.0, abs(best[first])))
+        second = lp_min(u, v, a, margin, tuple(obj[::-1]), tuple(fixed))
+    return second if second is not None else best
+
+
+def ratio_min(u, v, a, margin: float) -> tuple[float, float, float, bool] | None:
+    """The infimum of beta / (alpha - beta) over the feasible set, and where it is attained.
+
+    The ratio is linear-fractional; with t = 1 / (alpha - beta) and y = t (alpha, beta) (Charnes-Cooper) it is
+    the LP  min y_beta  s.t.  u_k y_alpha - v_k y_beta <= a_k t,  y_alpha - y_beta = 1,  margin t <= 1,  y, t >= 0,
+    whose points with t > 0 are the region's pairs and those with t = 0 its recession directions (the ratio's
+    limit along them). A second LP takes, among the optimal points, the largest t, i.e. the smallest alpha.
+    Returns (ratio, alpha, beta, at_infinity); at_infinity when only a direction attains it (t = 0).
+    """
+    A, b = _rows(u, v, a, margin)
+    A_cc = np.column_stack([A[:-1], -b[:-1]])  # data rows: [u, -v] . y - a t <= 0 (scaled)
+    eq = np.array([[1.0, -1.0, 0.0]])
+    t_bound = (0.0, 1.0 / margin if margin > 0 else 1e12)
+    bounds = [(0.0, None), (0.0, None), t_bound]
+    res = linprog(c=[0.0, 1.0, 0.0], A_ub=A_cc if len(A_cc) else None, b_ub=np.zeros(len(A_cc)) if len(A_cc) else None,
+                  A_eq=eq, b_eq=[1.0], bounds=bounds, method="highs-ds")
+    if res.status != 0:
+        return None
+    r = max(float(res.x[1]), 0.0)
+    cap = r * (1 + 1e-12) + 1e-300  # the optimum only (a larger cap would trade ratio for a smaller alpha)
+    res2 = linprog(c=[0.0, 0.0, -1.0], A_ub=A_cc if len(A_cc) else None,
+                   b_ub=np.zeros(len(A_cc)) if len(A_cc) else None, A_eq=eq, b_eq=[1.0],
+                   bounds=[(0.0, None), (0.0, cap), t_bound], method="highs-ds")
+    y = res2.x if res2.status == 0 else res.x
+    t = float(y[2])
+    if t <= 1e-9:
+        return r, math.inf, math.inf, True
+    return r, float(y[0]) / t, float(y[1]) / t, False
+
+
+def binding_of(alpha: float, beta: float, margin: float, rtol: float = 1e-7) -> str:
+    """Which constraint holds the smallest pair (alpha, beta), a vertex of the region: 'corner' (alpha = margin
+    and beta = 0: both conventions, whatever the data), 'margin' (on alpha - beta = margin, beta > 0),
+    'beta_nonneg' (beta = 0 off the margin line), 'data' (neither convention: only step rows hold the vertex),
+    '' for no pair. A constraint is active within rtol of the pair's scale alpha + beta + margin."""
+    if not (math.isfinite(alpha) and math.isfinite(beta)):
+        return ""
+    scale = abs(alpha) + abs(beta) + abs(margin)
+    on_margin = abs(alpha - beta - margin) <= rtol * scale
+    on_zero = abs(beta) <= rtol * scale
+    if on_margin and on_zero:
+        return "corner"
+    if on_margin:
+        return "margin"
+    if on_zero:
+        return "beta_nonneg"
+    return "data"
 
 
 def nice_ceil(x: float) -> float:
@@ -128,47 +204,92 @@ def nice_ceil(x: float) -> float:
 
 
 @dataclass
-class Region:
+class Constants:
+    """The region's constants, from LPs over every (hull) row and never from a drawing box.
+
+    ``ratio`` is the infimum of beta / (alpha - beta), attained at (ratio_alpha, ratio_beta); when it is only
+    approached along an unbounded direction (at_infinity) that pair is (inf, beta_min) for a horizontal
+    direction (beta stays at beta_min while alpha grows: the ratio tends to 0) and (inf, inf) otherwise.
+    """
     feasible: bool
     alpha_min: float
     beta_at_alpha_min: float
     beta_min: float
     alpha_at_beta_min: float
-    polygon: list[tuple[float, float]]
-    alpha_box: float
-    beta_box: float
-    hull_points: int
-    hull_index: np.ndarray  # the hull's rows, as positions in the arrays given to analyze_region
+    ratio: float
+    ratio_alpha: float
+    ratio_beta: float
+    at_infinity: bool
+    binding: str
+
+    def term(self, sigma_sq: float) -> float:
+        """The non-vanishing term's minimum 2 beta sigma^2 / (alpha - beta) over the region; NaN when sigma^2
+        is NaN or negative (impossible for the true sigma_int^2 = E_i[f* - f_i*] >= 0: an estimate below 0
+        means f* or f_i* is misestimated, and would send the term to -inf along (1, 1))."""
+        if not self.feasible or not math.isfinite(sigma_sq) or sigma_sq < 0:
+            return math.nan
+        return 2.0 * sigma_sq * self.ratio
+
+
+NAN = math.nan
+INFEASIBLE = Constants(False, NAN, NAN, NAN, NAN, NAN, NAN, NAN, False, "")
+
+
+def region_constants(u, v, a, margin: float) -> Constants:
+    """Verdict and constants of the points (u, v, a) (all finite; pass the hull rows for speed: same answer)."""
+    lo_a = lex_min(u, v, a, margin, 0)
+    if lo_a is None:
+        return INFEASIBLE
+    lo_b = lex_min(u, v, a, margin, 1) or (NAN, NAN)
+    ratio = ratio_min(u, v, a, margin)
+    r, ra, rb, inf = ratio if ratio is not None else (NAN, NAN, NAN, False)
+    if inf and r <= 1e-9:
+        rb = lo_b[1]  # the horizontal direction: beta_min is kept all the way to alpha = inf
+    return Constants(True, lo_a[0], lo_a[1], lo_b[1], lo_b[0], r, ra, rb, inf,
+                     binding_of(lo_a[0], lo_a[1], margin))
+
+
+def constants_of(u, v, a, margin: float) -> Constants:
+    """region_constants of the finite rows among (u, v, a), through their hull (no polygon, no box)."""
+    u, v, a = (np.asarray(x, dtype=np.float64) for x in (u, v, a))
+    keep = np.isfinite(u) & np.isfinite(v) & np.isfinite(a)
+    if not keep.any():
+        return INFEASIBLE
+    idx = hull_reduce(u[keep], v[keep], a[keep])
+    return region_constants(u[keep][idx], v[keep][idx], a[keep][idx], margin)
+
+
+@dataclass
+class Region(Constants):
+    """The constants plus what the page draws: the exact region clipped to [0, alpha_box] x [0, beta_box]
+    (empty when a numeric alpha_max lies left of alpha_min: the point stays feasible)."""
+    polygon: list[tuple[float, float]] = None
+    alpha_box: float = NAN
+    beta_box: float = NAN
+    hull_points: int = 0
+    hull_index: np.ndarray = None  # the hull's rows, as positions in the arrays given to analyze_region
 
 
 def analyze_region(u, v, a, margin: float = 0.1, alpha_max: float | str = "auto") -> Region:
-    """The exact feasible region of the alpha-beta-condition for the points (u, v, a)."""
+    """The alpha-beta-condition's feasible region for the points (u, v, a): exact constants and the drawn box."""
     u, v, a = (np.asarray(x, dtype=np.float64) for x in (u, v, a))
     keep = np.isfinite(u) & np.isfinite(v) & np.isfinite(a)
     rows = np.flatnonzero(keep)  # positions in the caller's arrays (hull_index refers to these)
     u, v, a = u[keep], v[keep], a[keep]
     if len(u) == 0:  # nothing measured (e.g. every run diverged): no verdict, not "feasible"
-        nan = math.nan
         box = 10.0 if alpha_max == "auto" else float(alpha_max)
-        return Region(False, nan, nan, nan, nan, [], box, box, 0, np.array([], dtype=int))
+        return Region(**vars(INFEASIBLE), polygon=[], alpha_box=box, beta_box=box, hull_points=0,
+                      hull_index=np.array([], dtype=int))
     idx = hull_reduce(u, v, a)
     hu, hv, ha = u[idx], v[idx], a[idx]
-    best = lp_min(hu, hv, ha, margin, (1.0, 1e-9))
+    const = region_constants(hu, hv, ha, margin)
     if alpha_max == "auto":
-        alpha_box = nice_ceil(max(2.0 * best[0], best[0] + 1.0)) if best else 10.0
+        alpha_box = nice_ceil(max(2.0 * const.alpha_min, const.alpha_min + 1.0)) if const.feasible else 10.0
     else:
         alpha_box = float(alpha_max)
-    beta_box = alpha_box
-    poly = feasible_polygon(hu, hv, ha, margin, alpha_box, beta_box) if best else []
-    if not poly:
-        nan = math.nan
-        return Region(False, nan, nan, nan, nan, [], alpha_box, beta_box, len(idx), rows[idx])
-    pa = np.array(poly)
-    amin = pa[:, 0].min()
-    at = np.abs(pa[:, 0] - amin) <= 1e-9 * max(1.0, abs(amin))
-    bmin_i = int(np.argmin(pa[:, 1] + 1e-12 * pa[:, 0]))
-    return Region(True, float(amin), float(pa[at, 1].min()), float(pa[bmin_i, 1]),
-                  float(pa[bmin_i, 0]), poly, alpha_box, beta_box, len(idx), rows[idx])
+    poly = feasible_polygon(hu, hv, ha, margin, alpha_box, alpha_box) if const.feasible else []
+    return Region(**vars(const), polygon=poly, alpha_box=alpha_box, beta_box=alpha_box, hull_points=len(idx),
+                  hull_index=rows[idx])
 
 
 def frontier(poly: list[tuple[float, float]], alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -204,12 +325,17 @@ def grid(u, v, a, region: Region, n: int, margin: float):
 
 
 # ----------------------------------------------------------------------------------- the rule
+SENSITIVITY_MARGINS = (0.01, 0.03, 0.1, 0.3, 1.0)  # margin_sensitivity's margins, besides the configured one
+TABLES = ("ab_region", "ab_frontier", "ab_grid", "pl", "condition_summary", "seed_conditions", "margin_sensitivity")
+
+
 def _sql_list(paths) -> str:
     return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
 
 def experiment_conditions(exp, results: str | Path, steps_files, directions_files, drift_files) -> dict:
-    """Compute and write ab_region, ab_frontier, ab_grid, pl and condition_summary for one experiment.
+    """Compute and write ab_region, ab_frontier, ab_grid, pl, condition_summary, seed_conditions and
+    margin_sensitivity for one experiment.
 
     ``exp`` is an ExperimentSpec; the *_files are the exact part files of its runs (so that stale
     parts of an earlier configuration never leak in).
@@ -223,8 +349,7 @@ def experiment_conditions(exp, results: str | Path, steps_files, directions_file
     points: dict[str, list] = {}
     for r in exp.runs:
         points.setdefault(r.point, []).append(r)
-    out = {t: {c: [] for c in store.SCHEMAS[t]} for t in
-           ("ab_region", "ab_frontier", "ab_grid", "pl", "condition_summary")}
+    out = {t: {c: [] for c in store.SCHEMAS[t]} for t in TABLES}
 
     def add(table, **row):
         for c in store.SCHEMAS[table]:
@@ -235,7 +360,7 @@ def experiment_conditions(exp, results: str | Path, steps_files, directions_file
         names = [r.run for r in runs]
         in_runs = "(" + ", ".join("'" + n.replace("'", "''") + "'" for n in names) + ")"
         arr = con.sql(f"""SELECT batch_loss - batch_loss_at_min AS u, batch_loss - batch_loss_star AS v,
-                          grad_dot_dir AS a, batch_loss_star AS s FROM steps WHERE run IN {in_runs}""").fetchnumpy()
+                          grad_dot_dir AS a, batch_loss_star AS s, run FROM steps WHERE run IN {in_runs}""").fetchnumpy()
         u, v, a = arr["u"], arr["v"], arr["a"]
         reg = analyze_region(u, v, a, margin, cfg["alpha_max"])
         for i, (al, be) in enumerate(reg.polygon):
@@ -243,7 +368,7 @@ def experiment_conditions(exp, results: str | Path, steps_files, directions_file
                 on_box_edge=bool(abs(al - reg.alpha_box) < 1e-9 * reg.alpha_box
                                  or abs(be - reg.beta_box) < 1e-9 * reg.beta_box))
         alphas = np.linspace(0, reg.alpha_box, 4 * gsize + 1)
-        lo, hi = frontier(reg.polygon, alphas) if reg.feasible else (alphas * np.nan, alphas * np.nan)
+        lo, hi = frontier(reg.polygon, alphas) if reg.polygon else (alphas * np.nan, alphas * np.nan)
         for al, bl, bh in zip(alphas, lo, hi):
             add("ab_frontier", experiment=exp.name, point=point, alpha=float(al),
                 beta_min=float(bl), beta_max=float(bh))
@@ -266,32 +391,62 @@ def experiment_conditions(exp, results: str | Path, steps_files, directions_file
         away = d["dist_to_min"] > 0
         aim = np.where(away, d["aiming_coef"], np.nan)
         cos = np.where(away, d["cos_angle"], np.nan)
+        f_run = dict(con.sql(f"""SELECT run, any_value(full_loss_at_min) FROM directions WHERE run IN {in_runs}
+                                 GROUP BY run""").fetchall())
         f_star = _f(_scalar(con, f"""SELECT avg(fk) FROM (SELECT run, any_value(full_loss_at_min) AS fk
                                 FROM directions WHERE run IN {in_runs} GROUP BY run)"""))
         f_star = math.nan if f_star is None else f_star
         fi_star_mean = float(np.mean(arr["s"])) if len(arr["s"]) else math.nan
         sigma = f_star - fi_star_mean
-        term = _term(reg.beta_at_alpha_min, reg.alpha_min, sigma)
-        term_min = min((_term(be, al, sigma) for al, be in reg.polygon), default=math.nan)
+
+        # each run on its own: the seed spread of the constants (the region above is all seeds together)
+        seeds = []
+        for r in runs:
+            mine = arr["run"] == r.run
+            if not mine.any():
+                continue  # no measured step (diverged before the first one): no row, as in n_runs
+            rc = constants_of(u[mine], v[mine], a[mine], margin)
+            fr = _f(f_run.get(r.run))
+            s_run = (math.nan if fr is None else fr) - float(np.mean(arr["s"][mine]))
+            seeds.append((rc.alpha_min, rc.term(s_run)))
+            add("seed_conditions", experiment=exp.name, point=point, run=r.run, seed=r.seed, n_steps=int(mine.sum()),
+                feasible=rc.feasible, alpha_min=rc.alpha_min, beta_at_alpha_min=rc.beta_at_alpha_min,
+                beta_min=rc.beta_min, nonvanishing_term=rc.term(s_run), nonvanishing_alpha=rc.ratio_alpha,
+                nonvanishing_beta=rc.ratio_beta, binding=rc.binding)
+        # how the smallest pair and the term move with the margin
+        hull = reg.hull_index
+        for m in sorted(set(SENSITIVITY_MARGINS) | {margin}):
+            mc = reg if m == margin else (region_constants(u[hull], v[hull], a[hull], m) if len(hull) else INFEASIBLE)
+            add("margin_sensitivity", experiment=exp.name, point=point, margin=m, is_configured=m == margin,
+                feasible=mc.feasible, alpha_min=mc.alpha_min, beta_at_alpha_min=mc.beta_at_alpha_min,
+                nonvanishing_term=mc.term(sigma), binding=mc.binding)
+
         last = _scalar(con, f"""SELECT avg(full_loss) FROM directions d WHERE run IN {in_runs}
                            AND step = (SELECT max(step) FROM directions e WHERE e.run = d.run)""")
         fin_b = _scalar(con, f"""SELECT avg(batch_loss) FROM (SELECT batch_loss, step, max(step) OVER (PARTITION BY run) AS m
                             FROM steps WHERE run IN {in_runs}) WHERE step >= 0.95 * m""")
         drift = _scalar(con, f"SELECT max(max_abs_drift) FROM drift WHERE run IN {in_runs}")
         aim_i = int(np.nanargmin(aim)) if np.isfinite(aim).any() else None
+        n_dir, spacing = _sampling(d["run"], d["step"])
         row = dict(
             experiment=exp.name, point=point, sweep_json=json.dumps(runs[0].sweep, sort_keys=True),
-            n_runs=_scalar(con, f"SELECT count(DISTINCT run) FROM steps WHERE run IN {in_runs}"), n_steps=int(len(u)), feasible=reg.feasible, alpha_min=reg.alpha_min,
+            n_runs=_scalar(con, f"SELECT count(DISTINCT run) FROM steps WHERE run IN {in_runs}"), n_steps=int(len(u)),
+            feasible=reg.feasible, alpha_min=reg.alpha_min,
             beta_at_alpha_min=reg.beta_at_alpha_min, beta_min=reg.beta_min,
             alpha_at_beta_min=reg.alpha_at_beta_min, margin=margin, alpha_box=reg.alpha_box,
             beta_box=reg.beta_box, hull_points=reg.hull_points, f_star_est=f_star,
             f_i_star_mean=fi_star_mean, sigma_int_sq=sigma,
             sigma_int_sq_method=("f* = full-batch f(x_K) (mean over seeds); E_i f_i* = mean of the "
                                  "per-batch f_i* over replayed steps"),
-            nonvanishing_term=term, nonvanishing_term_min=term_min, pl_delta=delta,
-            pl_log10_mu_min=_nanmin(log_mu), aiming_min=_nanmin(aim),
+            nonvanishing_term=reg.term(sigma), nonvanishing_alpha=reg.ratio_alpha, nonvanishing_beta=reg.ratio_beta,
+            binding=reg.binding, n_seeds=len(seeds),
+            alpha_min_seed_lo=_nanmin([s[0] for s in seeds]), alpha_min_seed_hi=_nanmax([s[0] for s in seeds]),
+            nonvanishing_term_seed_lo=_nanmin([s[1] for s in seeds]),
+            nonvanishing_term_seed_hi=_nanmax([s[1] for s in seeds]),
+            pl_delta=delta, pl_log10_mu_min=_nanmin(log_mu), aiming_min=_nanmin(aim),
             aiming_min_step=None if aim_i is None else int(d["step"][aim_i]),
             qcvx_theta_min=_nanmin(qcvx), cos_angle_min=_nanmin(cos), cos_angle_mean=_nanmean(cos),
+            directions_points=n_dir, directions_spacing=spacing,
             final_full_loss_mean=_f(last), final_batch_loss_mean=_f(fin_b), max_abs_drift=_f(drift))
         add("condition_summary", **row)
         summaries.append(row)
@@ -301,19 +456,30 @@ def experiment_conditions(exp, results: str | Path, steps_files, directions_file
     return {"experiment": exp.name, "points": summaries}
 
 
+def _sampling(runs: np.ndarray, steps: np.ndarray) -> tuple[int | None, int | None]:
+    """How densely the full-batch rows (sorted by run, step) sample training: the fewest rows of a run and the
+    largest step gap between a run's consecutive rows (None without rows, or without two rows in any run)."""
+    counts, gaps = [], []
+    for run in dict.fromkeys(runs):
+        s = steps[runs == run]
+        counts.append(len(s))
+        if len(s) > 1:
+            gaps.append(int(np.diff(s).max()))
+    return (min(counts) if counts else None), (max(gaps) if gaps else None)
+
+
 def _scalar(con, query: str):
     return con.sql(query).fetchall()[0][0]
-
-
-def _term(beta, alpha, sigma) -> float:
-    if not (math.isfinite(alpha) and math.isfinite(beta)) or alpha <= beta:
-        return math.nan
-    return 2.0 * beta * sigma / (alpha - beta)
 
 
 def _nanmin(x) -> float | None:
     x = np.asarray(x, float)
     return float(np.nanmin(x)) if np.isfinite(x).any() else None
+
+
+def _nanmax(x) -> float | None:
+    x = np.asarray(x, float)
+    return float(np.nanmax(x)) if np.isfinite(x).any() else None
 
 
 def _nanmean(x) -> float | None:

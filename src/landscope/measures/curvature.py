@@ -100,10 +100,12 @@ def eos_threshold(optimizer: dict, lr: float) -> tuple[float, str]:
     b1 = 0.9 (Cohen et al. 2022); NAdamW's Nesterov EMA 2(1 + b1)/((1 - b1)(1 + 2 b1) lr).
     SPS_max and NGN never step further than lr: 2/lr is their threshold at the largest step.
     The other adaptive methods (DecSPS, AdaGrad-norm-max, normalized SGD) have none: NaN, 'none'.
+    At lr = 0 the optimizer does not move and every threshold is infinite, a comparison that cannot
+    fail: NaN, 'lr_zero' (not applicable).
     """
     name = optimizer.get("name", "sgd")
     if not lr > 0:
-        return math.inf, "gd"
+        return math.nan, "lr_zero"
 
     def get(key):
         return optimizer.get(key) if optimizer.get(key) is not None else OPTIMIZER_DEFAULTS[key]
@@ -178,7 +180,8 @@ def edge_of_stability(lambda_max: float, lr: float, optimizer: dict | None = Non
 
     ``two_over_lr`` is always 2/lr (gradient descent's threshold, the classic reference line);
     ``eos_sharpness`` is the preconditioned sharpness for Adam types and lambda_max otherwise;
-    ``above_eos`` compares it with ``eos_threshold`` (None where the optimizer has no threshold).
+    ``above_eos`` compares it with ``eos_threshold`` (None where the optimizer has no threshold, and
+    at lr = 0, rule 'lr_zero', where the optimizer does not move).
     """
     optimizer = optimizer or {"name": "sgd"}
     two = 2.0 / lr if lr > 0 else math.inf

@@ -179,6 +179,14 @@ def full_loss_and_grad(problem, model: nn.Module) -> tuple[float, list[torch.Ten
     return total.item() / n, grads, acc.value(n)
 
 
+def cosine(dot: float, norm_a: float, norm_b: float) -> float:
+    """dot / (norm_a norm_b) clamped to [-1, 1] (rounding gave -1.0000000000000002 for an exactly
+    opposite pair); NaN when either norm is 0, where the angle is undefined."""
+    if not (norm_a > 0 and norm_b > 0):
+        return math.nan
+    return min(1.0, max(-1.0, dot / (norm_a * norm_b)))
+
+
 def direction_row(problem, model_k: nn.Module, step: int, f_k: float | None = None) -> dict:
     """Full-batch quantities at the current parameters x_k that need x_K (``f_k`` = f(x_K) when known)."""
     model = problem.model
@@ -189,7 +197,7 @@ def direction_row(problem, model_k: nn.Module, step: int, f_k: float | None = No
     diffs = [(p.detach().double() - q.double()) for p, q in zip(trainable_parameters(model), params_k)]
     dot = sum(float((g * d).sum()) for g, d in zip(grads, diffs))
     gnorm, dist = norm_of(grads), norm_of(diffs)
-    cos = dot / (gnorm * dist) if gnorm > 0 and dist > 0 else math.nan
+    cos = cosine(dot, gnorm, dist)
     aiming = dot / f if f > 0 else math.nan
     return {"step": step, "full_loss": f, "full_loss_at_min": f_k, "full_grad_norm": gnorm,
             "full_grad_dot_dir": dot, "dist_to_min": dist, "cos_angle": cos, "aiming_coef": aiming}

@@ -42,6 +42,8 @@ def make_optimizer(spec: dict, params) -> torch.optim.Optimizer:
         return _get(spec, OPTIMIZER_DEFAULTS, key)
 
     name, lr, wd = opt("name"), float(opt("lr")), float(opt("weight_decay"))
+    if opt("momentum_follows_lr") and name != "nsgdm":
+        raise ValueError(f"optimizer {name}: momentum_follows_lr applies to nsgdm only; remove it or set it false")
     momentum, betas, eps = float(opt("momentum")), tuple(float(b) for b in opt("betas")), float(opt("eps"))
     if name == "sgd":
         if opt("nesterov") and momentum == 0:
@@ -68,7 +70,8 @@ def make_optimizer(spec: dict, params) -> torch.optim.Optimizer:
     if name == "nsgdm":
         if momentum >= 1:
             raise ValueError(f"optimizer nsgdm: momentum must be < 1, got {momentum}")
-        return NSGDM(params, lr=lr, momentum=momentum, weight_decay=wd)
+        return NSGDM(params, lr=lr, momentum=momentum, weight_decay=wd,
+                     momentum_follows_lr=bool(opt("momentum_follows_lr")))
     raise ValueError(f"unknown optimizer {name!r}; available: {', '.join(OPTIMIZERS)}")
 
 
@@ -265,14 +268,17 @@ class NGN(_Polyak):
 
 
 class AdaGradNormMax(_ScalarStep):
-    """AdaGrad-norm-max: AdaGrad-norm (Ward, Wu, Bottou, JMLR 2020, arXiv 1806.01811) with the
-    initial value b0 as a floor instead of an offset:
+    """AdaGrad-norm-max as analysed in the paper's Theorem 7 (Islamov, Ajroldi, Orvieto, Lucchi,
+    NeurIPS 2024):
 
-        G_k = sum_{t <= k} ||g_t||^2,   gamma_k = lr_k / max{b0, sqrt(G_k)},   x_{k+1} = x_k - gamma_k g_k
+        c_k^2 = max{c_{k-1}^2, ||g_k||^2},  c_{-1} = 0,
+        b_k^2 = b_{k-1}^2 + c_k^2,          b_{-1} = b0,
+        x_{k+1} = x_k - (lr_k / b_k) g_k
 
-    (AdaGrad-norm proper divides by sqrt(b0^2 + G_k), which lies between max{b0, sqrt G_k} and
-    sqrt(2) times it.) With b0 = 1, gamma_k <= lr_k. g_t includes weight_decay * x_t if set.
-    State: ``sum_sq_grad`` (G_k).
+    so b_k^2 = b0^2 + sum_{t <= k} max_{s <= t} ||g_s||^2: the running maximum of the squared gradient
+    norms is accumulated, and b0 is an offset under the square root (not a floor). b_k >= b0, so with
+    b0 = 1 the step never exceeds lr_k. g_k includes weight_decay * x_k if set. State: ``max_sq_grad``
+    (c_k^2) and ``b_sq`` (b_k^2).
     """
 
     name = "adagrad_norm_max"
@@ -282,28 +288,36 @@ class AdaGradNormMax(_ScalarStep):
 
     def _step_size(self, group, params, grads):
         state = self._scalars()
-        state["sum_sq_grad"] = state.get("sum_sq_grad", 0.0) + _sq_norm(grads)
-        return group["lr"] / max(group["b0"], math.sqrt(state["sum_sq_grad"])), grads
+        state["max_sq_grad"] = max(state.get("max_sq_grad", 0.0), _sq_norm(grads))
+        state["b_sq"] = state.get("b_sq", group["b0"] ** 2) + state["max_sq_grad"]
+        return group["lr"] / math.sqrt(state["b_sq"]), grads
 
 
 class NSGDM(_ScalarStep):
     """Normalized SGD with momentum (Cutkosky & Mehta, ICML 2020, arXiv 2002.03305), the paper's
     LSTM optimizer:
 
-        m_k = beta m_{k-1} + (1 - beta) g_k,  m_{-1} = 0,   x_{k+1} = x_k - lr_k m_k / ||m_k||
+        m_k = beta_k m_{k-1} + (1 - beta_k) g_k,  m_{-1} = 0,   x_{k+1} = x_k - lr_k m_k / ||m_k||
 
-    with beta = ``momentum`` (0 gives normalized SGD) and ||m_k|| the norm over all parameters
-    together (the factor 1 - beta cancels there, as m_{-1} = 0); m_k = 0 gives no step. g_k
-    includes weight_decay * x_k if set. State: ``momentum_buffer`` per parameter.
+    with ||m_k|| the norm over all parameters together; m_k = 0 gives no step. beta_k = ``momentum``
+    (0 gives normalized SGD), or, with ``momentum_follows_lr``, beta_k = momentum * lr_k / lr: the
+    schedule decays the momentum together with the learning rate, as the paper's LSTM runs decay
+    both (lr = the peak learning rate, kept in the group as ``peak_lr``, since the training loop
+    overwrites ``lr`` with lr_k). g_k includes weight_decay * x_k if set. State: ``momentum_buffer``
+    per parameter.
     """
 
     name = "nsgdm"
 
-    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
-        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+                 momentum_follows_lr: bool = False):
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
+                                  "momentum_follows_lr": momentum_follows_lr, "peak_lr": lr})
 
     def _step_size(self, group, params, grads):
         beta, bufs = group["momentum"], []
+        if group["momentum_follows_lr"]:
+            beta = beta * group["lr"] / group["peak_lr"]
         for p, g in zip(params, grads):
             state = self.state[p]
             if "momentum_buffer" not in state:

@@ -5,7 +5,9 @@ while it plans the DAG (common.smk lists the Table 2 sequences), and planning st
 * ``sweep_sequences(exp)`` turns an ExperimentSpec into JSON-able sequences: one per swept key of
   ``TABLE2_KEYS`` and per combination of the experiment's other sweep values, points in config order;
 * ``classify_direction`` / ``optimizer_ordering`` / ``ordering_agrees`` / ``agreement`` say what a sequence
-  does (``rises``, ``falls``, ``rises then falls``, ...) and whether that matches the claim.
+  does (``rises``, ``falls``, ``rises then falls``, ...) and whether that matches the claim;
+* ``spread_direction`` calls a direction only where it exceeds the seed spread, and ``constrained_points``
+  finds the points whose smallest pair a constraint, not the data, sets (their verdict is ``UNDETERMINED``).
 
 The page that shows them is landscope.report.table2.
 """
@@ -14,12 +16,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import pairwise
 
 RTOL = 0.05  # changes within RTOL * max|value| of a sequence count as flat
 RISES, FALLS, FLAT, MIXED, NA = "rises", "falls", "flat", "mixed", "n/a"
 RISES_FALLS, FALLS_RISES = "rises then falls", "falls then rises"
 OPTIMIZER_CLAIM = ("adam", "sgdm", "sgd")  # the paper: Adam < SGDM < SGD (smallest beta first)
 FOLLOWS_LOSS = "follows the final loss"
+UNDETERMINED = "undetermined at this scale"
+DATA = "data"  # condition_summary.binding when a step row's constraint holds the smallest pair
+# A spread needs at least two runs: with one seed there is nothing to tell a difference from seed noise by,
+# so no direction is called from a single seed.
+MIN_SEEDS = 2
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,7 @@ def classify_direction(values, rtol: float = RTOL) -> str:
     if len(v) < 2:
         return NA
     tol = rtol * max(abs(x) for x in v)
-    signs = [1 if b - a > tol else -1 for a, b in zip(v, v[1:]) if abs(b - a) > tol]
+    signs = [1 if b - a > tol else -1 for a, b in pairwise(v) if abs(b - a) > tol]
     runs = [s for i, s in enumerate(signs) if i == 0 or s != signs[i - 1]]
     return {(): FLAT, (1,): RISES, (-1,): FALLS, (1, -1): RISES_FALLS,
             (-1, 1): FALLS_RISES}.get(tuple(runs), MIXED)
@@ -85,7 +93,7 @@ def optimizer_ordering(labels: list[str], values, rtol: float = RTOL) -> str:
         return NA
     tol = rtol * max(abs(v) for v, _ in pairs)
     text = pairs[0][1]
-    for (a, _), (b, lab) in zip(pairs, pairs[1:]):
+    for (a, _), (b, lab) in pairwise(pairs):
         text += (" ≈ " if b - a <= tol else " < ") + lab
     return text
 
@@ -110,6 +118,68 @@ def agreement(measured: str, claimed: str) -> str | None:
     if claimed == RISES_FALLS and measured in (RISES, FALLS):
         return "partly"
     return "no"
+
+
+def not_resolved(n_seeds) -> str:
+    """The verdict of a direction that does not exceed the seed spread: 'not resolved with N seeds'."""
+    n = int(n_seeds or 0)
+    return f"not resolved with {n} seed{'' if n == 1 else 's'}"
+
+
+def _interval(lo, hi) -> tuple[float, float] | None:
+    v = _finite([lo, hi])
+    return (min(v), max(v)) if len(v) == 2 else None
+
+
+def interval_order(a, b) -> int | None:
+    """+1 when seed interval ``b`` = (lo, hi) lies wholly above ``a``, -1 wholly below, None when the two
+    overlap (touching counts as overlap) or either is missing."""
+    a, b = _interval(*a), _interval(*b)
+    if a is None or b is None:
+        return None
+    return 1 if b[0] > a[1] else -1 if b[1] < a[0] else None
+
+
+def spread_direction(intervals, n_seeds) -> str:
+    """What a sequence does when each value comes with its seed interval [lo, hi] (min and max over the
+    point's runs): the step between two consecutive values is a rise (fall) only when the later interval lies
+    wholly above (below) the earlier one, i.e. the two intervals do not overlap; the steps are then joined
+    as in ``classify_direction``. When some step's intervals overlap, or fewer than ``MIN_SEEDS`` seeds
+    were run, the direction is ``not_resolved(n_seeds)``. Missing intervals are dropped; fewer than two
+    values give ``n/a``."""
+    v = [iv for iv in ((_interval(lo, hi)) for lo, hi in intervals) if iv is not None]
+    if len(v) < 2:
+        return NA
+    if int(n_seeds or 0) < MIN_SEEDS:
+        return not_resolved(n_seeds)
+    signs = [interval_order(a, b) for a, b in pairwise(v)]
+    if None in signs:
+        return not_resolved(n_seeds)
+    runs = [s for i, s in enumerate(signs) if i == 0 or s != signs[i - 1]]
+    return {(1,): RISES, (-1,): FALLS, (1, -1): RISES_FALLS, (-1, 1): FALLS_RISES}.get(tuple(runs), MIXED)
+
+
+def ordering_resolved(kinds: list[str], intervals, n_seeds, claim: tuple[str, ...] = OPTIMIZER_CLAIM) -> str | None:
+    """``ordering_agrees`` with the seed spread: every pair of claimed kinds is compared by its seed intervals
+    (as ``interval_order``); 'yes' / 'no' when every such pair's intervals are apart, else
+    ``not_resolved(n_seeds)`` (also with fewer than ``MIN_SEEDS`` seeds); None with fewer than two claimed
+    kinds measured."""
+    ranked = [(claim.index(k), iv) for k, iv in zip(kinds, intervals) if k in claim and _interval(*iv) is not None]
+    if len({r for r, _ in ranked}) < 2:
+        return None
+    if int(n_seeds or 0) < MIN_SEEDS:
+        return not_resolved(n_seeds)
+    orders = [interval_order(ia, ib) for ra, ia in ranked for rb, ib in ranked if ra < rb]
+    if None in orders:
+        return not_resolved(n_seeds)
+    return "yes" if all(o == 1 for o in orders) else "no"
+
+
+def constrained_points(points: list[str], bindings) -> list[str]:
+    """The points whose smallest (alpha, beta) pair a constraint sets (the margin, beta >= 0 or their corner),
+    not the data: their constants are a convention, so a trend through them says nothing about the
+    landscape. Missing and empty bindings (not recorded; infeasible) are not counted."""
+    return [p for p, b in zip(points, bindings) if b and b != DATA]
 
 
 # ----------------------------------------------------------------------------------- sequences

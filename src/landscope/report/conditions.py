@@ -1,8 +1,8 @@
 """The alpha-beta condition on an experiment page: DuckDB queries of the measured tables, the charts drawn
 from them, and the comparison of x_K choices.
 
-* queries (``loss_curves``, ``checkpoint_stat``, ``heatmap_grid``, ``region_vertices``, ``condition_summary``)
-  take a DuckDB connection from ``store.connect`` and return small Polars frames; all binning happens in SQL,
+* queries (``loss_curves``, ``checkpoint_stat``, ``heatmap_grid``, ``region_vertices``, ``condition_summary``,
+  ``margin_sensitivity``, ``seed_conditions``) take a DuckDB connection from ``store.connect`` and return small Polars frames; all binning happens in SQL,
   so no chart carries more than ``MAX_ROWS`` rows however long the runs were;
 * chart functions (``loss_chart``, ``grad_norm_chart``, ``angle_chart``, ``aiming_chart``, ``pl_chart``,
   ``heatmap_chart``, ``minimizer_region_chart``) are pure: a frame in, an Altair chart out;
@@ -36,6 +36,7 @@ from landscope.report.base import (
     sort_points,
     spacing,
 )
+from landscope.report.semantics import sampling_text, with_quoted
 
 GRID_SIDE = 60  # alpha (and beta) values per heatmap axis at most; denser grids are strided
 CLIP_QUANTILE = 0.05  # the heatmap's red saturates at this quantile of min T
@@ -93,6 +94,18 @@ def condition_summary(con, experiment: str) -> pl.DataFrame:
     """condition_summary rows of one experiment, points in natural order."""
     return sort_points(query_df(con, "SELECT * FROM condition_summary WHERE experiment = $experiment",
                             experiment))
+
+
+def margin_sensitivity(con, experiment: str) -> pl.DataFrame:
+    """margin_sensitivity rows of one experiment: points in natural order, margins ascending within a point."""
+    return sort_points(query_df(con, """SELECT * FROM margin_sensitivity WHERE experiment = $experiment
+                                   ORDER BY point, margin""", experiment))
+
+
+def seed_conditions(con, experiment: str) -> pl.DataFrame:
+    """seed_conditions rows (one per run) of one experiment: points in natural order, then seed and run."""
+    return sort_points(query_df(con, """SELECT * FROM seed_conditions WHERE experiment = $experiment
+                                   ORDER BY point, seed, run""", experiment))
 
 
 # ----------------------------------------------------------------------------------- charts
@@ -204,10 +217,26 @@ def condition_sections(con, experiment: str) -> list[Section]:
              ("pl", "Polyak-Łojasiewicz", "pl", "pl_log10_mu", "true", False, pl_chart)]
     out = [Section("α-β heatmaps: min T over all seeds and steps", heatmaps(grid, region), id="heat"),
            Section("Loss", loss_chart(loss) if not loss.filter(pl.col("lo") > 0).is_empty() else None, id="loss")]
+    sampled = sampling_caption(condition_summary(con, experiment))
     for cid, heading, table, column, where, positive, make in specs:
         df = checkpoint_stat(con, experiment, table, column, where, positive)
-        out.append(Section(heading, make(df) if not df.is_empty() else None, id=cid))
+        caption = sampled if table in ("directions", "pl") else ""
+        out.append(Section(heading, make(df) if not df.is_empty() else None, caption, id=cid))
     return out
+
+
+def sampling_caption(summary: pl.DataFrame) -> str:
+    """How densely the full-batch curves were measured, per point ('' when not recorded), e.g.
+    'Full-batch points: 20 per run, up to 200 steps apart.' (one phrase when every point shares it)."""
+    if summary.is_empty() or "directions_points" not in summary.columns:
+        return ""
+    texts = {p: sampling_text(n, s) for p, n, s in zip(summary["point"], summary["directions_points"],
+                                                      summary["directions_spacing"]) if n is not None}
+    if not texts:
+        return ""
+    if len(set(texts.values())) == 1:
+        return f"Full-batch points: {next(iter(texts.values()))}."
+    return "Full-batch points: " + "; ".join(f"{p}: {t}" for p, t in texts.items()) + "."
 
 
 # ----------------------------------------------------------------------------------- x_K comparison
@@ -279,7 +308,8 @@ def minimizer_region_chart(region: pl.DataFrame, summary: pl.DataFrame, choices:
 
 MINIMIZER_COLUMNS = [("choice", "x_K choice"), ("point", "sweep point"), ("feasible", "some pair works"),
                      ("alpha_min", "smallest α"), ("beta_at_alpha_min", "β at smallest α"),
-                     ("beta_min", "smallest β"), ("nonvanishing_term", "2βσ²/(α−β) at smallest α")]
+                     ("binding_text", "smallest pair"), ("beta_min", "smallest β"),
+                     ("nonvanishing_term", "min 2βσ²/(α−β)"), ("term_pair", "at (α, β)")]
 
 
 def minimizer_comparison(summary: pl.DataFrame, region: pl.DataFrame):
@@ -287,7 +317,7 @@ def minimizer_comparison(summary: pl.DataFrame, region: pl.DataFrame):
     choices = minimizer_points(summary)
     if len(choices) < 2:
         return None
-    table = summary.filter(pl.col("point").is_in(list(choices))).with_columns(
+    table = with_quoted(summary.filter(pl.col("point").is_in(list(choices)))).with_columns(
         choice=pl.col("point").replace_strict(choices, return_dtype=pl.String))
     chart = minimizer_region_chart(region, summary, choices) if not region.is_empty() else None
     return html_table(table, MINIMIZER_COLUMNS), chart

@@ -35,13 +35,24 @@ def curvature_stat(con, experiment: str, column: str, se: str | None = None) -> 
     return con.sql(sql, params={"e": experiment}).pl()
 
 
-def eos_summary(con, experiment: str) -> tuple[int, int]:
-    """(checkpoints whose sharpness exceeds the threshold, checkpoints with a threshold) of the
-    experiment (the preconditioned sharpness against 38/lr for Adam; lambda_max against 2/lr for SGD)."""
-    q = ("SELECT count(*) FILTER (WHERE above_eos), count(above_eos) FROM curvature "
-         "WHERE experiment = $e")
-    above, total = con.sql(q, params={"e": experiment}).fetchall()[0]
-    return int(above), int(total)
+def eos_summary(con, experiment: str) -> tuple[int, int, int]:
+    """(checkpoints whose sharpness exceeds the threshold, checkpoints with a threshold where the optimizer
+    moves (lr > 0), checkpoints left out at lr = 0) of the experiment (the preconditioned sharpness against
+    38/lr for Adam; lambda_max against 2/lr for SGD). At lr = 0 every threshold is infinite: a comparison
+    that cannot fail is not counted as one (older results stored it as False against an infinite threshold)."""
+    q = ("SELECT count(*) FILTER (WHERE above_eos AND lr > 0), count(above_eos) FILTER (WHERE lr > 0), "
+         "count(*) FILTER (WHERE NOT lr > 0) FROM curvature WHERE experiment = $e")
+    above, total, still = con.sql(q, params={"e": experiment}).fetchall()[0]
+    return int(above), int(total), int(still)
+
+
+def eos_share(above: int, total: int, still: int) -> str:
+    """The page's "k of n checkpoints (p%)" of :func:`eos_summary`, saying how many lr = 0 ones it leaves out."""
+    left_out = (f"; {still} checkpoint{'s' if still != 1 else ''} at lr = 0, where the optimizer does not move, "
+                "left out (not applicable: the threshold is infinite there)") if still else ""
+    if not total:
+        return f"not applicable: no checkpoint where the optimizer moves is compared{left_out}"
+    return f"{above} of {total} checkpoints ({100 * above / total:.0f}%) above the stability threshold{left_out}"
 
 
 def eos_rules(con, experiment: str) -> list[str]:
@@ -69,7 +80,7 @@ def sharpness_chart(stat: pl.DataFrame, lines: pl.DataFrame, rules: list[str] | 
     """Sharpness per point (log scale when positive) with its threshold dashed in the point's colour."""
     order = point_order(stat["point"].to_list())
     log = stat["lo"].min() > 0 and (lines.is_empty() or lines["two_over_lr"].min() > 0)
-    rules = [r for r in (rules or ["gd"]) if r != "none"] or ["gd"]
+    rules = [r for r in (rules or ["gd"]) if r not in ("none", "lr_zero")] or ["gd"]
     adam = any(r in ("adam", "nadam") for r in rules)
     y_title = "λ_max (of P⁻¹H for Adam)" if adam else "λ_max"
     names = ", ".join(dict.fromkeys(_EOS_LABEL.get(r, r) for r in rules))
@@ -86,13 +97,12 @@ def curvature_charts(con, experiment: str) -> list[Section]:
     """The experiment's curvature measurements, in page order (chart None where there are no rows)."""
     out = []
     lam = curvature_stat_expr(con, experiment, "coalesce(c.eos_sharpness, c.lambda_max)")
-    above, total = eos_summary(con, experiment)
+    share = eos_share(*eos_summary(con, experiment))
     rules = eos_rules(con, experiment)
-    share = f"{above} of {total} checkpoints ({100 * above / total:.0f}%)" if total else "no checkpoint"
     out.append(Section(
         "Edge of stability",
         sharpness_chart(lam, threshold_lines(con, experiment), rules) if not lam.is_empty() else None,
-        f"{share} above the stability threshold (dashed): 2/lr for SGD, 2(1+β)/lr with heavy-ball "
+        f"{share}. The threshold (dashed): 2/lr for SGD, 2(1+β)/lr with heavy-ball "
         "momentum β, (2+2β1)/((1−β1) lr) = 38/lr at β1 = 0.9 for Adam, whose sharpness is that of "
         "the preconditioned Hessian P⁻¹H (Cohen et al. 2022); Lanczos top Ritz value (a lower "
         "bound), min-max band over seeds"))

@@ -29,18 +29,72 @@ from landscope.report.base import (
     sort_points,
     write_html,
 )
-from landscope.report.conditions import condition_sections, condition_summary, minimizer_comparison, region_vertices
+from landscope.report.conditions import (
+    condition_sections,
+    condition_summary,
+    margin_sensitivity,
+    minimizer_comparison,
+    region_vertices,
+    seed_conditions,
+)
 from landscope.report.curvature import curvature_charts, plateau_section
-from landscope.report.semantics import figure_html, how_to_read, model_names, semantics_html, setup_items
+from landscope.report.semantics import (
+    binding_text,
+    figure_html,
+    how_to_read,
+    model_names,
+    pair_text,
+    semantics_html,
+    setup_items,
+    with_quoted,
+)
 from landscope.report.surfaces import surface_charts
 
 SUMMARY_COLUMNS = [
-    ("point", "sweep point"), ("n_runs", "seeds"), ("feasible", "some pair works"),
-    ("alpha_min", "smallest α"), ("beta_at_alpha_min", "β at smallest α"), ("beta_min", "smallest β"),
-    ("nonvanishing_term", "2βσ²/(α−β) at smallest α"), ("sigma_int_sq", "σ_int²"),
-    ("sigma_int_sq_method", "σ_int² method"), ("pl_log10_mu_min", "log10 PL μ (min)"),
-    ("aiming_min", "Aiming min"), ("final_full_loss_mean", "final full loss"),
+    ("point", "sweep point"), ("n_seeds", "seeds"), ("feasible", "some pair works"),
+    ("alpha_min", "smallest α"), ("alpha_spread", "smallest α per seed"), ("beta_at_alpha_min", "β at smallest α"),
+    ("binding_text", "smallest pair"), ("beta_min", "smallest β"), ("nonvanishing_term", "min 2βσ²/(α−β)"),
+    ("term_pair", "at (α, β)"), ("term_spread", "min 2βσ²/(α−β) per seed"), ("sigma_int_sq", "σ_int²"),
+    ("sigma_int_sq_method", "σ_int² method")]
+FULL_BATCH_COLUMNS = [
+    ("point", "sweep point"), ("sampling", "full-batch points"), ("pl_log10_mu_min", "log10 PL μ (min)"),
+    ("aiming_min", "Aiming min"), ("aiming", "Aiming"), ("cos_angle_min", "cos angle (min)"),
+    ("qcvx_theta_min", "QCvx θ (min)"), ("final_full_loss_mean", "final full loss"),
     ("max_abs_drift", "replay drift (max)")]
+MARGIN_COLUMNS = [("point", "sweep point"), ("margin_label", "margin"), ("feasible", "some pair works"),
+                  ("alpha_min", "smallest α"), ("beta_at_alpha_min", "β at smallest α"),
+                  ("nonvanishing_term", "min 2βσ²/(α−β)"), ("binding_text", "smallest pair")]
+SEED_COLUMNS = [("point", "sweep point"), ("seed", "seed"), ("run", "run"), ("n_steps", "steps"),
+                ("feasible", "some pair works"), ("alpha_min", "smallest α"), ("beta_at_alpha_min", "β at smallest α"),
+                ("beta_min", "smallest β"), ("nonvanishing_term", "min 2βσ²/(α−β)"),
+                ("term_pair", "at (α, β)"), ("binding_text", "smallest pair")]
+MARGIN_NOTE = """<p class=note>The smallest feasible &alpha; and the non-vanishing term recomputed with other
+margins (&alpha; &ge; &beta; + margin), all seeds together. Where the margin line, &beta; &ge; 0 or their
+corner sets the smallest pair, it moves with the margin: that part is convention, not data. The margin the
+rest of the page uses is marked.</p>"""
+
+
+def margin_html(table: pl.DataFrame) -> str:
+    """The margin-sensitivity table (the configured margin marked), or a note when there is none."""
+    if table.is_empty():
+        return "<p class=note>No margin sensitivity recorded.</p>"
+    label = [f"{html.unescape(html_cell(m))}{' (configured)' if c else ''}"
+             for m, c in zip(table["margin"], table["is_configured"])]
+    shown = table.with_columns(margin_label=pl.Series(label, dtype=pl.String),
+                               binding_text=pl.Series([binding_text(b) for b in table["binding"]], dtype=pl.String))
+    return MARGIN_NOTE + html_table(shown, MARGIN_COLUMNS)
+
+
+def seeds_html(table: pl.DataFrame) -> str:
+    """The per-run constants (seed_conditions) in a collapsed <details> element ('' without rows)."""
+    if table.is_empty():
+        return ""
+    shown = table.with_columns(
+        binding_text=pl.Series([binding_text(b) for b in table["binding"]], dtype=pl.String),
+        term_pair=pl.Series([pair_text(a, b) for a, b in zip(table["nonvanishing_alpha"], table["nonvanishing_beta"])],
+                            dtype=pl.String))
+    return ("<details><summary>Every run on its own (the constants the seed spread is made of)</summary>"
+            + html_table(shown, SEED_COLUMNS) + "</details>")
 
 
 def run_table(con, experiment: str) -> pl.DataFrame:
@@ -165,11 +219,14 @@ def write_experiment_report(results: str | Path, experiment: str, out_html: str 
         summary = condition_summary(con, experiment)
         runs = run_table(con, experiment)
         charts = condition_sections(con, experiment)
+        margins, seeds = margin_sensitivity(con, experiment), seed_conditions(con, experiment)
         extra_html, extra_charts = optional_parts(con, results, experiment, summary, runs)
     finally:
         con.close()
     source, prov = _provenance(results, experiment)
-    summary_html = (html_table(summary, SUMMARY_COLUMNS, {"sigma_int_sq_method": "small"})
+    quoted = with_quoted(summary)
+    summary_html = (html_table(quoted, SUMMARY_COLUMNS, {"sigma_int_sq_method": "small"})
+                    + "<h3>Full-batch verdicts</h3>" + html_table(quoted, FULL_BATCH_COLUMNS)
                     if not summary.is_empty() else "<p class=note>No condition summary yet.</p>")
     runs_html = (html_table(runs, [(c, c) for c in runs.columns])
                  if not runs.is_empty() else "<p class=note>No runs recorded.</p>")
@@ -185,7 +242,10 @@ def write_experiment_report(results: str | Path, experiment: str, out_html: str 
         f"<p>{html.escape(notes)}</p>" if notes else "",
         semantics_html(setup_items(setup, runs, summary)),
         how_to_read(runs),
-        f"<h2>Summary</h2>{summary_html}<p class=note>One row per sweep point, all seeds together.{margin_txt}</p>",
+        (f"<h2>Summary</h2>{summary_html}<p class=note>One row per sweep point, all seeds together (the "
+         f"paper's min over all seeds); <i>per seed</i>: the range of the same constant over the runs, each "
+         f"computed alone.{margin_txt}</p>"), seeds_html(seeds),
+        "<h2>Margin sensitivity</h2>", margin_html(margins),
         "<h2>Charts</h2>", sections_html(charts), extra_html,
         f"<h2>Runs</h2>{runs_html}",
         f"<h2>Provenance</h2>{prov_html}"])
