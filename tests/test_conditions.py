@@ -203,6 +203,19 @@ def test_term_minimum_at_an_interior_vertex_does_not_move_with_the_margin(margin
     # while the smallest alpha sits on the margin line and moves with it: alpha = (2 + margin) 4/5
     assert reg.alpha_min == pytest.approx((2 + margin) * 0.8, rel=1e-12) and reg.binding == "margin"
     assert reg.ratio == pytest.approx(own_ratio_inf(u, v, a, margin), rel=1e-12)
+    assert reg.ratio_binding == "data"  # the term's vertex is held by the two data rows alone
+
+
+def test_term_held_by_the_margin_line_is_named_so():
+    # alpha <= 2.05 (u = 1, v = 0, a = 2.05) and alpha + beta >= 4 leave, with alpha - beta >= 0.1, the single
+    # pair (2.05, 1.95): the term's pair lies on the margin line (a wider margin would leave no pair at all)
+    u, v, a = np.array([1.0, -1.0]), np.array([0.0, 1.0]), np.array([2.05, -4.0])
+    reg = C.analyze_region(u, v, a, margin=0.1)
+    assert reg.feasible and not reg.at_infinity
+    assert (reg.ratio_alpha, reg.ratio_beta) == pytest.approx((2.05, 1.95), rel=1e-9)
+    assert reg.ratio == pytest.approx(19.5, rel=1e-9) and reg.ratio_binding == "margin"
+    # with a narrower margin the pair leaves the line: (2.05, 1.95) is then held by the two data rows
+    assert C.analyze_region(u, v, a, margin=0.05).ratio_binding == "data"
 
 
 def test_term_infimum_along_unbounded_directions():

@@ -100,7 +100,8 @@ def _write_demo(results):
                    alpha_box=9.0, beta_box=9.0, sigma_int_sq=0.5, sigma_int_sq_method="test<method>",
                    nonvanishing_term=0.0, pl_log10_mu_min=-5.99, aiming_min=-0.25 if k == 1 else 0.5,
                    final_full_loss_mean=0.0125, max_abs_drift=0.0, nonvanishing_alpha=c, nonvanishing_beta=0.0,
-                   binding="data" if k == 1 else "beta_nonneg", n_seeds=2, alpha_min_seed_lo=0.8 * c,
+                   binding="data" if k == 1 else "beta_nonneg", nonvanishing_binding="beta_nonneg", n_seeds=2,
+                   alpha_min_seed_lo=0.8 * c,
                    alpha_min_seed_hi=c, nonvanishing_term_seed_lo=0.0, nonvanishing_term_seed_hi=0.0,
                    directions_points=4, directions_spacing=100, cos_angle_min=0.4, qcvx_theta_min=0.75)
         for col in summary:
@@ -108,7 +109,7 @@ def _write_demo(results):
         for m in (0.01, 0.1, 1.0):
             mrow = dict(experiment=EXP, point=point, margin=m, is_configured=m == 0.1, feasible=True, alpha_min=c,
                         beta_at_alpha_min=0.0, nonvanishing_term=0.0,
-                        binding="corner" if m == c else row["binding"])
+                        binding="corner" if m == c else row["binding"], nonvanishing_binding="beta_nonneg")
             for col in margins:
                 margins[col].append(mrow[col])
         for seed in (0, 1):

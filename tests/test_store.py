@@ -26,6 +26,21 @@ def test_views_are_typed_and_tolerate_files_from_an_older_schema(tmp_path):
     assert types["grad_dot_dir"] == "DOUBLE" and types["step"] == "BIGINT"
 
 
+def test_views_of_some_experiments_read_only_their_files(tmp_path):
+    """A page of experiment a lists only a's files (not those of a_b, which a prefix would match): a
+    file of another experiment that a re-running job deletes meanwhile is never opened by it."""
+    results = tmp_path / "results"
+    for exp, seed in (("a", 1), ("b", 2), ("a_b", 3)):
+        columns = {c: [None] for c in store.SCHEMAS["runs"]} | {"experiment": [exp], "run": ["r"], "seed": [seed]}
+        store.write_table(store.part_path(results, "runs", exp, "r"), "runs", columns)
+    page = store.connect(results, experiments=["a"])
+    assert page.sql("SELECT experiment, seed FROM runs").fetchall() == [("a", 1)]
+    assert page.sql("SELECT count(*) FROM steps").fetchall() == [(0,)]  # no file of a: an empty, typed view
+    assert "experiment=b" not in page.sql("SELECT sql FROM duckdb_views() WHERE view_name = 'runs'").fetchall()[0][0]
+    everything = store.connect(results)
+    assert everything.sql("SELECT count(*) FROM runs").fetchall() == [(3,)]
+
+
 def test_write_table_checks_columns_and_leaves_no_partial_file(tmp_path):
     path = tmp_path / "t" / "part-00000.parquet"
     with pytest.raises(ValueError, match="missing columns"):

@@ -77,7 +77,9 @@ def test_ordering_with_seed_spread():
 
 
 def test_constrained_points():
-    assert claims.constrained_points(["a", "b", "c", "d", "e"], ["data", "margin", "", None, "corner"]) == ["b", "e"]
+    points, bindings = ["a", "b", "c", "d", "e", "f"], ["data", "margin", "", None, "corner", "beta_nonneg"]
+    assert claims.constrained_points(points, bindings) == ["e"]  # the smallest pair: the corner alone
+    assert claims.constrained_points(points, bindings, claims.TERM_CONVENTION) == ["b", "e"]  # the term
 
 
 def test_directions_one_seed_and_undetermined_precedence():
@@ -89,9 +91,14 @@ def test_directions_one_seed_and_undetermined_precedence():
                          for p, v, b in (("p2", "2", 2.0), ("p4", "4", 1.0))])
     got = {d["quantity"]: (d["measured"], d["agrees"]) for d in t2.directions(seq, rows)}
     assert got["smallest β"] == ("falls (within the seed spread)", "not resolved with 1 seed")
-    rows = rows.with_columns(binding=pl.Series(["data", "margin"]))
+    on_line = rows.with_columns(binding=pl.Series(["data", "margin"]))  # beta there is still the data's
+    got = {d["quantity"]: (d["measured"], d["agrees"]) for d in t2.directions(seq, on_line)}
+    assert got["smallest β"] == ("falls (within the seed spread)", "not resolved with 1 seed")
+    rows = rows.with_columns(binding=pl.Series(["data", "corner"]),
+                             nonvanishing_binding=pl.Series(["margin", "data"]))
     got = {d["quantity"]: (d["measured"], d["agrees"]) for d in t2.directions(seq, rows)}
     assert got["smallest β"] == ("1 of 2 points set by a constraint", "undetermined at this scale")
+    assert got["min 2βσ²/(α−β)"] == ("1 of 2 points set by a constraint", "undetermined at this scale")
 
 
 BASE = {"model": {"name": "mlp", "depth": 3, "width": 8}, "dataset": {"name": "digits", "n_train": 64},
@@ -144,11 +151,12 @@ def _summary(results, exp, rows, n_seeds=2):
     store.write_table(store.part_path(results, "seed_conditions", exp), "seed_conditions", seeds)
 
 
-def _row(amin, bmin, term, loss=0.1, spread=0.05, binding="data"):
+def _row(amin, bmin, term, loss=0.1, spread=0.05, binding="data", term_binding=None):
     """One point: every constant with the seed interval value * (1 -+ spread)."""
     out = {"alpha_min": amin, "beta_at_alpha_min": bmin, "beta_min": bmin, "sigma_int_sq": 0.5,
            "nonvanishing_term": term, "nonvanishing_alpha": amin + 1, "nonvanishing_beta": bmin + 0.5,
-           "final_full_loss_mean": loss, "binding": binding}
+           "final_full_loss_mean": loss, "binding": binding,
+           "nonvanishing_binding": term_binding or ("corner" if binding == "corner" else "data")}
     for q, v in (("alpha_min", amin), ("beta_min", bmin), ("nonvanishing_term", term)):
         out[f"{q}_seed_lo"], out[f"{q}_seed_hi"] = v * (1 - spread), v * (1 + spread)
     return out

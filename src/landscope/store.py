@@ -80,8 +80,10 @@ SCHEMAS: dict[str, dict[str, pa.DataType]] = {
         # the non-vanishing term 2 beta sigma_int^2 / (alpha - beta): its minimum over the feasible region,
         # and the pair that attains it
         "nonvanishing_term": F64, "nonvanishing_alpha": F64, "nonvanishing_beta": F64,
-        # which constraint sets the smallest pair: data, margin, beta_nonneg or corner (margin and beta >= 0)
-        "binding": STR,
+        # which constraint sets the smallest pair: data, margin, beta_nonneg or corner (margin and beta >= 0);
+        # nonvanishing_binding: the same for the pair that attains the term (margin or corner: the term moves
+        # with the margin; data or beta_nonneg: it does not)
+        "binding": STR, "nonvanishing_binding": STR,
         # the spread over seeds of the per-run constants (seed_conditions): min and max over the point's runs
         "n_seeds": I64, "alpha_min_seed_lo": F64, "alpha_min_seed_hi": F64,
         "nonvanishing_term_seed_lo": F64, "nonvanishing_term_seed_hi": F64,
@@ -102,6 +104,7 @@ SCHEMAS: dict[str, dict[str, pa.DataType]] = {
     "margin_sensitivity": {
         "experiment": STR, "point": STR, "margin": F64, "is_configured": BOOL, "feasible": BOOL,
         "alpha_min": F64, "beta_at_alpha_min": F64, "nonvanishing_term": F64, "binding": STR,
+        "nonvanishing_binding": STR,
     },
 }
 
@@ -205,17 +208,20 @@ def duck_type(t: pa.DataType) -> str:
     return {I64: "BIGINT", F64: "DOUBLE", STR: "VARCHAR", BOOL: "BOOLEAN"}[t]
 
 
-def view_sql(results: str | Path, table: str, where: str = "", con=None) -> str:
-    """A typed view: reads every part file of the table, or is empty (typed) when there is none.
+def view_sql(results: str | Path, table: str, where: str = "", con=None, experiments: list[str] | None = None) -> str:
+    """A typed view: reads every part file of the table (with ``experiments``: of those experiments
+    only), or is empty (typed) when there is none.
 
     Columns that no file has yet (results written by an older landscope) read as typed NULLs; the
     present columns are looked up with ``con`` (a DuckDB connection) when one is given.
     """
     root = Path(results).resolve() / "tables" / table
     cols = SCHEMAS[table]
-    if any(root.rglob("part-*.parquet")):
-        glob = str(root / "**" / "part-*.parquet").replace("'", "''")
-        src = f"read_parquet('{glob}', union_by_name = true, hive_partitioning = false)"
+    dirs = [root] if experiments is None else [root / f"experiment={e}" for e in experiments]
+    globs = [str(d / "**" / "part-*.parquet").replace("'", "''") for d in dirs if any(d.rglob("part-*.parquet"))]
+    if globs:
+        files = "[" + ", ".join(f"'{g}'" for g in globs) + "]"
+        src = f"read_parquet({files}, union_by_name = true, hive_partitioning = false)"
         present = set(cols)
         if con is not None:
             present = {r[0] for r in con.sql(f"DESCRIBE SELECT * FROM {src}").fetchall()}
@@ -226,13 +232,16 @@ def view_sql(results: str | Path, table: str, where: str = "", con=None) -> str:
     return f"CREATE OR REPLACE VIEW {table} AS SELECT {empty} WHERE false"
 
 
-def connect(results: str | Path = "results", confine: bool = True, runs: list[str] | None = None):
+def connect(results: str | Path = "results", confine: bool = True, runs: list[str] | None = None,
+            experiments: list[str] | None = None):
     """An in-memory DuckDB connection with one view per table.
 
     With ``confine`` the connection can read only below ``results`` and cannot write files
     (COPY/ATTACH outside it fail) and the settings are locked. With ``runs``, the ``runs`` view holds
     only those runs, so that queries joining it ignore runs an earlier configuration left behind.
-    """
+    With ``experiments``, every view reads only those experiments' files: a report page of one
+    experiment never opens a file that a job of another experiment is rewriting (Snakemake deletes a
+    job's old outputs before it runs it again)."""
     import duckdb  # only readers need it: train and replay jobs write Parquet without this import
 
     con = duckdb.connect(":memory:")
@@ -240,7 +249,7 @@ def connect(results: str | Path = "results", confine: bool = True, runs: list[st
         where = ""
         if table == "runs" and runs is not None:
             where = "run IN (" + ", ".join("'" + r.replace("'", "''") + "'" for r in runs) + ")" if runs else "false"
-        con.execute(view_sql(results, table, where, con))
+        con.execute(view_sql(results, table, where, con, experiments))
     if confine:
         root = str(Path(results).resolve()) + os.sep
         con.execute(f"SET allowed_directories = ['{root}']")

@@ -203,6 +203,9 @@ def nice_ceil(x: float) -> float:
     return 10 ** (e + 1)
 
 
+NAN = math.nan
+
+
 @dataclass
 class Constants:
     """The region's constants, from LPs over every (hull) row and never from a drawing box.
@@ -221,6 +224,12 @@ class Constants:
     ratio_beta: float
     at_infinity: bool
     binding: str
+    margin: float = NAN  # the margin these constants hold for
+
+    @property
+    def ratio_binding(self) -> str:
+        """binding_of the pair that attains the term's minimum ("" when only approached at infinity)."""
+        return "" if self.at_infinity else binding_of(self.ratio_alpha, self.ratio_beta, self.margin)
 
     def term(self, sigma_sq: float) -> float:
         """The non-vanishing term's minimum 2 beta sigma^2 / (alpha - beta) over the region; NaN when sigma^2
@@ -231,22 +240,40 @@ class Constants:
         return 2.0 * sigma_sq * self.ratio
 
 
-NAN = math.nan
 INFEASIBLE = Constants(False, NAN, NAN, NAN, NAN, NAN, NAN, NAN, False, "")
 
 
 def region_constants(u, v, a, margin: float) -> Constants:
-    """Verdict and constants of the points (u, v, a) (all finite; pass the hull rows for speed: same answer)."""
+    """Verdict and constants of the points (u, v, a) (all finite; pass the hull rows for speed: same answer).
+
+    The LPs find the optimal pairs to the solver's tolerance (~1e-7 relative); each is then made exact
+    as a vertex of the exact region, clipped (:func:`feasible_polygon`) to a box twice as large as
+    every pair the LPs found, so that box never touches them: the constants keep full float64 precision."""
     lo_a = lex_min(u, v, a, margin, 0)
     if lo_a is None:
         return INFEASIBLE
     lo_b = lex_min(u, v, a, margin, 1) or (NAN, NAN)
     ratio = ratio_min(u, v, a, margin)
     r, ra, rb, inf = ratio if ratio is not None else (NAN, NAN, NAN, False)
+    found = [x for x in (*lo_a, *lo_b, ra, rb) if math.isfinite(x)]
+    box = nice_ceil(2.0 * max(found) + 1.0)
+    poly = np.array(feasible_polygon(u, v, a, margin, box, box))
+    if len(poly):
+        amin = poly[:, 0].min()
+        at = np.abs(poly[:, 0] - amin) <= 1e-9 * max(1.0, abs(amin))
+        lo_a = (float(amin), float(poly[at, 1].min()))
+        bmin_i = int(np.argmin(poly[:, 1] + 1e-12 * poly[:, 0]))
+        lo_b = (float(poly[bmin_i, 0]), float(poly[bmin_i, 1]))
+        if not inf:  # attained at a vertex of the region: the smallest ratio over the exact vertices
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratios = np.where(poly[:, 0] > poly[:, 1], poly[:, 1] / (poly[:, 0] - poly[:, 1]), np.inf)
+            best = np.flatnonzero(ratios <= ratios.min() * (1 + 1e-12) + 1e-300)
+            k = best[np.argmin(poly[best, 0])]  # among equal ratios, the smallest alpha
+            r, ra, rb = float(ratios[k]), float(poly[k, 0]), float(poly[k, 1])
     if inf and r <= 1e-9:
         rb = lo_b[1]  # the horizontal direction: beta_min is kept all the way to alpha = inf
     return Constants(True, lo_a[0], lo_a[1], lo_b[1], lo_b[0], r, ra, rb, inf,
-                     binding_of(lo_a[0], lo_a[1], margin))
+                     binding_of(lo_a[0], lo_a[1], margin), margin)
 
 
 def constants_of(u, v, a, margin: float) -> Constants:
@@ -419,7 +446,7 @@ def experiment_conditions(exp, results: str | Path, steps_files, directions_file
             mc = reg if m == margin else (region_constants(u[hull], v[hull], a[hull], m) if len(hull) else INFEASIBLE)
             add("margin_sensitivity", experiment=exp.name, point=point, margin=m, is_configured=m == margin,
                 feasible=mc.feasible, alpha_min=mc.alpha_min, beta_at_alpha_min=mc.beta_at_alpha_min,
-                nonvanishing_term=mc.term(sigma), binding=mc.binding)
+                nonvanishing_term=mc.term(sigma), binding=mc.binding, nonvanishing_binding=mc.ratio_binding)
 
         last = _scalar(con, f"""SELECT avg(full_loss) FROM directions d WHERE run IN {in_runs}
                            AND step = (SELECT max(step) FROM directions e WHERE e.run = d.run)""")
@@ -439,7 +466,7 @@ def experiment_conditions(exp, results: str | Path, steps_files, directions_file
             sigma_int_sq_method=("f* = full-batch f(x_K) (mean over seeds); E_i f_i* = mean of the "
                                  "per-batch f_i* over replayed steps"),
             nonvanishing_term=reg.term(sigma), nonvanishing_alpha=reg.ratio_alpha, nonvanishing_beta=reg.ratio_beta,
-            binding=reg.binding, n_seeds=len(seeds),
+            binding=reg.binding, nonvanishing_binding=reg.ratio_binding, n_seeds=len(seeds),
             alpha_min_seed_lo=_nanmin([s[0] for s in seeds]), alpha_min_seed_hi=_nanmax([s[0] for s in seeds]),
             nonvanishing_term_seed_lo=_nanmin([s[1] for s in seeds]),
             nonvanishing_term_seed_hi=_nanmax([s[1] for s in seeds]),

@@ -7,7 +7,8 @@ while it plans the DAG (common.smk lists the Table 2 sequences), and planning st
 * ``classify_direction`` / ``optimizer_ordering`` / ``ordering_agrees`` / ``agreement`` say what a sequence
   does (``rises``, ``falls``, ``rises then falls``, ...) and whether that matches the claim;
 * ``spread_direction`` calls a direction only where it exceeds the seed spread, and ``constrained_points``
-  finds the points whose smallest pair a constraint, not the data, sets (their verdict is ``UNDETERMINED``).
+  finds the points whose value the constraints, not the data, set (their verdict is ``UNDETERMINED``): the
+  corner for the smallest pair, the margin line or the corner for the non-vanishing term.
 
 The page that shows them is landscope.report.table2.
 """
@@ -24,7 +25,6 @@ RISES_FALLS, FALLS_RISES = "rises then falls", "falls then rises"
 OPTIMIZER_CLAIM = ("adam", "sgdm", "sgd")  # the paper: Adam < SGDM < SGD (smallest beta first)
 FOLLOWS_LOSS = "follows the final loss"
 UNDETERMINED = "undetermined at this scale"
-DATA = "data"  # condition_summary.binding when a step row's constraint holds the smallest pair
 # A spread needs at least two runs: with one seed there is nothing to tell a difference from seed noise by,
 # so no direction is called from a single seed.
 MIN_SEEDS = 2
@@ -175,11 +175,20 @@ def ordering_resolved(kinds: list[str], intervals, n_seeds, claim: tuple[str, ..
     return "yes" if all(o == 1 for o in orders) else "no"
 
 
-def constrained_points(points: list[str], bindings) -> list[str]:
-    """The points whose smallest (alpha, beta) pair a constraint sets (the margin, beta >= 0 or their corner),
-    not the data: their constants are a convention, so a trend through them says nothing about the
-    landscape. Missing and empty bindings (not recorded; infeasible) are not counted."""
-    return [p for p, b in zip(points, bindings) if b and b != DATA]
+# Which bindings make a quantity a convention rather than a measurement. The smallest pair: only the corner
+# (alpha = margin, beta = 0) is chosen by the constraints alone; on the margin line (binding "margin") a step
+# row meets the line, so beta there, and alpha = beta + margin, follow the data at the configured margin. The
+# non-vanishing term: wherever the margin line holds its pair (margin or corner) it moves with the margin
+# (the margin_sensitivity table shows by how much), so its trend is the margin's, not the landscape's.
+PAIR_CONVENTION = ("corner",)
+TERM_CONVENTION = ("margin", "corner")
+
+
+def constrained_points(points: list[str], bindings, convention: tuple[str, ...] = PAIR_CONVENTION) -> list[str]:
+    """The points whose value the constraints set, not the data (their binding is in ``convention``): a trend
+    through them says nothing about the landscape. Missing and empty bindings (not recorded; infeasible)
+    are not counted."""
+    return [p for p, b in zip(points, bindings) if b in convention]
 
 
 # ----------------------------------------------------------------------------------- sequences

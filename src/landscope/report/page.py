@@ -214,7 +214,7 @@ def write_experiment_report(results: str | Path, experiment: str, out_html: str 
     ``setup`` ({"models": [...], "minimizers": [...], "f_i_star": [...]}) states the config's choices
     for the measurement-semantics box (what it leaves out is read from the results).
     """
-    con = store.connect(results, runs=runs)
+    con = store.connect(results, runs=runs, experiments=[experiment])
     try:
         summary = condition_summary(con, experiment)
         runs = run_table(con, experiment)

@@ -181,6 +181,13 @@ def pair_text(alpha, beta) -> str | None:
     return f"({_num(alpha)}, {_num(beta)})"
 
 
+def _on_line(pair: str | None, binding) -> str | None:
+    """The term's pair, marked when the margin line holds it (the term then moves with the margin)."""
+    if pair is None or binding not in ("margin", "corner"):
+        return pair
+    return f"{pair}, on the margin line"
+
+
 def spread_text(lo, hi) -> str | None:
     """The seed spread 'lo – hi' (one number when equal; None when missing)."""
     if any(_missing(v) for v in (lo, hi)):
@@ -229,7 +236,9 @@ def with_quoted(summary: pl.DataFrame) -> pl.DataFrame:
     points, spacings = col("directions_points"), col("directions_spacing")
     text = {
         "binding_text": [binding_text(b) for b in col("binding")],
-        "term_pair": [pair_text(a, b) for a, b in zip(col("nonvanishing_alpha"), col("nonvanishing_beta"))],
+        "term_pair": [_on_line(pair_text(a, b), nb) for a, b, nb in zip(col("nonvanishing_alpha"),
+                                                                          col("nonvanishing_beta"),
+                                                                          col("nonvanishing_binding"))],
         "alpha_spread": [spread_text(lo, hi) for lo, hi in zip(col("alpha_min_seed_lo"), col("alpha_min_seed_hi"))],
         "term_spread": [spread_text(lo, hi) for lo, hi in zip(col("nonvanishing_term_seed_lo"),
                                                                 col("nonvanishing_term_seed_hi"))],

@@ -24,8 +24,10 @@ from landscope.report.claims import (
     FOLLOWS_LOSS,
     MIN_SEEDS,
     NA,
+    PAIR_CONVENTION,
     RTOL,
     TABLE2_KEYS,
+    TERM_CONVENTION,
     UNDETERMINED,
     agreement,
     classify_direction,
@@ -69,9 +71,11 @@ def directions(seq: dict, rows: pl.DataFrame, rtol: float = RTOL) -> list[dict]:
     """[quantity, measured, claimed, agrees] for beta_min, the non-vanishing term and alpha_min.
 
     A verdict is reached in this order:
-    1. when a constraint, not the data, sets the smallest pair of some point of the sequence (``binding`` is
-       margin, beta_nonneg or corner), its constants are a convention: every quantity is "undetermined at
-       this scale" and ``measured`` names how many points are so;
+    1. when the constraints, not the data, set a quantity at some point of the sequence, it is a convention
+       there: "undetermined at this scale", and ``measured`` names how many points are so. For the smallest
+       alpha and beta that is the corner (alpha, beta) = (margin, 0) (``binding`` corner; on the margin line
+       a step row still chooses beta); for the term, its pair on the margin line (``nonvanishing_binding``
+       margin or corner: the term then moves with the margin);
     2. else a direction is called from the seed intervals [seed_lo, seed_hi] (min and max over the point's
        runs): a step between consecutive sweep values counts only when the two intervals do not overlap
        (``claims.spread_direction``); when some step's intervals overlap, or fewer than ``MIN_SEEDS`` seeds
@@ -81,10 +85,11 @@ def directions(seq: dict, rows: pl.DataFrame, rtol: float = RTOL) -> list[dict]:
     The final loss that the model sweep's claim follows has no seed spread; it is classified within ``rtol``.
     """
     claim = TABLE2_KEYS[seq["key"]]
-    col = (lambda c: rows[c].to_list()) if not rows.is_empty() else (lambda c: [])
+    def col(c):  # a column older tables lack reads as missing
+        return rows[c].to_list() if c in rows.columns else [None] * rows.height
     n_seeds = _n_seeds(rows) if not rows.is_empty() else 0
-    fixed = constrained_points(col("point"), col("binding"))
-    undetermined = f"{len(fixed)} of {rows.height} points set by a constraint" if fixed else None
+    fixed_pair = constrained_points(col("point"), col("binding"), PAIR_CONVENTION)
+    fixed_term = constrained_points(col("point"), col("nonvanishing_binding"), TERM_CONVENTION)
     optimizer = seq["key"] == "optimizer"
     claimed = {"beta_min": claim.beta, "nonvanishing_term": claim.term, "alpha_min": claim.beta}
     shown = dict(claimed)
@@ -107,8 +112,9 @@ def directions(seq: dict, rows: pl.DataFrame, rtol: float = RTOL) -> list[dict]:
             if measured == not_resolved(n_seeds):
                 naive = classify_direction(col(q), rtol)
                 measured, agrees = f"{naive} (within the seed spread)", (None if claimed[q] == NA else measured)
-        if undetermined and agrees is not None:
-            measured, agrees = undetermined, UNDETERMINED
+        fixed = fixed_term if q == "nonvanishing_term" else fixed_pair
+        if fixed and agrees is not None:
+            measured, agrees = f"{len(fixed)} of {rows.height} points set by a constraint", UNDETERMINED
         out.append({"quantity": label, "measured": measured, "claimed": shown[q], "agrees": agrees})
     return out
 
@@ -127,9 +133,10 @@ size, optimizer or the model (ResNet18 vs ResNet34): the smallest feasible const
 2&beta;&sigma;<sub>int</sub><sup>2</sup>/(&alpha; &minus; &beta;) of the SGD bound (its minimum over the
 feasible region, with the pair that attains it), per sweep value in the order of the configuration. Each
 constant is the paper's min over all seeds; beside it, its range over the seeds, each run computed alone.
-<b>How a direction is called.</b> (1) When a constraint, not the data, sets some point's smallest pair (the
-margin line, &beta; &ge; 0 or their corner), the sequence is <i>undetermined at this scale</i>: its constants
-are a convention, neither agreement nor disagreement. (2) Otherwise a step between consecutive sweep values
+<b>How a direction is called.</b> (1) When the constraints, not the data, set a quantity at some point, that
+quantity is <i>undetermined at this scale</i> along the sequence: a convention, neither agreement nor
+disagreement. The smallest &alpha; and &beta; are so at the corner (&alpha;, &beta;) = (margin, 0); the term
+is so where its pair lies on the margin line (it then moves with the margin). (2) Otherwise a step between consecutive sweep values
 counts as a rise or a fall only when the two values' seed intervals [min, max over seeds] do not overlap;
 when some step's intervals overlap, or fewer than {min_seeds} seeds were run, the direction is <i>not
 resolved with N seeds</i> (N: the fewest seeds of any point), and the direction of the quoted values is
