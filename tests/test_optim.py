@@ -451,3 +451,16 @@ def test_polynomial():
 def test_unknown_schedule_is_explained():
     with pytest.raises(ValueError, match="available: constant, cosine, onecycle, warmup_cosine, polynomial"):
         lrs({"name": "step"}, 10, [0])
+
+
+def test_nsgdm_resumes_a_checkpoint_written_before_momentum_follows_lr():
+    """An optimizer state saved before the option existed has no such key: it steps as plain NSGD-M."""
+    p = [torch.nn.Parameter(torch.ones(3, dtype=torch.float64))]
+    state = make_optimizer({"name": "nsgdm", "lr": 0.5, "momentum": 0.9}, p).state_dict()
+    for group in state["param_groups"]:
+        del group["momentum_follows_lr"], group["peak_lr"]
+    opt = make_optimizer({"name": "nsgdm", "lr": 0.5, "momentum": 0.9}, p)
+    opt.load_state_dict(state)
+    p[0].grad = torch.ones(3, dtype=torch.float64)
+    opt.step()  # m_0 = (1 - 0.9) g; the step is lr m / ||m|| = 0.5 / sqrt(3) in every coordinate
+    assert torch.allclose(p[0].detach(), torch.full((3,), 1 - 0.5 / 3 ** 0.5, dtype=torch.float64), rtol=0, atol=1e-15)

@@ -316,7 +316,7 @@ class NSGDM(_ScalarStep):
 
     def _step_size(self, group, params, grads):
         beta, bufs = group["momentum"], []
-        if group["momentum_follows_lr"]:
+        if group.get("momentum_follows_lr"):  # .get: a checkpoint from before the option has no such key
             beta = beta * group["lr"] / group["peak_lr"]
         for p, g in zip(params, grads):
             state = self.state[p]
