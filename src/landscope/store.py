@@ -106,6 +106,13 @@ SCHEMAS: dict[str, dict[str, pa.DataType]] = {
         "alpha_min": F64, "beta_at_alpha_min": F64, "nonvanishing_term": F64, "binding": STR,
         "nonvanishing_binding": STR,
     },
+    # every classical condition's best constant (the largest mu / theta that holds at every row) per point, run
+    # (or "all") and scope (full_batch: directions rows; mini_batch: steps rows); docs/conditions.md
+    "condition_constants": {
+        "experiment": STR, "point": STR, "run": STR, "condition": STR, "scope": STR, "f_star": STR,
+        "constant": F64, "constant_step": I64, "holds": BOOL, "first_fail_step": I64, "fraction_positive": F64,
+        "n_rows": I64, "spacing": I64, "note": STR,
+    },
 }
 
 RUN_TABLES = {"runs", "train", "snapshots", "minimizers", "steps", "directions", "drift"}

@@ -1,6 +1,6 @@
 rule conditions:
     """Exact alpha-beta region and constants (all seeds, each seed, a range of margins), min-T grid,
-    PL / Aiming / angle estimates per sweep point."""
+    PL / Aiming / angle estimates per sweep point; every classical condition's best constant (condition_constants)."""
     input:
         steps=get_steps_parts,
         directions=get_directions_parts,
@@ -13,6 +13,7 @@ rule conditions:
         pl="results/tables/pl/experiment={experiment}/part-00000.parquet",
         seeds="results/tables/seed_conditions/experiment={experiment}/part-00000.parquet",
         margins="results/tables/margin_sensitivity/experiment={experiment}/part-00000.parquet",
+        constants="results/tables/condition_constants/experiment={experiment}/part-00000.parquet",
     params:
         experiment=get_experiment_spec,
         results=get_results_dir_of_output,

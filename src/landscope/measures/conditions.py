@@ -31,6 +31,7 @@ from scipy.optimize import linprog
 from scipy.spatial import ConvexHull, QhullError
 
 from landscope import store
+from landscope.measures import classical
 
 
 # ----------------------------------------------------------------------------------- geometry
@@ -353,7 +354,8 @@ def grid(u, v, a, region: Region, n: int, margin: float):
 
 # ----------------------------------------------------------------------------------- the rule
 SENSITIVITY_MARGINS = (0.01, 0.03, 0.1, 0.3, 1.0)  # margin_sensitivity's margins, besides the configured one
-TABLES = ("ab_region", "ab_frontier", "ab_grid", "pl", "condition_summary", "seed_conditions", "margin_sensitivity")
+TABLES = ("ab_region", "ab_frontier", "ab_grid", "pl", "condition_summary", "seed_conditions", "margin_sensitivity",
+          "condition_constants")
 
 
 def _sql_list(paths) -> str:
@@ -361,8 +363,8 @@ def _sql_list(paths) -> str:
 
 
 def experiment_conditions(exp, results: str | Path, steps_files, directions_files, drift_files) -> dict:
-    """Compute and write ab_region, ab_frontier, ab_grid, pl, condition_summary, seed_conditions and
-    margin_sensitivity for one experiment.
+    """Compute and write ab_region, ab_frontier, ab_grid, pl, condition_summary, seed_conditions,
+    margin_sensitivity and condition_constants for one experiment.
 
     ``exp`` is an ExperimentSpec; the *_files are the exact part files of its runs (so that stale
     parts of an earlier configuration never leak in).
@@ -447,6 +449,13 @@ def experiment_conditions(exp, results: str | Path, steps_files, directions_file
             add("margin_sensitivity", experiment=exp.name, point=point, margin=m, is_configured=m == margin,
                 feasible=mc.feasible, alpha_min=mc.alpha_min, beta_at_alpha_min=mc.beta_at_alpha_min,
                 nonvanishing_term=mc.term(sigma), binding=mc.binding, nonvanishing_binding=mc.ratio_binding)
+
+        # every classical condition's best constant, both scopes, each run and all together
+        tables = {"full_batch": d, "mini_batch": con.sql(f"""SELECT run, step, batch_loss, batch_loss_at_min,
+                  batch_loss_star, grad_norm, grad_dot_dir, dist_to_min FROM steps WHERE run IN {in_runs}
+                  ORDER BY run, step""").fetchnumpy()}
+        for crow in classical.condition_constants(exp.name, point, names, tables, delta, margin, constants_of):
+            add("condition_constants", **crow)
 
         last = _scalar(con, f"""SELECT avg(full_loss) FROM directions d WHERE run IN {in_runs}
                            AND step = (SELECT max(step) FROM directions e WHERE e.run = d.run)""")
