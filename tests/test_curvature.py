@@ -411,7 +411,8 @@ def test_curvature_run_writes_tables_matching_exact_hessian(spec_factory, tmp_pa
 
     spec = spec_factory(steps=8, snapshot_every=4)
     results, ckpt, _ = run_pipeline(spec, tmp_path)
-    settings = {"eval_samples": 100, "lanczos_iters": 60, "slq_probes": 2, "hutchinson_probes": 32}
+    settings = {"eval_samples": 100, "lanczos_iters": 60, "slq_probes": 2, "hutchinson_probes": 32,
+                "blocks": ["*.bias", "*"]}
     out = cv.curvature_run(spec, ckpt, ckpt / "minimizer.pt", results, settings)
     assert out["rows"] == 3
     con = store.connect(results)
@@ -436,6 +437,23 @@ def test_curvature_run_writes_tables_matching_exact_hessian(spec_factory, tmp_pa
         assert r["density_sigma"] == pytest.approx((r["lambda_max"] - r["lambda_min"]) / 60, rel=1e-6)
     n_nodes = con.sql("SELECT count(*), sum(weight) FROM spectrum WHERE step = 8").fetchall()[0]
     assert n_nodes[0] == 2 * 60 and n_nodes[1] == pytest.approx(2.0)  # two probes, weights sum to 1
+    # the near-zero share is the mean over probes of the SLQ weight within density_sigma of zero
+    near = con.sql("SELECT s.step, sum(weight) / 2 FROM spectrum s JOIN curvature c USING (experiment, run, step) "
+                   "WHERE abs(ritz) < density_sigma GROUP BY ALL ORDER BY s.step").fetchall()
+    assert [r["near_zero_fraction"] for r in rows] == pytest.approx([w for _, w in near], abs=1e-12)
+    assert all(0 < r["near_zero_fraction"] < 1 and r["near_zero_fraction_se"] >= 0 for r in rows)
+    # per block (the configured patterns): every bias, then the rest, at every measured step
+    blocks = con.sql("SELECT * FROM block_curvature ORDER BY step, block").pl().to_dicts()
+    assert [(b["step"], b["block"], b["n_params"]) for b in blocks] == [
+        (st, name, n) for st in (0, 4, 8) for name, n in (("*", 640), ("*.bias", 10))]
+    assert [b["eos_threshold"] for b in blocks] == pytest.approx([4.0] * 6)
+    assert [b["is_minimizer"] for b in blocks] == [r["is_minimizer"] for r in rows for _ in range(2)]
+    weight, bias = blocks[-2:]
+    for b, sl in ((weight, slice(0, 640)), (bias, slice(640, 650))):
+        ev = torch.linalg.eigvalsh(h[sl, sl])
+        assert rel(b["lambda_max"], float(ev[-1])) < 1e-4
+        assert abs(b["trace"] - float(torch.trace(h[sl, sl]))) < 4 * b["trace_se"] + 1e-6
+    assert bias["n_hvp"] <= 10 + 32 and weight["n_hvp"] == 60 + 32
 
 
 def test_curvature_run_with_adam_measures_the_preconditioned_sharpness(spec_factory, tmp_path):
@@ -487,6 +505,8 @@ def exact_hessian_of(problem, idx):
     ({"hutchinson_probes": 1}, "hutchinson_probes must be >= 2"),
     ({"evry": 2}, "unknown setting"),
     ({"every": 0}, "every must be >= 1"),
+    ({"blocks": "layers"}, "blocks must be modules, none or a non-empty list"),
+    ({"blocks": []}, "blocks must be modules, none or a non-empty list"),
 ])
 def test_bad_curvature_settings_are_named(raw, needle):
     with pytest.raises(ValueError, match=needle):
@@ -529,8 +549,14 @@ def synthetic_results(root):
                         neg_fraction_se=[0.05, 0.01], trace=[100.0, 50.0], trace_se=[4.0, 2.0],
                         two_over_lr=[2 / lr] * 2, above_eos=[x > 2 / lr for x in lam],
                         trace_hutchpp=[98.0, 51.0], trace_hutchpp_se=[1.0, 0.5], density_sigma=[0.5, 0.5],
-                        eos_threshold=[2 / lr] * 2, eos_rule=["gd"] * 2, eos_sharpness=lam, lr=[lr] * 2)
+                        eos_threshold=[2 / lr] * 2, eos_rule=["gd"] * 2, eos_sharpness=lam, lr=[lr] * 2,
+                        near_zero_fraction=[0.6, 0.8 + 0.1 * seed], near_zero_fraction_se=[0.02, 0.01])
             store.write_table(store.part_path(results, "curvature", "e", run), "curvature", rows)
+            blocks = {c: [None] * 4 for c in store.SCHEMAS["block_curvature"]}  # net.0: 1 + seed, 3 + seed
+            blocks.update(experiment=["e"] * 4, run=[run] * 4, step=[0, 0, 10, 10], block=["net.0", "net.2"] * 2,
+                          lambda_max=[1.0 + seed, 2.0, 3.0 + seed, 4.0], eos_threshold=[2 / lr] * 4,
+                          eos_rule=["gd"] * 4)
+            store.write_table(store.part_path(results, "block_curvature", "e", run), "block_curvature", blocks)
             # one probe, two nodes per checkpoint: weight 0.25 at -1 and 0.75 at lambda_max
             spec = {"experiment": ["e"] * 4, "run": [run] * 4, "step": [0, 0, 10, 10], "probe": [0] * 4,
                     "node": [0, 1, 0, 1], "ritz": [-1.0, lam[0], -1.0, lam[1]], "weight": [0.25, 0.75] * 2}
@@ -558,16 +584,29 @@ def test_curvature_charts_on_synthetic_results(tmp_path):
     assert first["lo"] == pytest.approx(0.15) and first["hi"] == pytest.approx(0.35)  # range ± SE
     lines = rc.threshold_lines(con, "e").to_dicts()
     assert sorted({(r["point"], r["two_over_lr"]) for r in lines}) == [("lr-0.1", 20.0), ("lr-1", 2.0)]
+    blocks = {(r["point"], r["block"], r["step"]): r for r in rc.block_stat(con, "e").to_dicts()}
+    assert len(blocks) == 8 and blocks[("lr-1", "net.0", 10)]["n_runs"] == 2
+    assert (blocks[("lr-1", "net.0", 10)]["mean"], blocks[("lr-1", "net.0", 10)]["lo"],
+            blocks[("lr-1", "net.0", 10)]["hi"]) == (3.5, 3.0, 4.0)
+    assert blocks[("lr-0.1", "net.2", 0)]["threshold"] == pytest.approx(20.0)
+    near = {(r["point"], r["step"]): r for r in rc.curvature_stat(con, "e", "near_zero_fraction",
+                                                                     "near_zero_fraction_se").to_dicts()}
+    assert near[("lr-1", 10)]["mean"] == pytest.approx(0.85) and near[("lr-1", 10)]["hi"] == pytest.approx(0.91)
     charts = rc.curvature_charts(con, "e")
-    assert [s.heading for s in charts] == ["Edge of stability", "Smallest eigenvalue", "Negative eigenvalues",
-                                           "Spectral density", "Trace", "Trace (Hutch++)", "Plateaus",
+    assert [s.heading for s in charts] == ["Edge of stability", "Sharpness per block", "Smallest eigenvalue",
+                                           "Negative eigenvalues", "Near-zero eigenvalues", "Spectral density",
+                                           "Trace", "Trace (Hutch++)", "Plateaus",
                                            "Step length", "Sublevel radius", "Local learning coefficient"]
-    assert [s.chart for s in charts[7:]] == [None] * 3  # no stationarity or flatness rows here
-    assert all(s.chart is not None for s in charts[:7])
-    plateaus = charts[6].caption
+    assert [s.chart for s in charts[9:]] == [None] * 3  # no stationarity or flatness rows here
+    assert all(s.chart is not None for s in charts[:9])
+    plateaus = charts[8].caption
     assert "2 plateau(s)" in plateaus and "1 escaped" in plateaus and "1 lasting" in plateaus
-    assert len(charts[6].chart.to_dict()["layer"]) == 3  # loss curve, plateau bars, escape markers
-    assert len(charts[3].chart.to_dict()["concat"]) == 2  # one density panel per sweep point
+    assert len(charts[8].chart.to_dict()["layer"]) == 3  # loss curve, plateau bars, escape markers
+    assert len(charts[5].chart.to_dict()["concat"]) == 2  # one density panel per sweep point
+    per_block = charts[1].chart.to_dict()  # band, mean line, thresholds; one series per point and block
+    assert per_block["layer"][-1]["mark"]["strokeDash"] == [6, 4]
+    assert per_block["layer"][0]["encoding"]["color"]["scale"]["domain"] == [
+        "lr-0.1 · net.0", "lr-0.1 · net.2", "lr-1 · net.0", "lr-1 · net.2"]
     assert "6 of 8 checkpoints (75%) above the stability threshold. " in charts[0].caption
     sharp = charts[0].chart.to_dict()
     assert len(sharp["layer"]) == 3 and sharp["layer"][0]["encoding"]["y"]["scale"]["type"] == "log"

@@ -91,6 +91,11 @@ def curvature_settings(raw: dict | None) -> dict:
         raise ValueError("curvature: need plateau_flat_tol >= 0, 0 < plateau_grad_tol <= 1 and "
                          f"0 < plateau_drop < 1, got {out['plateau_flat_tol']}, {out['plateau_grad_tol']}, "
                          f"{out['plateau_drop']}")
+    blocks = out["blocks"]
+    if not (blocks in ("modules", "none") or (isinstance(blocks, list) and blocks
+                                              and all(isinstance(b, str) and b for b in blocks))):
+        raise ValueError(f"curvature.blocks must be modules, none or a non-empty list of parameter name "
+                         f"patterns, got {blocks!r}")
     if out["hutchinson_probes"] < 2:
         raise ValueError(f"curvature.hutchinson_probes must be >= 2 (for a standard error), got "
                          f"{out['hutchinson_probes']}")

@@ -286,12 +286,14 @@ def write_database(results: str | Path = "results", path: str | Path | None = No
 
 
 # Curvature (landscope.measures.curvature): per checkpoint of a run, and the SLQ nodes behind it.
-# neg_fraction: SLQ mass below -3 density_sigma (docs/conditions.md); eos_sharpness is
+# neg_fraction: SLQ mass below -3 density_sigma; near_zero_fraction: SLQ weight of the Ritz nodes with
+# |ritz| < density_sigma (NULL in files written before it; docs/conditions.md); eos_sharpness is
 # precond_lambda_max for Adam types, else lambda_max, compared with eos_threshold (rule eos_rule).
 SCHEMAS["curvature"] = {
     "experiment": STR, "run": STR, "step": I64, "is_minimizer": BOOL, "lambda_max": F64,
     "lambda_2": F64, "lambda_3": F64, "lambda_min": F64, "neg_fraction": F64,
-    "neg_fraction_se": F64, "density_sigma": F64, "trace": F64, "trace_se": F64,
+    "neg_fraction_se": F64, "near_zero_fraction": F64, "near_zero_fraction_se": F64, "density_sigma": F64,
+    "trace": F64, "trace_se": F64,
     "trace_hutchpp": F64, "trace_hutchpp_se": F64, "precond_lambda_max": F64, "lr": F64,
     "two_over_lr": F64, "eos_threshold": F64, "eos_rule": STR, "eos_sharpness": F64,
     "above_eos": BOOL, "eval_samples": I64, "n_hvp": I64, "wall_s": F64, "slq_wall_s": F64,
@@ -300,7 +302,16 @@ SCHEMAS["curvature"] = {
 SCHEMAS["spectrum"] = {
     "experiment": STR, "run": STR, "step": I64, "probe": I64, "node": I64, "ritz": F64, "weight": F64,
 }
-RUN_TABLES |= {"curvature", "spectrum"}
+# Per-block curvature (landscope.measures.blocks, written by the curvature job): one row per measured
+# checkpoint and parameter block (a module's parameters, or a name pattern's), with the diagonal Hessian
+# block's extreme Ritz values and Hutchinson trace, and the step's lr and stability threshold (as in
+# curvature; for Adam types it bounds the preconditioned sharpness, which a block's lambda_max is not).
+SCHEMAS["block_curvature"] = {
+    "experiment": STR, "run": STR, "step": I64, "is_minimizer": BOOL, "block": STR, "n_params": I64,
+    "lambda_max": F64, "lambda_min": F64, "trace": F64, "trace_se": F64, "lr": F64, "eos_threshold": F64,
+    "eos_rule": STR, "eval_samples": I64, "n_hvp": I64, "wall_s": F64,
+}
+RUN_TABLES |= {"curvature", "spectrum", "block_curvature"}
 
 # Stationarity and flatness (landscope.measures.flatness, written by the curvature job). stationarity: one
 # row per consecutive checkpoint pair (step -> next_step); the run-level numbers (tail_spread,

@@ -1,7 +1,8 @@
 rule curvature:
     """Hessian curvature of every checkpoint of one run (top eigenvalues, lambda_min, SLQ spectral
-    density and fraction of clearly negative eigenvalues, Hutchinson and Hutch++ traces, sharpness
-    against the optimizer's stability threshold, preconditioned for Adam), the stationarity of its
+    density, fractions of clearly negative and of near-zero eigenvalues, Hutchinson and Hutch++
+    traces, sharpness against the optimizer's stability threshold, preconditioned for Adam), each
+    parameter block's lambda_max and trace (table block_curvature), the stationarity of its
     checkpoints, and flatness at x_K (eps-sublevel radius, log-volume proxy, SGLD local learning
     coefficient), after train."""
     input:
@@ -10,6 +11,7 @@ rule curvature:
     output:
         curvature="results/tables/curvature/experiment={experiment}/run={run}/part-00000.parquet",
         spectrum="results/tables/spectrum/experiment={experiment}/run={run}/part-00000.parquet",
+        block_curvature="results/tables/block_curvature/experiment={experiment}/run={run}/part-00000.parquet",
         stationarity="results/tables/stationarity/experiment={experiment}/run={run}/part-00000.parquet",
         flatness="results/tables/flatness/experiment={experiment}/run={run}/part-00000.parquet",
     params:

@@ -13,7 +13,8 @@ threshold:
   quadratic (2/lr for gradient descent, 38/lr for Adam with beta1 = 0.9);
   :func:`edge_of_stability` compares the sharpness with it.
 
-The same job adds the stationarity of all checkpoints and the flatness row at x_K
+The same job adds the curvature of each parameter block's diagonal Hessian block
+(landscope.measures.blocks), the stationarity of all checkpoints and the flatness row at x_K
 (landscope.measures.flatness).
 """
 
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 
 from landscope import store
+from landscope.measures.blocks import measure_blocks, parameter_blocks
 from landscope.measures.flatness import flatness_row, stationarity
 from landscope.measures.hvp import (
     HVP,
@@ -152,6 +154,7 @@ def measure_operator(op: HessianOperator, settings: dict, device="cpu",
     dens = slq(op, op.n, s["slq_probes"], s["lanczos_iters"], s["seed"], device)
     top = dens.top(s["top_k"])
     neg, neg_se = dens.negative_fraction()
+    zero, zero_se = dens.near_zero_fraction()
     t1 = time.perf_counter()
     trace, trace_se, _ = hutchinson(op, op.n, s["hutchinson_probes"], s["seed"] + 1, device)
     t2 = time.perf_counter()
@@ -165,7 +168,8 @@ def measure_operator(op: HessianOperator, settings: dict, device="cpu",
         pre = float(lanczos(preconditioned_operator(op, precond), v0, s["lanczos_iters"]).ritz[-1])
     t4 = time.perf_counter()
     row = {c: (top[i] if i < len(top) else None) for i, c in enumerate(TOP_COLUMNS)}
-    row.update(lambda_min=dens.bottom, neg_fraction=neg, neg_fraction_se=neg_se, density_sigma=dens.sigma,
+    row.update(lambda_min=dens.bottom, neg_fraction=neg, neg_fraction_se=neg_se,
+               near_zero_fraction=zero, near_zero_fraction_se=zero_se, density_sigma=dens.sigma,
                trace=trace, trace_se=trace_se, trace_hutchpp=pp, trace_hutchpp_se=pp_se,
                precond_lambda_max=pre, n_hvp=op.n_hvp, slq_wall_s=t1 - t0, hutchinson_wall_s=t2 - t1,
                hutchpp_wall_s=t3 - t2, precond_wall_s=t4 - t3)
@@ -202,12 +206,14 @@ def measured_steps(steps: list[int], every: int, minimizer_step: int | None) -> 
 
 # ----------------------------------------------------------------------------------- per run
 def curvature_run(spec, ckpt_dir, minimizer_path, results, settings: dict) -> dict:
-    """Measure one trained run; write its ``curvature``, ``spectrum``, ``stationarity`` and
-    ``flatness`` parts.
+    """Measure one trained run; write its ``curvature``, ``spectrum``, ``block_curvature``,
+    ``stationarity`` and ``flatness`` parts.
 
     Each measured checkpoint's model state is restored into the run's model (as a resumed run would
-    be) and measured on the same evaluation subset. Stationarity reads every checkpoint (not only the
-    ``every`` stride) and x_K from the minimizer file. Flatness (sublevel radius, LLC) is measured at
+    be) and measured on the same evaluation subset, the whole model and then each parameter block
+    (landscope.measures.blocks, after the whole model's products, so its rows do not move).
+    Stationarity reads every checkpoint (not only the ``every`` stride) and x_K from the minimizer
+    file. Flatness (sublevel radius, LLC) is measured at
     the minimizer file's parameters on the same subset; its log-volume proxy uses the top
     eigenvalues of the curvature row at x_K's step (NaN when that step has none).
     Returns {'rows': n, 'wall_s': s, 'stationarity_s': s, 'flatness_s': s, 'llc_s': s}.
@@ -224,7 +230,8 @@ def curvature_run(spec, ckpt_dir, minimizer_path, results, settings: dict) -> di
     problem = attach_recording(build_problem(spec), ckpt_dir)  # a recorded loop's own learning rates
     idx = eval_subset(len(problem.data), s["eval_samples"], s["seed"]).to(problem.device)
     x, y = problem.data.x[idx], problem.data.y[idx]
-    rows, spec_rows = [], []
+    rows, spec_rows, block_rows = [], [], []
+    blocks = parameter_blocks(problem.model, s["blocks"])
     adam = spec.optimizer.get("name") in ADAM_TYPES
     for step in steps:
         t0 = time.perf_counter()
@@ -243,9 +250,13 @@ def curvature_run(spec, ckpt_dir, minimizer_path, results, settings: dict) -> di
                    wall_s=time.perf_counter() - t0)
         rows.append(row)
         spec_rows += [{"step": step, **r} for r in spectrum]
+        block_rows += [{**b, "step": step, "is_minimizer": step == x_k, "lr": lr, "eval_samples": len(idx),
+                        "eos_threshold": row["eos_threshold"], "eos_rule": row["eos_rule"]}
+                       for b in measure_blocks(op, op.n, blocks, s, problem.device)]
     meta = {**store.provenance(chash, str(problem.device)), "settings": json.dumps(s, sort_keys=True)}
     _write(results, "curvature", spec, rows, meta)
     _write(results, "spectrum", spec, spec_rows, meta)
+    _write(results, "block_curvature", spec, block_rows, meta)
 
     t0 = time.perf_counter()
     points = []

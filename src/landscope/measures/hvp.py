@@ -9,7 +9,8 @@ known spectrum and used on networks:
 - :func:`lanczos` with full reorthogonalisation: Ritz values (top-k, bottom) and Gauss weights;
 - :func:`slq`: stochastic Lanczos quadrature, the spectral density as Ritz nodes and weights per
   probe, smoothed at the resolution of the Lanczos runs, and the fraction of clearly negative
-  eigenvalues (below -3 sigma) with its standard error over probes;
+  eigenvalues (below -3 sigma) and the share of near-zero ones (|lambda| < sigma), each with its
+  standard error over probes;
 - :func:`hutchinson`: trace with Rademacher probes and its standard error;
 - :func:`hutchpp`: Hutch++ (Meyer et al. 2021), the trace from a low-rank part plus Hutchinson on
   the rest, far more accurate than Hutchinson at the same budget when the spectrum decays fast;
@@ -228,6 +229,23 @@ class SpectralDensity:
                 vals.append(float((p.weights * _normal_cdf((-sigmas * sig - p.ritz) / sig)).sum()))
             else:
                 vals.append(float(p.weights[p.ritz < 0].sum()))
+        return _mean_se(torch.tensor(vals, dtype=F64))
+
+    def near_zero_fraction(self, sigma: float | None = None) -> tuple[float, float]:
+        """Mean and standard error over probes of the Gauss quadrature of 1{|lambda| < sigma}: per probe
+        the summed weights of its Ritz nodes within the resolution sigma of zero.
+
+        Its expectation over Rademacher probes is the fraction of eigenvalues with |lambda| < sigma
+        (exactly, once the Lanczos runs resolve the spectrum: the weight of a node then is the probe's
+        squared projection on that eigenspace, z^T P z / n, whose mean is the eigenspace's dimension / n).
+        Before that, a node stands for the eigenvalues around it, so the count is of the near-zero bulk
+        at the density's own resolution: singular learning theory's remark that most of a network's
+        spectrum sits at zero, measured. Unlike :meth:`negative_fraction` it is a hard count; a smoothed
+        one would weigh an exact zero eigenvalue by 0.68 only. The standard error covers the probe
+        variance only. With a zero-width spectrum (sigma = 0) it is the weight of nodes at exactly zero.
+        """
+        sig = self.sigma if sigma is None else sigma
+        vals = [float(p.weights[(p.ritz.abs() < sig) if sig > 0 else (p.ritz == 0)].sum()) for p in self.probes]
         return _mean_se(torch.tensor(vals, dtype=F64))
 
     def density(self, grid: torch.Tensor, sigma: float | None = None) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 Per sweep point and checkpoint, over the point's seeds: sharpness against the optimizer's stability
 threshold (edge of stability: lambda_max vs 2/lr for SGD, the preconditioned sharpness vs 38/lr for
-Adam), lambda_min, the SLQ fraction of clearly negative eigenvalues, the smoothed spectral density
+Adam), the sharpness of each parameter block (table block_curvature), lambda_min, the SLQ fractions
+of clearly negative and of near-zero eigenvalues, the smoothed spectral density
 at the first, middle and last checkpoint, the Hutchinson and Hutch++ traces, and the plateaus of the
 training loss with their escapes. Bands are min-max over seeds; for the stochastic estimates they
 also widen by one standard error. Then, from the ``stationarity`` and ``flatness`` tables: the mean
@@ -72,6 +73,7 @@ def threshold_lines(con, experiment: str) -> pl.DataFrame:
     return con.sql(q, params={"e": experiment}).pl()
 
 
+ADAM_RULES = ("adam", "nadam")  # eos_rule values whose threshold bounds the preconditioned sharpness
 _EOS_LABEL = {"gd": "2/lr", "gd_max_step": "2/lr", "heavy_ball": "2(1+β)/lr", "nesterov": "2(1+β)/((1+2β) lr)",
               "adam": "(2+2β1)/((1−β1) lr)", "nadam": "(2+2β1)/((1−β1)(1+2β1) lr)"}
 
@@ -81,7 +83,7 @@ def sharpness_chart(stat: pl.DataFrame, lines: pl.DataFrame, rules: list[str] | 
     order = point_order(stat["point"].to_list())
     log = stat["lo"].min() > 0 and (lines.is_empty() or lines["two_over_lr"].min() > 0)
     rules = [r for r in (rules or ["gd"]) if r not in ("none", "lr_zero")] or ["gd"]
-    adam = any(r in ("adam", "nadam") for r in rules)
+    adam = any(r in ADAM_RULES for r in rules)
     y_title = "λ_max (of P⁻¹H for Adam)" if adam else "λ_max"
     names = ", ".join(dict.fromkeys(_EOS_LABEL.get(r, r) for r in rules))
     chart = band_chart(stat, f"Sharpness {y_title} and {names} (dashed)", y_title, log=log, order=order)
@@ -106,13 +108,24 @@ def curvature_charts(con, experiment: str) -> list[Section]:
         "momentum β, (2+2β1)/((1−β1) lr) = 38/lr at β1 = 0.9 for Adam, whose sharpness is that of "
         "the preconditioned Hessian P⁻¹H (Cohen et al. 2022); Lanczos top Ritz value (a lower "
         "bound), min-max band over seeds"))
+    blocks = block_stat(con, experiment)
+    out.append(Section(
+        "Sharpness per block", block_chart(blocks) if not blocks.is_empty() else None,
+        "λ_max of each parameter block's diagonal Hessian block H_BB (a module's parameters, or a "
+        "curvature.blocks name pattern; Lanczos on the block, a lower bound, at most the whole model's λ_max "
+        "by interlacing), min-max band over seeds; dashed grey: the stability threshold of each sweep point "
+        "(not drawn for Adam types, whose threshold bounds the preconditioned sharpness)"))
     specs = [("Smallest eigenvalue", "lambda_min", None, "λ_min", "bottom Lanczos Ritz value (an upper bound); "
               "negative: a saddle direction", "Smallest eigenvalue λ_min", 0.0),
              ("Negative eigenvalues", "neg_fraction", "neg_fraction_se", "fraction",
               "SLQ share of eigenvalues below −3σ, σ = (spectral range)/(Lanczos steps) the resolution; "
               "smaller negative eigenvalues are not resolved from zero and do not count (floor 0.0013 from "
               "the smoothing); band: seeds' range ± one standard error over probes",
-              "Fraction of clearly negative Hessian eigenvalues", 0.0)]
+              "Fraction of clearly negative Hessian eigenvalues", 0.0),
+             ("Near-zero eigenvalues", "near_zero_fraction", "near_zero_fraction_se", "fraction",
+              "SLQ share of eigenvalues with |λ| < σ, the density's resolution (singular learning theory: most "
+              "of a network's spectrum sits at zero); band: seeds' range ± one standard error over probes",
+              "Share of near-zero Hessian eigenvalues (|λ| < σ)", None)]
     for title, col, se, y_title, caption, chart_title, rule in specs:
         df = curvature_stat(con, experiment, col, se)
         chart = band_chart(df, chart_title, y_title, rule_at=rule) if not df.is_empty() else None
@@ -134,6 +147,36 @@ def curvature_charts(con, experiment: str) -> list[Section]:
                            if not df.is_empty() else None, caption))
     out.append(plateau_section(con, experiment))
     return out + flatness_charts(con, experiment)
+
+
+def block_stat(con, experiment: str) -> pl.DataFrame:
+    """point, block, step, n_runs, mean, lo, hi of the blocks' lambda_max over the point's runs, with the
+    step's stability threshold and its rule (table block_curvature)."""
+    q = """SELECT coalesce(r.point, b.run) AS point, b.block AS block, b.step AS step, count(*) AS n_runs,
+                  avg(b.lambda_max) AS mean, min(b.lambda_max) AS lo, max(b.lambda_max) AS hi,
+                  avg(b.eos_threshold) AS threshold, min(b.eos_rule) AS rule
+           FROM block_curvature b LEFT JOIN runs r ON r.experiment = b.experiment AND r.run = b.run
+           WHERE b.experiment = $e AND isfinite(b.lambda_max) GROUP BY ALL ORDER BY point, block, step"""
+    return con.sql(q, params={"e": experiment}).pl()
+
+
+def block_chart(df: pl.DataFrame):
+    """Sharpness per block (one series per block, per sweep point and block when there are several
+    points; log scale when positive) with each point's stability threshold dashed in grey."""
+    several = df["point"].n_unique() > 1
+    label = (pl.col("point") + " · " + pl.col("block")) if several else pl.col("block")
+    series = df.with_columns(label.alias("point"))
+    lines = df.filter(pl.col("threshold").is_finite() & ~pl.col("rule").is_in(list(ADAM_RULES)))
+    lines = lines.select("point", "step", "threshold").unique().sort("point", "step")
+    log = df["lo"].min() > 0 and (lines.is_empty() or lines["threshold"].min() > 0)
+    chart = band_chart(series, "Sharpness per parameter block, λ_max(H_BB), and the threshold (dashed)",
+                       "λ_max(H_BB)", log=log, order=point_order(series["point"].to_list()))
+    if lines.is_empty():
+        return chart
+    dashed = alt.Chart(lines).mark_line(strokeDash=[6, 4], color="gray").encode(
+        x="step:Q", y=alt.Y("threshold:Q", title="λ_max(H_BB)"), detail="point:N",
+        tooltip=["point:N", "step:Q", alt.Tooltip("threshold:Q", format=".4g")])
+    return alt.layer(*chart.layer, dashed).properties(title=chart.title, width=460, height=260)
 
 
 def curvature_stat_expr(con, experiment: str, expr: str) -> pl.DataFrame:
