@@ -42,7 +42,7 @@ REFERENCE = {  # which f* each (scope, condition) uses, stated in the table's f_
 
 def scope_arrays(scope: str, rows: dict) -> dict:
     """The common inputs of one scope from its table's columns: f, f_ref (f at x_K), f_low (the lower reference
-    PL uses), g (gradient norm), a (<g, x - x_K>), d (||x - x_K||), run, step."""
+    PL uses), g (gradient norm), a (<g, x - x_K>), d (||x - x_K||), run (and run_id, its integer code), step."""
     if scope == "full_batch":
         f, fk = rows["full_loss"], rows["full_loss_at_min"]
         out = dict(f=f, f_ref=fk, f_low=fk, g=rows["full_grad_norm"], a=rows["full_grad_dot_dir"])
@@ -52,6 +52,7 @@ def scope_arrays(scope: str, rows: dict) -> dict:
     out = {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
     out["d"] = np.asarray(rows["dist_to_min"], dtype=np.float64)
     out["run"] = np.asarray(rows["run"]).astype(str)
+    out["run_id"] = np.unique(out["run"], return_inverse=True)[1]  # integer codes: cheap to sort by
     out["step"] = np.asarray(rows["step"], dtype=np.int64)
     return out
 
@@ -78,10 +79,15 @@ def ratios(condition: str, x: dict, delta: float) -> tuple[np.ndarray, np.ndarra
     raise ValueError(f"unknown condition {condition!r}")
 
 
-def _spacing(run: np.ndarray, step: np.ndarray) -> int | None:
-    """The largest step gap between consecutive rows of a run (None without two rows in any run)."""
-    gaps = [int(np.diff(np.sort(step[run == r])).max()) for r in dict.fromkeys(run) if (run == r).sum() > 1]
-    return max(gaps) if gaps else None
+def largest_gap(run: np.ndarray, step: np.ndarray) -> int | None:
+    """The largest step gap between consecutive rows of a run (None without two rows in any run): one
+    sort by (run, step), then one pass, instead of a mask per run."""
+    if len(step) < 2:
+        return None
+    order = np.lexsort((step, run))  # a no-op on rows already in (run, step) order
+    run, step = run[order], step[order]
+    same = run[1:] == run[:-1]
+    return int(np.diff(step)[same].max()) if same.any() else None
 
 
 def _note(counts: dict[str, int]) -> str:
@@ -95,10 +101,9 @@ def _ab_row_ok(u, v, a, margin: float) -> np.ndarray:
 
 
 def _first_infeasible_step(step, u, v, a, margin, region) -> int | None:
-    """The first step at which the rows up to it admit no pair (a prefix only loses pairs: binary search)."""
+    """The first step at which the rows up to it admit no pair, for rows whose whole set admits none (a
+    prefix only loses pairs: binary search)."""
     steps = np.unique(step)
-    if not len(steps) or region(u, v, a, margin).feasible:
-        return None
     lo, hi = 0, len(steps) - 1  # rows up to steps[hi] are infeasible; find the smallest such index
     while lo < hi:
         mid = (lo + hi) // 2
@@ -127,14 +132,14 @@ def constant_row(condition: str, scope: str, x: dict, keep: np.ndarray, delta: f
         u, v, a, step = u[fin], v[fin], a[fin], x["step"][fin]
         order = np.argsort(step, kind="stable")
         u, v, a, step = u[order], v[order], a[order], step[order]
-        out.update(n_rows=int(fin.sum()), spacing=_spacing(x["run"][fin], x["step"][fin]))
+        out.update(n_rows=int(fin.sum()), spacing=largest_gap(x["run_id"][fin], x["step"][fin]))
         if not len(u):
             return {**out, "note": _note(why) or "no rows"}
         reg = region(u, v, a, margin)
         ok = _ab_row_ok(u, v, a, margin)
         out.update(constant=reg.alpha_min if reg.feasible else None, holds=bool(reg.feasible),
                    fraction_positive=float(ok.mean()),
-                   first_fail_step=_first_infeasible_step(step, u, v, a, margin, region))
+                   first_fail_step=None if reg.feasible else _first_infeasible_step(step, u, v, a, margin, region))
         extra = f"constant = smallest alpha (beta = {reg.beta_at_alpha_min:.6g}), margin {margin:g}" \
             if reg.feasible else f"no pair with alpha >= beta + {margin:g}, beta >= 0"
         return {**out, "note": "; ".join(s for s in (extra, _note(why)) if s)}
@@ -142,7 +147,7 @@ def constant_row(condition: str, scope: str, x: dict, keep: np.ndarray, delta: f
     fin = base & domain & np.isfinite(r)
     why[outside or "outside the domain"] = int((base & ~domain).sum())
     why["not finite"] = int((base & domain & ~np.isfinite(r)).sum())
-    out.update(n_rows=int(fin.sum()), spacing=_spacing(x["run"][fin], x["step"][fin]))
+    out.update(n_rows=int(fin.sum()), spacing=largest_gap(x["run_id"][fin], x["step"][fin]))
     if not fin.any():
         return {**out, "note": _note(why) or "no rows"}
     r, step = r[fin], x["step"][fin]

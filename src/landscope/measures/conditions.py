@@ -388,9 +388,13 @@ def experiment_conditions(exp, results: str | Path, steps_files, directions_file
     for point, runs in points.items():
         names = [r.run for r in runs]
         in_runs = "(" + ", ".join("'" + n.replace("'", "''") + "'" for n in names) + ")"
-        arr = con.sql(f"""SELECT batch_loss - batch_loss_at_min AS u, batch_loss - batch_loss_star AS v,
-                          grad_dot_dir AS a, batch_loss_star AS s, run FROM steps WHERE run IN {in_runs}""").fetchnumpy()
-        u, v, a = arr["u"], arr["v"], arr["a"]
+        # the point's step rows, read once: the region's u, v, a and the classical conditions' columns
+        arr = con.sql(f"""SELECT run, step, batch_loss, batch_loss_at_min, batch_loss_star, grad_norm, grad_dot_dir,
+                          dist_to_min FROM steps WHERE run IN {in_runs}""").fetchnumpy()
+        u = arr["batch_loss"] - arr["batch_loss_at_min"]
+        v = arr["batch_loss"] - arr["batch_loss_star"]
+        a = arr["grad_dot_dir"]
+        arr["s"] = arr["batch_loss_star"]
         reg = analyze_region(u, v, a, margin, cfg["alpha_max"])
         for i, (al, be) in enumerate(reg.polygon):
             add("ab_region", experiment=exp.name, point=point, vertex=i, alpha=al, beta=be,
@@ -451,22 +455,19 @@ def experiment_conditions(exp, results: str | Path, steps_files, directions_file
                 nonvanishing_term=mc.term(sigma), binding=mc.binding, nonvanishing_binding=mc.ratio_binding)
 
         # every classical condition's best constant, both scopes, each run and all together
-        tables = {"full_batch": d, "mini_batch": con.sql(f"""SELECT run, step, batch_loss, batch_loss_at_min,
-                  batch_loss_star, grad_norm, grad_dot_dir, dist_to_min FROM steps WHERE run IN {in_runs}
-                  ORDER BY run, step""").fetchnumpy()}
+        by_step = np.lexsort((arr["step"], arr["run"]))  # ORDER BY run, step
+        tables = {"full_batch": d, "mini_batch": {k: col[by_step] for k, col in arr.items()}}
         for crow in classical.condition_constants(exp.name, point, names, tables, delta, margin, constants_of):
             add("condition_constants", **crow)
 
         last = _scalar(con, f"""SELECT avg(full_loss) FROM directions d WHERE run IN {in_runs}
                            AND step = (SELECT max(step) FROM directions e WHERE e.run = d.run)""")
-        fin_b = _scalar(con, f"""SELECT avg(batch_loss) FROM (SELECT batch_loss, step, max(step) OVER (PARTITION BY run) AS m
-                            FROM steps WHERE run IN {in_runs}) WHERE step >= 0.95 * m""")
         drift = _scalar(con, f"SELECT max(max_abs_drift) FROM drift WHERE run IN {in_runs}")
         aim_i = int(np.nanargmin(aim)) if np.isfinite(aim).any() else None
         n_dir, spacing = _sampling(d["run"], d["step"])
         row = dict(
             experiment=exp.name, point=point, sweep_json=json.dumps(runs[0].sweep, sort_keys=True),
-            n_runs=_scalar(con, f"SELECT count(DISTINCT run) FROM steps WHERE run IN {in_runs}"), n_steps=int(len(u)),
+            n_runs=len(np.unique(arr["run"])), n_steps=int(len(u)),
             feasible=reg.feasible, alpha_min=reg.alpha_min,
             beta_at_alpha_min=reg.beta_at_alpha_min, beta_min=reg.beta_min,
             alpha_at_beta_min=reg.alpha_at_beta_min, margin=margin, alpha_box=reg.alpha_box,
@@ -483,7 +484,7 @@ def experiment_conditions(exp, results: str | Path, steps_files, directions_file
             aiming_min_step=None if aim_i is None else int(d["step"][aim_i]),
             qcvx_theta_min=_nanmin(qcvx), cos_angle_min=_nanmin(cos), cos_angle_mean=_nanmean(cos),
             directions_points=n_dir, directions_spacing=spacing,
-            final_full_loss_mean=_f(last), final_batch_loss_mean=_f(fin_b), max_abs_drift=_f(drift))
+            final_full_loss_mean=_f(last), final_batch_loss_mean=_tail_mean(arr["run"], arr["step"], arr["batch_loss"]), max_abs_drift=_f(drift))
         add("condition_summary", **row)
         summaries.append(row)
     meta = {"experiment": exp.name, "conditions": cfg, **store.provenance()}
@@ -492,16 +493,23 @@ def experiment_conditions(exp, results: str | Path, steps_files, directions_file
     return {"experiment": exp.name, "points": summaries}
 
 
+def _tail_mean(runs: np.ndarray, steps: np.ndarray, values: np.ndarray, tail: float = 0.95) -> float | None:
+    """The mean of ``values`` over each run's last steps (step >= tail * that run's last step), correctly
+    rounded (math.fsum: the same digits whatever the row order, unlike a parallel SQL avg); None without rows."""
+    if not len(steps):
+        return None
+    codes = np.unique(runs, return_inverse=True)[1]
+    last = np.full(codes.max() + 1, -1, dtype=np.int64)
+    np.maximum.at(last, codes, steps)
+    chosen = values[steps >= tail * last[codes]]
+    return math.fsum(chosen) / len(chosen)
+
+
 def _sampling(runs: np.ndarray, steps: np.ndarray) -> tuple[int | None, int | None]:
     """How densely the full-batch rows (sorted by run, step) sample training: the fewest rows of a run and the
     largest step gap between a run's consecutive rows (None without rows, or without two rows in any run)."""
-    counts, gaps = [], []
-    for run in dict.fromkeys(runs):
-        s = steps[runs == run]
-        counts.append(len(s))
-        if len(s) > 1:
-            gaps.append(int(np.diff(s).max()))
-    return (min(counts) if counts else None), (max(gaps) if gaps else None)
+    counts = np.unique(runs, return_counts=True)[1]
+    return (int(counts.min()) if len(counts) else None), classical.largest_gap(runs, steps)
 
 
 def _scalar(con, query: str):
