@@ -231,12 +231,14 @@ def curvature_run(spec, ckpt_dir, minimizer_path, results, settings: dict) -> di
     idx = eval_subset(len(problem.data), s["eval_samples"], s["seed"]).to(problem.device)
     x, y = problem.data.x[idx], problem.data.y[idx]
     rows, spec_rows, block_rows = [], [], []
+    points = {}  # flat parameters of each checkpoint read (stationarity needs every one)
     blocks = parameter_blocks(problem.model, s["blocks"])
     adam = spec.optimizer.get("name") in ADAM_TYPES
     for step in steps:
         t0 = time.perf_counter()
         state = load_checkpoint(checkpoint_path(ckpt_dir, step), chash)
         problem.model.load_state_dict(state["model"])
+        points[step] = flatten(trainable_parameters(problem.model))
         op = hessian_operator(problem.model, problem.loss_fn, x, y)
         precond = (adam_preconditioner(state["optimizer"], list(problem.model.parameters()), spec.optimizer)
                    if adam and state["optimizer"]["state"] else None)  # step 0: no state yet
@@ -259,13 +261,16 @@ def curvature_run(spec, ckpt_dir, minimizer_path, results, settings: dict) -> di
     _write(results, "block_curvature", spec, block_rows, meta)
 
     t0 = time.perf_counter()
-    points = []
-    for step in all_steps:
-        problem.model.load_state_dict(load_checkpoint(checkpoint_path(ckpt_dir, step), chash)["model"])
-        points.append(flatten(trainable_parameters(problem.model)))
+    for step in all_steps:  # the checkpoints the curvature loop skipped (every > 1)
+        if step not in points:
+            problem.model.load_state_dict(load_checkpoint(checkpoint_path(ckpt_dir, step), chash)["model"])
+            points[step] = flatten(trainable_parameters(problem.model))
     if minimizer is not None:
         problem.model.load_state_dict(minimizer["model"])
-    pairs, run_level = stationarity(all_steps, points, flatten(trainable_parameters(problem.model)))
+    else:  # x_K: the model as the last checkpoint left it, whichever was read last
+        problem.model.load_state_dict(load_checkpoint(checkpoint_path(ckpt_dir, all_steps[-1]), chash)["model"])
+    pairs, run_level = stationarity(all_steps, [points[s] for s in all_steps],
+                                    flatten(trainable_parameters(problem.model)))
     t_stat = time.perf_counter() - t0
     _write(results, "stationarity", spec, [{**p, **run_level} for p in pairs], meta)
 

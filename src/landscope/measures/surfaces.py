@@ -171,10 +171,8 @@ class SurfaceModel:
         self.params = trainable_parameters(model)
         self.n_evals = 0
 
-    def flat(self, state: dict | None = None) -> torch.Tensor:
-        """The trainable parameters of ``state`` (default: the model's) as one float64 vector."""
-        if state is not None:
-            self.load(state)
+    def flat(self) -> torch.Tensor:
+        """The model's trainable parameters as one float64 vector on the host."""
         return flatten(self.params, "cpu")
 
     def buffers(self) -> dict[str, torch.Tensor]:

@@ -191,10 +191,11 @@ def loss_at(problem: Problem, model: nn.Module, step: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------- the evaluate job
-def segment_path_steps(marks: list[int], path_points: int | str, lo: int, hi: int) -> list[int]:
+def segment_path_steps(marks: list[int], path_points: int | str, lo: int, hi: int) -> set[int]:
     """The steps strictly inside [lo, hi] of the run's surface path (settings.path_steps over the
-    checkpoints ``marks`` the run has): the iterates its surfaces need that no checkpoint holds."""
-    return [s for s in path_steps(marks, path_points) if lo < s < hi] if path_points else []
+    checkpoints ``marks`` the run has): the iterates its surfaces need that no checkpoint holds (a set:
+    the replay tests every step against it)."""
+    return {s for s in path_steps(marks, path_points) if lo < s < hi} if path_points else set()
 
 
 def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Path, segment: int,
@@ -355,7 +356,7 @@ def _deferred_losses_at_min(problem: Problem, model_k: nn.Module, steps: range) 
     return torch.stack([loss_at(problem, model_k, s) for s in steps])
 
 
-def _diverged_segment(spec: RunSpec, ckpt_dir: Path, segment: int, results, keep: list[int], where: str) -> dict:
+def _diverged_segment(spec: RunSpec, ckpt_dir: Path, segment: int, results, keep: set[int], where: str) -> dict:
     """A diverged run has no trajectory to measure: its parts exist (the DAG is static) but are empty.
     Its surfaces still need the iterates ``keep`` of a segment before the divergence: replayed, not measured."""
     chash = spec.config_hash()

@@ -101,24 +101,34 @@ def read_sidecar(path: Path) -> dict:
     return json.loads(sidecar_path(path).read_text())
 
 
-def read_verified(path: Path, what: str, redo: str, config_hash: str | None = None, map_location="cpu",
-                  missing: str | None = None) -> tuple[dict, dict]:
-    """(payload, sidecar) of a file written by :func:`write_with_sidecar`, after checking that both
-    exist, that the SHA-256 matches, and (``config_hash`` given) that this configuration wrote it.
-    Errors name ``what`` and end with ``redo``, the way to make the file again (``missing``: a
-    message of its own for a file that does not exist). Loaded with ``weights_only``: a file that
-    would run code is refused even with a matching hash."""
+def verify(path: Path, what: str = "file", redo: str = "write it again", config_hash: str | None = None,
+           missing: str | None = None) -> dict:
+    """The sidecar of a file written by :func:`write_with_sidecar`, after checking that both exist,
+    that the SHA-256 matches, and (``config_hash`` given) that this configuration wrote it; else a
+    CheckpointError that names ``what`` and ends with ``redo``, the way to make the file again
+    (``missing``: a message of its own for a file that does not exist)."""
     path = Path(path)
     side = sidecar_path(path)
     if not path.is_file() or not side.is_file():
         raise CheckpointError(missing or f"{what} {path} (or its sidecar {side.name}) is missing; {redo}")
-    meta = json.loads(side.read_text())
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{what} {path}: its sidecar {side.name} is unreadable ({exc}); {redo}") from exc
     want, got = str(meta.get("sha256")), file_sha256(path)
     if got != want:
         raise CheckpointError(f"{what} {path} is corrupted: SHA-256 {got[:12]}... differs from the recorded "
                               f"{want[:12]}...; delete it and {redo}")
     if config_hash is not None and meta.get("config_hash") != config_hash:
         raise CheckpointError(f"{what} {path} was written by another configuration; {redo}")
+    return meta
+
+
+def read_verified(path: Path, what: str, redo: str, config_hash: str | None = None, map_location="cpu",
+                  missing: str | None = None) -> tuple[dict, dict]:
+    """(payload, sidecar) of a file written by :func:`write_with_sidecar`, after :func:`verify`. Loaded
+    with ``weights_only``: a file that would run code is refused even with a matching hash."""
+    meta = verify(path, what, redo, config_hash, missing)
     return torch.load(path, map_location=map_location, weights_only=True), meta
 
 
@@ -138,13 +148,12 @@ def save_checkpoint(ckpt_dir: Path, step: int, problem: Problem, opt) -> Path:
 
 
 def checkpoint_valid(path: Path, config_hash: str) -> bool:
-    if not path.is_file() or not sidecar_path(path).is_file():
-        return False
+    """Whether the checkpoint can be resumed from (:func:`verify` passes), without loading it."""
     try:
-        meta = read_sidecar(path)
-    except (OSError, json.JSONDecodeError):
+        verify(path, config_hash=config_hash)
+    except CheckpointError:
         return False
-    return meta.get("config_hash") == config_hash and meta.get("sha256") == file_sha256(path)
+    return True
 
 
 def load_checkpoint(path: Path, config_hash: str | None = None, map_location="cpu") -> dict:
@@ -225,9 +234,9 @@ def read_manifest(ckpt_dir: str | Path) -> dict:
 
 
 def run_manifest(spec: RunSpec, ckpt_dir: str | Path, job: str) -> dict:
-    """The run's manifest, refused (naming ``job`` and the run) when another configuration wrote it:
-    the checkpoints it lists are not this spec's."""
-    manifest = json.loads((Path(ckpt_dir) / MANIFEST).read_text())
+    """The run's manifest (:func:`read_manifest`), refused (naming ``job`` and the run) when another
+    configuration wrote it: the checkpoints it lists are not this spec's."""
+    manifest = read_manifest(ckpt_dir)
     if manifest.get("config_hash") != spec.config_hash():
         raise ValueError(f"{job} {spec.experiment}/{spec.run}: the manifest was written by another "
                          "configuration; re-run the train rule for this run")
