@@ -129,3 +129,37 @@ def test_written_by_the_conditions_job_and_agrees_with_condition_summary(tmp_pat
     qc = got.filter((pl.col("condition") == "qcvx") & (pl.col("scope") == "full_batch") & (pl.col("run") == "all"))
     assert qc["constant"][0] == pytest.approx(0.5 / (1 - 0.5), rel=1e-12)  # seed 0: f* = 0.5, the smallest theta
     assert qc["spacing"][0] == 30  # seed 1's rows at steps 0, 10, 40
+
+
+def test_condition_steps_view_is_the_sql_twin_of_the_ratios(tmp_path):
+    """The per-step view agrees row by row with classical.ratios, its minimum per run is the table's constant, and
+    alpha-beta's slack at the smallest pair is >= 0 at every step (its LP makes that pair feasible)."""
+    exp, _ = _synthetic_experiment(tmp_path)
+    files = {t: sorted(glob.glob(f"{tmp_path}/tables/{t}/experiment=t/*/*.parquet"))
+             for t in ("steps", "directions", "drift")}
+    for spec in exp.runs:  # the view reads each run's sweep point from the runs table
+        store.write_table(store.part_path(tmp_path, "runs", "t", spec.run, 0), "runs",
+                          {c: [None] for c in store.SCHEMAS["runs"]} | {"experiment": ["t"], "run": [spec.run],
+                                                                         "point": [spec.point], "seed": [spec.seed]})
+    C.experiment_conditions(exp, tmp_path, files["steps"], files["directions"], files["drift"])
+    con = store.connect(tmp_path)
+    view = con.sql("SELECT * FROM condition_steps").pl()
+    assert view.height == 8 * (3 * 40 + 13)  # 8 conditions x (3 runs x 40 steps + 5 + 3 + 5 directions rows)
+    assert set(view["point"].unique()) == {exp.runs[0].point}
+    for scope, table in (("mini_batch", "steps"), ("full_batch", "directions")):
+        rows = con.sql(f"SELECT * FROM {table} ORDER BY run, step").fetchnumpy()
+        x = classical.scope_arrays(scope, rows)
+        for cond in classical.CONDITIONS[1:]:
+            r, domain, _ = classical.ratios(cond, x, 2.0)
+            want = np.where(domain & (x["d"] != 0), r, np.nan)
+            got = view.filter((pl.col("scope") == scope) & (pl.col("condition") == cond)).sort("run", "step")
+            np.testing.assert_allclose(got["value"].fill_null(np.nan).to_numpy(), want, rtol=1e-12)
+    constants = con.sql("""SELECT c.run, c.scope, c.condition, c.constant, v.lo FROM condition_constants c
+                           JOIN (SELECT run, scope, condition, min(value) AS lo FROM condition_steps GROUP BY ALL) v
+                           USING (run, scope, condition) WHERE c.condition <> 'alpha_beta'""").fetchall()
+    assert len(constants) == 3 * 2 * 7
+    for run, scope, cond, constant, lo in constants:
+        assert lo == pytest.approx(constant, rel=1e-12), (run, scope, cond)
+    ab = view.filter((pl.col("condition") == "alpha_beta") & (pl.col("scope") == "mini_batch"))
+    assert ab.height == 120 and ab["holds"].all() and ab["value"].min() > -1e-9
+    assert view.filter((pl.col("condition") == "alpha_beta") & (pl.col("scope") == "full_batch"))["value"].null_count() == 13

@@ -113,6 +113,20 @@ SCHEMAS: dict[str, dict[str, pa.DataType]] = {
         "constant": F64, "constant_step": I64, "holds": BOOL, "first_fail_step": I64, "fraction_positive": F64,
         "n_rows": I64, "spacing": I64, "note": STR,
     },
+    # what each condition's standard theorem promises with the measured constants, beside what the run achieved
+    # (landscope.measures.bounds; docs/conditions.md): per point, run (or "all": the worst case over the point's
+    # runs) and condition. applicable false: why_not says which assumption fails, and bound is NULL
+    "condition_bounds": {
+        "experiment": STR, "point": STR, "run": STR, "condition": STR, "scope": STR, "constant": F64,
+        "pair_alpha": F64, "pair_beta": F64, "theorem": STR, "formula": STR, "applicable": BOOL, "why_not": STR,
+        "lr": F64, "smoothness": F64, "smoothness_source": STR, "noise": F64, "noise_source": STR, "d0": F64,
+        "gap0": F64, "steps": I64, "bound": F64, "achieved": F64, "achieved_what": STR, "violated_steps": I64,
+    },
+    # the same bound and achieved value along training (at most ~200 steps per run and condition)
+    "condition_bound_curve": {
+        "experiment": STR, "point": STR, "run": STR, "condition": STR, "step": I64, "bound": F64,
+        "achieved": F64,
+    },
 }
 
 RUN_TABLES = {"runs", "train", "snapshots", "minimizers", "steps", "directions", "drift"}
@@ -239,6 +253,46 @@ def view_sql(results: str | Path, table: str, where: str = "", con=None, experim
     return f"CREATE OR REPLACE VIEW {table} AS SELECT {empty} WHERE false"
 
 
+# Views computed from the tables (no files of their own). condition_steps: every classical condition's per-row
+# ratio (the value whose minimum over the rows is condition_constants.constant) at every replayed step
+# (scope mini_batch, table steps) and every full-batch row (scope full_batch, table directions); the SQL twin of
+# landscope.measures.classical.ratios (tests/test_classical.py checks that they agree). value is NULL at x_K
+# (distance 0) and outside a condition's domain; holds: value > 0 (star-convexity: >= 0). alpha_beta (mini_batch
+# only): the slack T_k = a - alpha u + beta v at the point's smallest pair (condition_summary).
+CONDITION_STEPS_SQL = """
+CREATE OR REPLACE VIEW condition_steps AS
+WITH rows AS (
+    SELECT experiment, run, step, 'mini_batch' AS scope, batch_loss AS f, batch_loss_at_min AS f_ref,
+           batch_loss_star AS f_low, grad_norm AS g, grad_dot_dir AS a, dist_to_min AS d FROM steps
+    UNION ALL
+    SELECT experiment, run, step, 'full_batch', full_loss, full_loss_at_min, full_loss_at_min, full_grad_norm,
+           full_grad_dot_dir, dist_to_min FROM directions
+), labelled AS (
+    SELECT rows.*, r.point, c.pl_delta, c.alpha_min, c.beta_at_alpha_min, f - f_ref AS gap, f - f_low AS gap_low
+    FROM rows LEFT JOIN runs r USING (experiment, run)
+    LEFT JOIN condition_summary c ON c.experiment = rows.experiment AND c.point = r.point
+), ratios AS (
+    SELECT experiment, point, run, scope, step, x.condition, CASE WHEN d <> 0 THEN x.value END AS value,
+           1e-9 * (abs(a) + abs(alpha_min * gap) + abs(beta_at_alpha_min * gap_low)) AS tol
+    FROM labelled, LATERAL (VALUES
+        ('alpha_beta', CASE WHEN scope = 'mini_batch' THEN a - alpha_min * gap + beta_at_alpha_min * gap_low END),
+        ('pl', CASE WHEN gap_low > 0 THEN 0.5 * g * g / power(gap_low, 2.0 / pl_delta) END),
+        ('aiming', CASE WHEN f > 0 THEN a / f END),
+        ('qcvx', CASE WHEN gap > 0 THEN a / gap END),
+        ('star_convexity', CASE WHEN gap > 0 THEN a / gap - 1.0 END),
+        ('rsi', a / (d * d)),
+        ('eb', g / d),
+        ('qg', 2.0 * gap / (d * d))) AS x(condition, value)
+)
+SELECT experiment, point, run, scope, step, condition, value,
+       CASE WHEN value IS NULL OR isnan(value) THEN NULL
+            WHEN condition = 'alpha_beta' THEN value >= -tol  -- the LPs' rounding: a vertex's slack is 0 +- 1e-16
+            WHEN condition = 'star_convexity' THEN value >= 0 ELSE value > 0 END AS holds
+FROM ratios
+"""
+DERIVED_VIEWS = {"condition_steps": CONDITION_STEPS_SQL}
+
+
 def connect(results: str | Path = "results", confine: bool = True, runs: list[str] | None = None,
             experiments: list[str] | None = None):
     """An in-memory DuckDB connection with one view per table.
@@ -257,6 +311,8 @@ def connect(results: str | Path = "results", confine: bool = True, runs: list[st
         if table == "runs" and runs is not None:
             where = "run IN (" + ", ".join("'" + r.replace("'", "''") + "'" for r in runs) + ")" if runs else "false"
         con.execute(view_sql(results, table, where, con, experiments))
+    for sql in DERIVED_VIEWS.values():
+        con.execute(sql)
     if confine:
         root = str(Path(results).resolve()) + os.sep
         con.execute(f"SET allowed_directories = ['{root}']")
@@ -279,6 +335,8 @@ def write_database(results: str | Path = "results", path: str | Path | None = No
     try:
         for table in SCHEMAS:
             con.execute(view_sql(results, table, con=con))
+        for sql in DERIVED_VIEWS.values():
+            con.execute(sql)
     finally:
         con.close()
     os.replace(tmp, path)

@@ -411,19 +411,16 @@ def experiment_conditions(exp, results: str | Path, steps_files, directions_file
                 min_t=None if not ok else float(t), feasible=bool(ok and t >= 0))
 
         d = con.sql(f"""SELECT run, step, full_loss, full_loss_at_min, full_grad_norm, full_grad_dot_dir,
-                        dist_to_min, cos_angle, aiming_coef FROM directions WHERE run IN {in_runs}
+                        dist_to_min, cos_angle FROM directions WHERE run IN {in_runs}
                         ORDER BY run, step""").fetchnumpy()
-        gap = d["full_loss"] - d["full_loss_at_min"]
-        ok = (gap > 0) & (d["full_grad_norm"] > 0)
+        # PL per full-batch row: the same ratio (and domain) as its condition_constants row
+        mu, domain, _ = classical.ratios("pl", classical.scope_arrays("full_batch", d), delta)
         with np.errstate(divide="ignore", invalid="ignore"):
-            log_mu = np.where(ok, np.log10(0.5) + 2 * np.log10(d["full_grad_norm"]) - (2 / delta) * np.log10(gap), np.nan)
-            qcvx = np.where(gap > 0, d["full_grad_dot_dir"] / gap, np.nan)
+            log_mu = np.where(domain & (mu > 0), np.log10(mu), np.nan)
         for run, step, lm in zip(d["run"], d["step"], log_mu):
             add("pl", experiment=exp.name, run=str(run), point=point, step=int(step), pl_delta=delta,
                 pl_log10_mu=None if not np.isfinite(lm) else float(lm))
-        away = d["dist_to_min"] > 0
-        aim = np.where(away, d["aiming_coef"], np.nan)
-        cos = np.where(away, d["cos_angle"], np.nan)
+        cos = np.where(d["dist_to_min"] > 0, d["cos_angle"], np.nan)
         f_run = dict(con.sql(f"""SELECT run, any_value(full_loss_at_min) FROM directions WHERE run IN {in_runs}
                                  GROUP BY run""").fetchall())
         f_star = _f(_scalar(con, f"""SELECT avg(fk) FROM (SELECT run, any_value(full_loss_at_min) AS fk
@@ -457,13 +454,16 @@ def experiment_conditions(exp, results: str | Path, steps_files, directions_file
         # every classical condition's best constant, both scopes, each run and all together
         by_step = np.lexsort((arr["step"], arr["run"]))  # ORDER BY run, step
         tables = {"full_batch": d, "mini_batch": {k: col[by_step] for k, col in arr.items()}}
-        for crow in classical.condition_constants(exp.name, point, names, tables, delta, margin, constants_of):
+        crows = classical.condition_constants(exp.name, point, names, tables, delta, margin, constants_of)
+        for crow in crows:
             add("condition_constants", **crow)
+        # the summary's PL, Aiming and QCvx columns are those rows' all-seeds full-batch constants
+        full = {c["condition"]: c for c in crows if c["run"] == "all" and c["scope"] == "full_batch"}
+        pl_mu = full["pl"]["constant"]
 
         last = _scalar(con, f"""SELECT avg(full_loss) FROM directions d WHERE run IN {in_runs}
                            AND step = (SELECT max(step) FROM directions e WHERE e.run = d.run)""")
         drift = _scalar(con, f"SELECT max(max_abs_drift) FROM drift WHERE run IN {in_runs}")
-        aim_i = int(np.nanargmin(aim)) if np.isfinite(aim).any() else None
         n_dir, spacing = _sampling(d["run"], d["step"])
         row = dict(
             experiment=exp.name, point=point, sweep_json=json.dumps(runs[0].sweep, sort_keys=True),
@@ -480,9 +480,9 @@ def experiment_conditions(exp, results: str | Path, steps_files, directions_file
             alpha_min_seed_lo=_nanmin([s[0] for s in seeds]), alpha_min_seed_hi=_nanmax([s[0] for s in seeds]),
             nonvanishing_term_seed_lo=_nanmin([s[1] for s in seeds]),
             nonvanishing_term_seed_hi=_nanmax([s[1] for s in seeds]),
-            pl_delta=delta, pl_log10_mu_min=_nanmin(log_mu), aiming_min=_nanmin(aim),
-            aiming_min_step=None if aim_i is None else int(d["step"][aim_i]),
-            qcvx_theta_min=_nanmin(qcvx), cos_angle_min=_nanmin(cos), cos_angle_mean=_nanmean(cos),
+            pl_delta=delta, pl_log10_mu_min=math.log10(pl_mu) if pl_mu is not None and pl_mu > 0 else None,
+            aiming_min=full["aiming"]["constant"], aiming_min_step=full["aiming"]["constant_step"],
+            qcvx_theta_min=full["qcvx"]["constant"], cos_angle_min=_nanmin(cos), cos_angle_mean=_nanmean(cos),
             directions_points=n_dir, directions_spacing=spacing,
             final_full_loss_mean=_f(last), final_batch_loss_mean=_tail_mean(arr["run"], arr["step"], arr["batch_loss"]), max_abs_drift=_f(drift))
         add("condition_summary", **row)
