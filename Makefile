@@ -22,7 +22,8 @@ $(BIN)/landscope: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	echo "$(TORCH_SPEC)" > $(VENV)/torch-constraint.txt
+	$(BIN)/python -m pip install --quiet -c $(VENV)/torch-constraint.txt -e ".[test]"  # the test extra's curvlinops must not upgrade torch
 	touch $(BIN)/landscope
 
 setup: $(BIN)/landscope

@@ -13,12 +13,26 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/conditions.smk"
+include: "workflow/rules/bounds.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/curvature.smk"
 include: "workflow/rules/surfaces.smk"
+
+
+# On a cluster these rules run where Snakemake runs, not as scheduler jobs: they only read tables
+# (seconds and a few hundred MB each at the default scale; docs/cluster.md). Locally nothing changes.
+localrules:
+    conditions,
+    plateaus,
+    bounds,
+    report,
+    report_index,
+    table2,
+    database,
 
 
 # Every page is a target of its own: Snakemake does not rebuild a missing intermediate file whose

@@ -1,7 +1,9 @@
 import json
 import os
+import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,13 @@ def snakemake_cmd(workdir: Path, configfile, *args, cores: int | None = 2) -> li
     ``--workflow-profile`` in ``args`` decide)."""
     return [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
             *(["--cores", str(cores)] if cores else []), "--configfile", str(configfile), *args]
+
+
+def job_stats(text: str) -> Counter:
+    """The 'Job stats' table Snakemake prints before running: rule -> number of jobs."""
+    block = text.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    rows = re.findall(r"^(\w+)\s+(\d+)$", block, flags=re.MULTILINE)
+    return Counter({rule: int(n) for rule, n in rows if rule != "total"})
 
 
 def run_snakemake(workdir: Path, configfile, *args, cores: int | None = 2, timeout: float = 900,

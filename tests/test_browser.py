@@ -20,6 +20,7 @@ import pytest
 import yaml
 from conftest import ROOT, run_snakemake
 from test_cli import tiny_results  # noqa: F401  (module fixture: a real results folder of one run)
+from test_promises import write_promise_tables
 
 PROBE = """<script>
 (function () {
@@ -108,7 +109,7 @@ def render(page: Path, work: Path) -> dict:
     copy = work / page.name
     copy.write_text(html.replace("<head>", "<head>" + PROBE, 1), encoding="utf-8")
     cmd = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={work / ('profile-' + page.stem)}", copy.as_uri()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, f"chromium failed on {page} ({proc.returncode}): {proc.stderr[-3000:]}"
     targets = embed_targets(html)
     scan = ChartScan(targets)
@@ -117,7 +118,7 @@ def render(page: Path, work: Path) -> dict:
     probe = json.loads(scan.probe)
     uncaught = [line for line in proc.stderr.splitlines() if "CONSOLE" in line and "Uncaught" in line]
     return {"targets": targets, "drawn": {t for t, ok in scan.drawn.items() if ok}, "errors": probe["errors"],
-            "uncaught": uncaught, "resources": probe["resources"]}
+            "uncaught": uncaught, "resources": probe["resources"], "dom": proc.stdout}
 
 
 def assert_renders(page: Path, work: Path, min_charts: int = 0) -> dict:
@@ -163,7 +164,37 @@ def test_report_pages_render_in_chromium(tiny_results, tmp_path):  # noqa: F811 
     index_page.write_index(tiny_results, ["tiny"], pages / "index.html")
     got = assert_renders(pages / "tiny.html", work, min_charts=5)
     assert {"heat", "loss", "gnorm", "angle", "aiming"} <= got["drawn"]
-    assert_renders(pages / "index.html", work)
+    assert_promises_section(got["dom"], "tiny")
+    index = assert_renders(pages / "index.html", work)
+    assert "Classical conditions</b> along the trajectories" in index["dom"]
+
+
+PROMISES_HEADING = "<h2 id=\"promises\">Which conditions hold here, and what they promise</h2>"
+
+
+def assert_promises_section(dom: str, name: str):
+    """The conditions section is in the rendered page, with its constants table (one row per condition)."""
+    assert PROMISES_HEADING in dom, f"{name}: no conditions section"
+    section = dom[dom.index(PROMISES_HEADING):]
+    for header in ("constant, full batch", "fails from, mini-batch", "bound after K steps, or why none"):
+        assert re.search(f"<th[^>]*>{header}</th>", section), f"{name}: no column {header!r}"
+    for condition in ("α-β-condition", "Polyak-Łojasiewicz (PL)", "Aiming", "quadratic growth (QG)"):
+        assert re.search(rf"<td[^>]*>{re.escape(condition)}</td>", section), f"{name}: no {condition} row"
+
+
+def test_promise_section_charts_render_in_chromium(tmp_path):
+    """The bound and constants charts (faceted by condition, log axes) drawn from hand-written tables."""
+    from landscope.report import page as experiment_page
+
+    chromium()
+    results, work = tmp_path / "results", tmp_path / "work"
+    work.mkdir()
+    exp = write_promise_tables(results)
+    page = experiment_page.write_experiment_report(results, exp, tmp_path / f"{exp}.html")
+    got = assert_renders(page, work, min_charts=2)
+    assert {"promisea", "promiseb"} <= got["drawn"]
+    assert_promises_section(got["dom"], exp)
+    assert "μ = 1.00e-09 (log10 μ = -9.00)" in got["dom"] and "promises almost nothing" in got["dom"]
 
 
 @pytest.fixture(scope="module")
@@ -181,8 +212,18 @@ def test_every_smoke_report_renders_in_chromium(smoke_reports, tmp_path):
     smoke = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
     pages = sorted(smoke_reports.glob("*.html"))
     assert {p.stem for p in pages} >= {"index", *smoke["experiments"]}
+    # once the study writes bound curves, every experiment page must draw them (chart promisea)
+    bounds = any((smoke_reports.parent / "results" / "tables" / "condition_bound_curve").rglob("part-*.parquet"))
     drawn = 0
     for page in pages:
         got = assert_renders(page, tmp_path, min_charts=1 if page.stem in smoke["experiments"] else 0)
         drawn += len(got["drawn"])
+        if page.stem in smoke["experiments"]:
+            assert_promises_section(got["dom"], page.stem)
+            assert not bounds or "promisea" in got["drawn"], f"{page.stem}: bound chart not drawn"
+            block = re.search(r"<h3>Sharpness per block</h3>(?:<p[^>]*>.*?</p>)?<div class=\"chart\" id=\"(\w+)\"",
+                              got["dom"])  # smoke.yaml turns curvature.blocks on for every experiment
+            assert block and block.group(1) in got["drawn"], f"{page.stem}: per-block chart not drawn"
+        elif page.stem == "index":
+            assert got["dom"].count("Classical conditions</b> along the trajectories") == len(smoke["experiments"])
     assert drawn >= 5 * len(smoke["experiments"])

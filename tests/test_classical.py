@@ -162,4 +162,5 @@ def test_condition_steps_view_is_the_sql_twin_of_the_ratios(tmp_path):
         assert lo == pytest.approx(constant, rel=1e-12), (run, scope, cond)
     ab = view.filter((pl.col("condition") == "alpha_beta") & (pl.col("scope") == "mini_batch"))
     assert ab.height == 120 and ab["holds"].all() and ab["value"].min() > -1e-9
-    assert view.filter((pl.col("condition") == "alpha_beta") & (pl.col("scope") == "full_batch"))["value"].null_count() == 13
+    full_ab = view.filter((pl.col("condition") == "alpha_beta") & (pl.col("scope") == "full_batch"))
+    assert full_ab.height == 13 and full_ab["value"].null_count() == 13

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import make_study, run_pipeline
 
-from landscope import cli
+from landscope import cli, store
 from landscope.problem import sources
 from landscope.problem.registry import DATASETS
 
@@ -93,7 +93,6 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 
 def test_figures_writes_every_chart_of_the_page_as_svg_and_png(tiny_results, tmp_path, capsys):
-    from landscope import store
     from landscope.report import page as report
 
     con = store.connect(tiny_results)
@@ -153,7 +152,7 @@ def test_every_builtin_dataset_has_a_source():
 
 def _list_rows(text: str) -> dict[str, tuple[str, str]]:
     rows = {}
-    for line in text.splitlines()[2:-1]:
+    for line in text.split("\n\n")[0].splitlines()[2:-1]:  # the first table (the second lists the files)
         name, available, where = re.split(r"\s{2,}", line.strip(), maxsplit=2)
         rows[name] = (available, where)
     return rows
@@ -207,12 +206,10 @@ def test_data_check_missing_named_dataset_fails_with_howto(tmp_path, capsys, mon
 
 @pytest.mark.skipif(not FASHION_SYSTEM.is_dir(), reason="Fashion-MNIST not installed (make data)")
 def test_data_fetch_fashion_from_a_url_verifies_before_it_lands(tmp_path, capsys):
-    rc, _, err = run(capsys, "data", "fetch", "fashion_mnist", "--dest", tmp_path / "d")
-    assert rc == 1 and "apt-get install -y dataset-fashion-mnist" in err and "--url" in err
     bad = _fake_fashion(tmp_path / "mirror")
     rc, _, err = run(capsys, "data", "fetch", "fashion_mnist", "--dest", tmp_path / "d", "--url", bad.as_uri())
-    assert rc == 1 and "SHA-256" in err
-    assert not list((tmp_path / "d" / "fashion-mnist").iterdir())  # nothing wrong was left behind
+    assert rc == 1 and "SHA-256" in err and "apt-get install -y dataset-fashion-mnist" in err and "--url" in err
+    assert not (tmp_path / "d" / "fashion-mnist").exists()  # nothing wrong was left behind
     rc, out, err = run(capsys, "data", "fetch", "fashion_mnist", "--dest", tmp_path / "d",
                        "--url", FASHION_SYSTEM.as_uri())
     assert rc == 0, err
@@ -226,8 +223,8 @@ def test_data_fetch_fashion_from_a_url_verifies_before_it_lands(tmp_path, capsys
 def test_data_fetch_refuses_other_schemes_and_unfetchable_datasets(tmp_path, capsys):
     rc, _, err = run(capsys, "data", "fetch", "fashion_mnist", "--dest", tmp_path, "--url", "ftp://x/y")
     assert rc == 1 and "http(s):// or file:// URL" in err
-    rc, _, err = run(capsys, "data", "fetch", "cifar10")
-    assert rc == 1 and "cannot be fetched automatically" in err and "cifar-10-python.tar.gz" in err
+    rc, _, err = run(capsys, "data", "fetch", "digits", "--dest", tmp_path)
+    assert rc == 1 and "cannot be fetched automatically" in err and "pip install scikit-learn" in err
     rc, _, err = run(capsys, "data", "fetch")
     assert rc == 2 and "name a dataset" in err
 
@@ -244,3 +241,19 @@ def test_data_fetch_mnist1d_generates_the_cache_that_check_then_verifies(tmp_pat
     assert cache.parent == tmp_path / "mnist1d" and cache.is_file()
     rc, out, _ = run(capsys, "data", "check", "mnist1d", "--data-dir", tmp_path)
     assert rc == 0 and out.startswith(f"mnist1d: ok: {cache}") and "pinned generation arguments" in out
+
+
+def test_tables_lists_every_table_and_the_derived_views(capsys):
+    rc, out, _ = run(capsys, "tables")
+    names = [line.split(":")[0] for line in out.splitlines()]
+    assert rc == 0 and names == [*store.SCHEMAS, *(f"{v} (view)" for v in store.DERIVED_VIEWS)]
+    assert out.splitlines()[-1] == ("condition_steps (view): experiment VARCHAR, point VARCHAR, run VARCHAR, "
+                                    "scope VARCHAR, step BIGINT, condition VARCHAR, value DOUBLE, holds BOOLEAN")
+
+
+def test_db_without_results_and_validate_on_invalid_yaml_answer_with_a_message(tmp_path, capsys):
+    rc, _, err = run(capsys, "db", "--results", tmp_path / "nothing")
+    assert rc == 2 and f"no results in {tmp_path / 'nothing'}/tables" in err
+    (tmp_path / "bad.yaml").write_text("experiments: [unclosed\n  - : x\n")
+    rc, _, err = run(capsys, "validate", tmp_path / "bad.yaml")
+    assert rc == 1 and "is not valid YAML" in err and "line 2, column 5" in err

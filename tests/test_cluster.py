@@ -1,136 +1,118 @@
-"""Cluster-style execution: the smoke DAG through Snakemake's cluster-generic executor, with a
-submit script that starts every job as its own detached process (as sbatch would), and a status
-script that reads each job's exit code (as sacct would). Passing proves that no rule relies on
-state held in memory by the Snakemake process or by another job, that every submitted job
-carries the resources its rule declares, and that the numbers equal those of the library run
-in-process. Also: the SLURM and Kubernetes profiles hold only options this Snakemake knows.
+"""Cluster execution as Snakemake plans it (dry runs): which jobs ask for a GPU, which rules stay on
+the submitting machine, how many scheduler submissions the shipped profiles make with and without
+the cluster preset, and that every shipped profile holds only options this Snakemake and its plugins
+know. tests/test_slurm.py and tests/test_kubernetes.py run the smoke study through the real plugins.
 """
 
 import re
 from collections import Counter
 
-import polars as pl
+import duckdb
 import pytest
 import yaml
-from conftest import ROOT, run_pipeline, run_snakemake
+from conftest import ROOT, job_stats, run_snakemake
 
-SUBMIT = """#!/bin/bash
-# usage: submit.sh SPOOL RULE MEM_MB RUNTIME JOBSCRIPT -> starts JOBSCRIPT detached; prints its job id
-set -eu
-spool=$1; rule=$2; mem=$3; runtime=$4; jobscript=$5
-job=$(mktemp -p "$spool" job-XXXXXX)
-printf '%s\\t%s\\t%s\\n' "$rule" "$mem" "$runtime" > "$job.meta"
-setsid bash -c 'echo $$ > "$2.pid"; bash "$1" > "$2.out" 2>&1; echo $? > "$2.rc.part"; mv "$2.rc.part" "$2.rc"' \\
-    _ "$jobscript" "$job" < /dev/null > /dev/null 2>&1 &
-basename "$job"
-"""
-
-STATUS = """#!/bin/bash
-# usage: status.sh SPOOL JOBID -> running | success | failed
-f="$1/$2"
-if [ ! -f "$f.rc" ]; then echo running; elif [ "$(cat "$f.rc")" = 0 ]; then echo success; else echo failed; fi
-"""
-
-# keys that name a plugin this test environment lacks (the executor, a storage provider)
-PLUGIN_KEYS = {"executor", "default-storage-provider", "default-storage-prefix"}
+PROFILES = ROOT / "profiles"
+LOCAL_RULES = {"conditions", "plateaus", "bounds", "report", "report_index", "table2", "database", "fetch_data", "all"}
+TORCH_RULES = {"train", "evaluate", "curvature", "surfaces"}
+STORAGE_KEYS = {"default-storage-provider", "default-storage-prefix"}  # a dry run would ask the bucket
 
 
-def declared_resources() -> dict[str, tuple[int, int]]:
-    """rule -> (mem_mb, runtime) as written in workflow/rules/*.smk."""
-    out = {}
-    for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
-        for name, body in re.findall(r"^rule (\w+):\n(.*?)(?=^rule |\Z)", smk.read_text(), flags=re.M | re.S):
-            mem, runtime = re.search(r"mem_mb=(\d+)", body), re.search(r"runtime=(\d+)", body)
-            if mem and runtime:
-                out[name] = (int(mem.group(1)), int(runtime.group(1)))
+def plan(tmp_path, configfile, *args) -> str:
+    """`snakemake -n` on a config, the printed plan."""
+    out = run_snakemake(tmp_path, configfile, "-n", *args, cores=None, timeout=300)
+    return out.stdout + out.stderr
+
+
+def resources_by_rule(text: str) -> dict[str, set[str]]:
+    """rule -> the set of resource lines its planned jobs print (top-level jobs and group members)."""
+    out: dict[str, set[str]] = {}
+    for rule, body in re.findall(r"^\s*rule (\w+):\n(.*?)(?=^\s*$)", text, flags=re.MULTILINE | re.DOTALL):
+        line = re.search(r"^\s*resources: (.*)$", body, flags=re.MULTILINE)
+        out.setdefault(rule, set()).add(line.group(1) if line else "")
     return out
 
 
-def job_stats(text: str) -> Counter:
-    """The 'Job stats' table Snakemake prints before running: rule -> number of jobs."""
-    block = text.split("Job stats:", 1)[1].split("\n\n", 1)[0]
-    rows = re.findall(r"^(\w+)\s+(\d+)$", block, flags=re.M)
-    return Counter({rule: int(n) for rule, n in rows if rule != "total"})
+def submissions(text: str) -> tuple[int, Counter]:
+    """(group jobs, ungrouped jobs by rule that are not localrules): what a cluster run submits."""
+    groups = len(re.findall(r"\] Group job ", text))
+    alone = Counter(r for r in re.findall(r"^rule (\w+):", text, flags=re.MULTILINE) if r not in LOCAL_RULES)
+    return groups, alone
 
 
-@pytest.fixture(scope="module")
-def cluster_study(tmp_path_factory):
-    pytest.importorskip("snakemake_executor_plugin_cluster_generic",
-                        reason="pip install snakemake-executor-plugin-cluster-generic (in the test extra)")
-    work = tmp_path_factory.mktemp("cluster")
-    spool = work / "spool"
-    spool.mkdir()
-    (work / "smoke.yaml").write_text((ROOT / "config" / "smoke.yaml").read_text())
-    for name, text in (("submit.sh", SUBMIT), ("status.sh", STATUS)):
-        (work / name).write_text(text)
-        (work / name).chmod(0o755)
-    profile = work / "profile"
-    profile.mkdir()
-    (profile / "config.yaml").write_text(yaml.safe_dump({
-        "executor": "cluster-generic",
-        "cluster-generic-submit-cmd": f"{work}/submit.sh {spool} {{rule}} {{resources.mem_mb}} {{resources.runtime}}",
-        "cluster-generic-status-cmd": f"{work}/status.sh {spool}",
-        "jobs": 4, "latency-wait": 5, "rerun-incomplete": True}))
-    out = run_snakemake(work, work / "smoke.yaml", "--workflow-profile", str(profile), cores=None,
-                        timeout=1800, check=False)
-    logs = {p.name: p.read_text()[-1500:] for p in spool.glob("*.out")}
-    assert out.returncode == 0, f"snakemake failed:\n{out.stderr[-5000:]}\njob logs: {logs}"
-    return work, spool, out.stdout + out.stderr
+def test_the_localrules_are_the_rules_that_only_read_tables():
+    """The Snakefile's localrules list (what runs on the login node) is the list these tests assume."""
+    text = (ROOT / "Snakefile").read_text()
+    declared = set(re.findall(r"^\s+(\w+),$", text.split("localrules:", 1)[1].split("\n\n", 1)[0], flags=re.MULTILINE))
+    assert declared | {"all", "fetch_data"} == LOCAL_RULES  # fetch_data: declared in workflow/rules/data.smk
+    assert not declared & TORCH_RULES
 
 
-@pytest.mark.slow
-def test_every_job_ran_as_its_own_process_with_its_declared_resources(cluster_study):
-    work, spool, text = cluster_study
-    planned = job_stats(text)
-    planned.pop("all")  # the target rule is local: nothing to submit
-    metas = sorted(spool.glob("*.meta"))
-    submitted = Counter(p.read_text().split("\t")[0] for p in metas)
-    assert submitted == planned and sum(planned.values()) >= 20
-    declared = declared_resources()
-    pids = set()
-    for meta in metas:
-        rule, mem, runtime = meta.read_text().split()
-        assert (int(mem), int(runtime)) == declared[rule], rule
-        job = meta.with_suffix("")
-        assert (job.parent / f"{job.name}.rc").read_text().strip() == "0"
-        pids.add((job.parent / f"{job.name}.pid").read_text().strip())
-        log = (job.parent / f"{job.name}.out").read_text()
-        assert "--mode remote" in log and re.findall(r"^localrule (\w+):", log, flags=re.M) == [rule]
-    assert len(pids) == len(metas)  # one process per job
-    assert (work / "reports" / "index.html").is_file() and (work / "results" / "landscope.duckdb").is_file()
-
-
-@pytest.mark.slow
-def test_cluster_results_equal_the_in_process_library(cluster_study, tmp_path):
-    from landscope.config import load_study
-    from landscope.store import connect
-
-    work, _, _ = cluster_study
-    study = load_study(str(work / "smoke.yaml"))
-    spec = next(r for r in study.experiments["halfspace"].runs if r.run == "seed-0")
-    local, _, drifts = run_pipeline(spec, tmp_path)
-    cols = ["step", "lr", "batch_loss", "batch_loss_at_min", "batch_loss_star", "grad_dot_dir", "grad_norm",
-            "dist_to_min"]
-    part = "tables/steps/experiment=halfspace/run=seed-0/*.parquet"
-    mine = pl.read_parquet(f"{local}/{part}").sort("step").select(cols)
-    theirs = pl.read_parquet(f"{work}/results/{part}").sort("step").select(cols)
-    assert len(mine) == spec.steps and mine.equals(theirs)  # bit for bit
-    con = connect(work / "results")
-    assert con.sql("SELECT count(*), max(max_abs_drift) FROM drift").fetchall() == [(12, 0.0)]
-    assert con.sql("SELECT count(*) FROM condition_summary").fetchall() == [(3,)]
-    assert drifts == [0.0] * spec.n_segments
-
-
-@pytest.mark.parametrize("name", ["slurm", "kubernetes"])
-def test_cluster_profiles_hold_only_options_this_snakemake_knows(name, tmp_path):
-    """Each profile, without the keys that need its plugin, plans the smoke DAG (a dry run)."""
-    profile = yaml.safe_load((ROOT / "profiles" / name / "config.yaml").read_text())
-    assert profile["executor"] == name
-    assert {"mem_mb", "runtime"} <= set(profile["default-resources"])
-    rest = {k: v for k, v in profile.items() if k not in PLUGIN_KEYS}
-    (tmp_path / "p").mkdir()
-    (tmp_path / "p" / "config.yaml").write_text(yaml.safe_dump(rest))
+@pytest.mark.parametrize(("device", "gpu"), [("cpu", None), ("auto", None), ("cuda", 1)])
+def test_gpu_resources_exist_only_when_the_device_is_cuda(device, gpu, tmp_path):
+    """No `gpu` key at all for a CPU study (a gpu=0 key makes the Kubernetes plugin demand a GPU
+    maker); gpu=1 and nvidia_gpu=1 (Google Batch's name) on the four torch rules for device: cuda."""
     (tmp_path / "smoke.yaml").write_text((ROOT / "config" / "smoke.yaml").read_text())
-    out = run_snakemake(tmp_path, tmp_path / "smoke.yaml", "--workflow-profile", str(tmp_path / "p"), "-n",
-                        cores=None, timeout=300)
-    assert job_stats(out.stdout + out.stderr)["evaluate"] == 12
+    text = plan(tmp_path, tmp_path / "smoke.yaml", "--config", f"device={device}")
+    resources = resources_by_rule(text)
+    assert set(resources) == set(job_stats(text))
+    for rule, lines in resources.items():
+        for line in lines:
+            keys = dict(kv.split("=", 1) for kv in line.split(", ") if "=" in kv)
+            want = {"gpu": str(gpu), "nvidia_gpu": str(gpu)} if gpu and rule in TORCH_RULES else {}
+            assert {k: v for k, v in keys.items() if "gpu" in k} == want, (rule, line)
+
+
+@pytest.mark.parametrize("config", ["smoke", "config"])
+def test_cluster_preset_submits_one_job_per_run_and_keeps_table_rules_local(config, tmp_path):
+    """With profiles/slurm and the cluster preset: one submission per training run, nothing else;
+    without the preset: one per job of a torch rule. The rules that read tables are never submitted."""
+    configfile = ROOT / "config" / f"{config}.yaml"
+    slurm = ("--workflow-profile", str(PROFILES / "slurm"))
+    grouped = plan(tmp_path, configfile, *slurm, "--profile", str(PROFILES / "cluster"))
+    alone = plan(tmp_path, configfile, *slurm)
+    stats = job_stats(alone)
+    assert job_stats(grouped) == stats and stats["train"] >= 4
+    assert submissions(grouped) == (stats["train"], Counter())
+    assert submissions(alone) == (0, Counter({r: n for r, n in stats.items() if r in TORCH_RULES}))
+
+
+@pytest.mark.parametrize("name", ["slurm", "kubernetes", "cluster"])
+def test_shipped_profiles_hold_only_options_snakemake_and_the_plugins_know(name, tmp_path):
+    """Each profile plans the smoke DAG (a dry run). Kubernetes without its storage keys (a dry run
+    would ask the bucket for the outputs' times) and so without its executor, which needs them;
+    the cluster preset together with profiles/slurm, as documented."""
+    pytest.importorskip(f"snakemake_executor_plugin_{'slurm' if name == 'cluster' else name}",
+                        reason="pip install -e '.[test]' (the executor plugins)")
+    profile = PROFILES / name
+    if name == "kubernetes":
+        keys = yaml.safe_load((profile / "config.yaml").read_text())
+        profile = tmp_path / "profile"
+        profile.mkdir()
+        (profile / "config.yaml").write_text(yaml.safe_dump({k: v for k, v in keys.items()
+                                                             if k not in STORAGE_KEYS | {"executor"}}))
+    args = (("--workflow-profile", str(PROFILES / "slurm"), "--profile", str(profile)) if name == "cluster"
+            else ("--workflow-profile", str(profile)))
+    (tmp_path / "smoke.yaml").write_text((ROOT / "config" / "smoke.yaml").read_text())
+    assert job_stats(plan(tmp_path, tmp_path / "smoke.yaml", *args))["evaluate"] == 12
+
+
+BENCHMARK_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+
+
+def test_sizing_query_of_the_docs_gives_runtime_and_mem_mb_per_rule(tmp_path, monkeypatch):
+    """docs/cluster.md's query on benchmark files of known seconds and peaks: runtime = ceil(2 x the
+    slowest job / 60 s), at least 1; mem_mb = 1.5 x the largest peak rounded up to 100 MB."""
+    query = (ROOT / "docs" / "cluster.md").read_text().split("<!-- sizing-query -->", 1)[1]
+    query = query.split("```sql", 1)[1].split("```", 1)[0]
+    jobs = {"train/e/r1.tsv": (50.0, 400), "train/e/r2.tsv": (100.5, 1000), "evaluate/e/r/00000.tsv": (10.0, 333),
+            "conditions/e.tsv": (0.2, 150)}
+    for path, (s, rss) in jobs.items():
+        f = tmp_path / "results" / "benchmarks" / path
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(BENCHMARK_HEADER + f"{s}\t0:00:00\t{rss}\t1\t1\t1\t0\t0\t0\t1\n")
+    monkeypatch.chdir(tmp_path)
+    rows = duckdb.sql(query).fetchall()
+    assert rows == [("conditions", 1, 0.2, 150, 1, 300),  # 225 MB -> 300; 0.4 s -> at least 1 minute
+                    ("evaluate", 1, 10.0, 333, 1, 500),  # 499.5 MB -> 500
+                    ("train", 2, 100.5, 1000, 4, 1500)]  # 201 s -> 4 minutes; 1500 MB

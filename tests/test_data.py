@@ -63,7 +63,8 @@ def test_fashion_hash_mismatch_and_truncation_are_reported(fake_fashion, monkeyp
 def test_missing_fashion_says_where_and_how(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "FASHION_SYSTEM_DIR", str(tmp_path / "sys"))
     monkeypatch.delenv("LANDSCOPE_DATA", raising=False)
-    with pytest.raises(FileNotFoundError, match=r"looked in: .*sys.*apt-get install -y dataset-fashion-mnist"):
+    with pytest.raises(FileNotFoundError, match=r"looked in: .*sys.*apt-get install -y dataset-fashion-mnist.*"
+                                                 r"`landscope data fetch fashion_mnist` downloads it \(30.9 MB"):
         data.fashion_mnist(data_dir=str(tmp_path / "mine"))
 
 

@@ -6,16 +6,20 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import sys
+import tempfile
 import webbrowser
 from pathlib import Path
 
 import vl_convert
+import yaml
 
 from landscope import store
 from landscope.config import load_study
 from landscope.factories import ConfigError
-from landscope.problem.sources import SOURCES, availability_problem
+from landscope.problem import catalog
+from landscope.problem.sources import SOURCES, availability_problem, fetch_dataset, verify_files
 
 EXAMPLES = """examples:
   landscope sql "SELECT experiment, run, count(*) AS steps FROM steps GROUP BY ALL ORDER BY ALL"
@@ -27,7 +31,8 @@ EXAMPLES = """examples:
   landscope figures --format png --out figs halfspace
   landscope data list
   landscope data check fashion_mnist
-  landscope data fetch shakespeare
+  landscope data fetch cifar10
+  landscope data fetch wikitext2 --dest /data --url https://my.mirror/datasets
 """
 
 
@@ -115,11 +120,20 @@ def cmd_runs(args) -> int:
 def cmd_tables(args) -> int:
     for name, cols in store.SCHEMAS.items():
         print(f"{name}: " + ", ".join(f"{c} {store.duck_type(t)}" for c, t in cols.items()))
+    with tempfile.TemporaryDirectory() as empty:  # the derived views' columns, as DuckDB types them (no results)
+        con = store.connect(empty, confine=False)
+    for name in store.DERIVED_VIEWS:
+        print(f"{name} (view): " + ", ".join(f"{c} {t}" for c, t, *_ in con.sql(f"DESCRIBE {name}").fetchall()))
     return 0
 
 
 def cmd_db(args) -> int:
-    print(store.write_database(args.results))
+    results = Path(args.results)
+    if not (results / "tables").is_dir():
+        print(f"landscope db: no results in {results}/tables; run `snakemake --cores all` first "
+              "or pass --results DIR", file=sys.stderr)
+        return 2
+    print(store.write_database(results))
     return 0
 
 
@@ -128,6 +142,9 @@ def cmd_validate(args) -> int:
         study = load_study(args.config)
     except (ConfigError, OSError) as exc:
         print(f"landscope: {exc}", file=sys.stderr)
+        return 1
+    except yaml.YAMLError as exc:
+        print(f"landscope validate: {args.config} is not valid YAML: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     for exp in study.experiments.values():
         segs = sum(r.n_segments for r in exp.runs)
@@ -259,8 +276,21 @@ def dataset_rows(data_dir: str | None, names: list[str]) -> list[tuple[str, str,
     return rows
 
 
+def source_rows(names: list[str]) -> list[tuple[str, str, int, str, str]]:
+    """(dataset, file, bytes, URL, published checksum) per file a dataset of ``names`` is downloaded as."""
+    rows = []
+    for name in names:
+        row = catalog.source(name)
+        for r in row.remotes if row else ():
+            urls = row.urls(r)
+            where = urls[0] + "".join(f" (mirror {u})" for u in urls[1:])
+            rows.append((name, r.file, r.size, where, f"sha256:{r.sha256}" if r.sha256 else f"md5:{r.md5}"))
+    return rows
+
+
 def check_dataset(name: str, data_dir: str | None) -> tuple[str, str]:
-    """('ok' | 'missing' | 'FAILED', detail): load the dataset's splits with verification on."""
+    """('ok' | 'missing' | 'FAILED', detail): load the dataset's splits with verification on, and compare
+    every file with its published MD5 where the registry has one."""
     from landscope.problem.data import load_dataset  # torch: only `data check` loads
 
     src = SOURCES[name]
@@ -274,6 +304,9 @@ def check_dataset(name: str, data_dir: str | None) -> tuple[str, str]:
             load_dataset({"name": name, **kwargs}, data_dir)
     except (ValueError, OSError, EOFError) as exc:
         return "FAILED", f"{where}: {exc}"
+    bad = verify_files(name, Path(where))
+    if bad:
+        return "FAILED", "; ".join(bad) + "; not the published files: delete them and fetch again"
     return "ok", f"{where} (verified: {src.verifies})"
 
 
@@ -285,13 +318,17 @@ def cmd_data(args) -> int:
         return 2
     if args.action == "list":
         print_table(["dataset", "available", "where / how to get it"], dataset_rows(args.data_dir, names))
+        downloads = source_rows(names)
+        if downloads:
+            print()
+            print_table(["dataset", "file", "bytes", "source", "published checksum"], downloads)
         return 0
     if args.action == "check":
         return _data_check(names, args.data_dir, named=args.name is not None)
     if args.name is None:
         print("landscope data fetch: name a dataset, e.g. `landscope data fetch shakespeare`", file=sys.stderr)
         return 2
-    return _data_fetch(args.name, args.dest, args.url)
+    return _data_fetch(args.name, args.data_dir, args.dest, args.url)
 
 
 def _data_check(names: list[str], data_dir: str | None, named: bool) -> int:
@@ -303,17 +340,24 @@ def _data_check(names: list[str], data_dir: str | None, named: bool) -> int:
     return 1 if bad else 0
 
 
-def _data_fetch(name: str, dest: str | None, url: str | None) -> int:
-    src = SOURCES[name]
-    if src.fetch is None:
-        print(f"landscope data fetch: {name} cannot be fetched automatically; {src.howto()}", file=sys.stderr)
-        return 1
+def _data_fetch(name: str, data_dir: str | None, dest: str | None, url: str | None) -> int:
+    """Fetch into --dest (else the first of --data-dir, $LANDSCOPE_DATA and the user cache); a copy
+    already found is kept when neither --dest nor --url is given. Progress and messages go to stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("landscope")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
     try:
-        where = src.fetch(Path(dest) if dest else None, url)
+        record = fetch_dataset(name, data_dir, url, dest)
     except (ValueError, RuntimeError, OSError) as exc:
         print(f"landscope data fetch {name}: {exc}", file=sys.stderr)
         return 1
-    print(where)
+    finally:
+        log.removeHandler(handler)
+    if record["found"]:
+        print(f"{name}: already here (nothing downloaded); pass --dest DIR to fetch another copy", file=sys.stderr)
+    print(record["path"])
     return 0
 
 
@@ -340,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("validate", help="validate a study config and list what it would run")
     v.add_argument("config")
     v.set_defaults(fn=cmd_validate)
-    rp = sub.add_parser("report", help="print the path of reports/index.html (or an experiment's page); --open opens it")
+    rp = sub.add_parser("report",
+                        help="print the path of reports/index.html (or an experiment's page); --open opens it")
     rp.add_argument("experiment", nargs="?", help="an experiment's page instead of the index")
     rp.add_argument("--open", action="store_true", help="open it in the web browser")
     rp.add_argument("--reports", default="reports", help="reports folder (default: reports)")
@@ -356,8 +401,10 @@ def main(argv: list[str] | None = None) -> int:
     dt.add_argument("action", choices=["list", "check", "fetch"])
     dt.add_argument("name", nargs="?", help="one dataset (default: all; fetch needs one)")
     dt.add_argument("--data-dir", help="the config's data_dir (also searched: $LANDSCOPE_DATA and system locations)")
-    dt.add_argument("--dest", help="fetch: where to put the data (default: the place the loader looks first)")
-    dt.add_argument("--url", help="fetch fashion_mnist: base URL of the four .gz files (downloaded only when given)")
+    dt.add_argument("--dest", help="fetch: the data directory to put it in (default: --data-dir, else "
+                    "$LANDSCOPE_DATA, else ~/.cache/landscope; the loaders look in all three)")
+    dt.add_argument("--url", help="fetch: a mirror's base URL (or file:// folder) holding the publisher's files "
+                    "(`data list` names them); they are verified against the same checksums")
     dt.set_defaults(fn=cmd_data)
     args = p.parse_args(argv)
     try:

@@ -385,7 +385,7 @@ def load_study(config: dict | str | Path) -> Study:
         if not exp["enabled"]:
             skipped[name] = "enabled: false"
             continue
-        problem = availability_problem(exp["dataset"], full["data_dir"])
+        problem = availability_problem(exp["dataset"], full["data_dir"], fetch=exp["if_data_missing"] == "fetch")
         if problem:
             if exp["if_data_missing"] == "skip":
                 skipped[name] = problem

@@ -324,14 +324,17 @@ def connect(results: str | Path = "results", confine: bool = True, runs: list[st
 def write_database(results: str | Path = "results", path: str | Path | None = None) -> Path:
     """(Re)write ``results/landscope.duckdb`` holding the same views, for any DuckDB client.
 
-    The views use absolute paths: re-run ``landscope db`` after moving the results folder.
+    The views use absolute paths: re-run ``landscope db`` after moving the results folder. The file
+    is written in DuckDB's v1.0.0 storage format, which every DuckDB client since 1.0 opens (the
+    default of DuckDB 2.0, version 999, makes the `duckdb-cli` 1.5 on PyPI refuse the file); the
+    views are SQL text, so the older format loses nothing.
     """
     import duckdb  # only readers need it: train and replay jobs write Parquet without this import
 
     path = Path(path or Path(results) / "landscope.duckdb")
     tmp = path.with_suffix(".duckdb.tmp")
     tmp.unlink(missing_ok=True)
-    con = duckdb.connect(str(tmp))
+    con = duckdb.connect(str(tmp), config={"storage_compatibility_version": "v1.0.0"})
     try:
         for table in SCHEMAS:
             con.execute(view_sql(results, table, con=con))

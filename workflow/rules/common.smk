@@ -4,6 +4,9 @@ from pathlib import Path
 
 from landscope.config import load_study
 from landscope.factories import ConfigError
+from landscope.problem.catalog import source as data_source
+from landscope.problem.sources import SOURCES as DATA_SOURCES
+from landscope.problem.sources import availability_problem, fetch_home
 from landscope.report.claims import sweep_sequences
 from landscope.settings import surface_runs
 
@@ -77,7 +80,7 @@ def get_run_parts(wildcards, table):
 
 def get_report_inputs(wildcards):
     tables = ("ab_region", "ab_frontier", "ab_grid", "pl", "condition_summary", "seed_conditions",
-              "margin_sensitivity")
+              "margin_sensitivity", *CONDITION_TABLES)
     out = [f"results/tables/{t}/experiment={wildcards.experiment}/part-00000.parquet" for t in tables]
     for t in ("runs", "train", "snapshots", "minimizers"):
         out += get_run_parts(wildcards, t)
@@ -106,7 +109,9 @@ def get_all_reports():
 
 
 def get_all_summaries():
-    return [f"results/tables/condition_summary/experiment={e}/part-00000.parquet" for e in STUDY.experiments]
+    """Every experiment's condition_summary and classical-condition parts (the index and the database read them)."""
+    return [f"results/tables/{t}/experiment={e}/part-00000.parquet"
+            for e in STUDY.experiments for t in ("condition_summary", *CONDITION_TABLES)]
 
 
 def get_experiment_spec(wildcards):
@@ -197,7 +202,8 @@ def get_curvature_parts(wildcards):
     plateaus = [f"results/tables/plateaus/experiment={wildcards.experiment}/part-00000.parquet"]
     if not STUDY.experiments[wildcards.experiment].raw["curvature"]["enabled"]:
         return plateaus
-    return get_run_parts(wildcards, "curvature") + plateaus
+    return [part for table in ("curvature", "spectrum", "block_curvature", "stationarity", "flatness")
+            for part in get_run_parts(wildcards, table)] + plateaus  # every table the curvature job writes
 
 
 # ----------------------------------------------------------------------------------- surfaces
@@ -239,3 +245,73 @@ def get_path_iterates(wildcards):
     run = STUDY.run(wildcards.experiment, wildcards.run)
     ckpt = f"results/checkpoints/experiment={run.experiment}/run={run.run}"
     return [f"{ckpt}/path-segment={j:05d}.{ext}" for j in range(run.n_segments) for ext in ("pt", "json")]
+
+
+# ----------------------------------------------------------------------------------- condition bounds
+CONDITION_TABLES = ("condition_constants", "condition_bounds", "condition_bound_curve")  # what the pages read
+
+
+def get_runs_parts(wildcards):
+    """The runs part of every run of the experiment (batch size against n_train: full-batch GD has no noise)."""
+    return get_run_parts(wildcards, "runs")
+
+
+def get_curvature_tables(wildcards):
+    """The experiment's curvature parts, one per run ([] when curvature is disabled: L is then unknown)."""
+    if not STUDY.experiments[wildcards.experiment].raw["curvature"]["enabled"]:
+        return []
+    return get_run_parts(wildcards, "curvature")
+
+
+# --- cluster: resources the executor plugins read (docs/cluster.md) ------------------------------
+def get_gpu(wildcards):
+    """1 when the run computes on CUDA (config key ``device: cuda``), else None. None leaves the key out
+    of the job's resources; a 0 would stay in them (Snakemake 9 keeps ``gpu: 0``), and the Kubernetes
+    plugin takes any ``gpu`` key for a GPU request. Rules give it as ``gpu`` (SLURM, Kubernetes) and as
+    ``nvidia_gpu`` (Google Batch)."""
+    return 1 if STUDY.run(wildcards.experiment, wildcards.run).device == "cuda" else None
+
+
+# --- data fetching
+# Experiments with `if_data_missing: fetch` whose built-in dataset landscope can download: their train
+# jobs wait for the dataset's fetch_data record (workflow/rules/data.smk).
+
+
+def get_fetched_dataset(experiment):
+    """The dataset the experiment's train jobs have fetched first, or None (another if_data_missing, or a
+    dataset that cannot be downloaded)."""
+    raw = STUDY.experiments[experiment].raw
+    name = raw["dataset"]["name"]
+    if raw["if_data_missing"] != "fetch" or name not in DATA_SOURCES or not DATA_SOURCES[name].downloads:
+        return None
+    return name
+
+
+def get_fetch_record(wildcards):
+    """The fetch_data record the run's train job waits for. It is an input whether or not the data is here
+    at planning time, so that the set of inputs stays the same once the data has arrived (a changed set
+    would re-run every train job), and ancient, so that its time re-runs nothing."""
+    name = get_fetched_dataset(wildcards.experiment)
+    return [ancient(f"resources/data/{name}.json")] if name else []
+
+
+def fetch_data_dir(dataset):
+    """The data directory the dataset's experiments read (the dataset's own data_dir, else the study's):
+    the fetch puts the data there (or, when none is set, in $LANDSCOPE_DATA or the user cache)."""
+    for name in STUDY.experiments:
+        if get_fetched_dataset(name) == dataset:
+            run = STUDY.experiments[name].runs[0]
+            return run.dataset.get("data_dir") or run.data_dir
+    raise ValueError(f"no experiment fetches dataset {dataset!r}")
+
+
+def get_fetch_data_dir(wildcards):
+    return fetch_data_dir(wildcards.dataset)
+
+
+for _dataset in sorted({d for d in map(get_fetched_dataset, STUDY.experiments) if d}):
+    if availability_problem({"name": _dataset}, fetch_data_dir(_dataset)):
+        _row = data_source(_dataset)
+        _what = f"{_row.size / 1e6:.1f} MB from {_row.url}" if _row else "with `landscope data fetch`"
+        print(f"landscope: dataset {_dataset} is not here: its fetch_data job gets it ({_what}, verified) "
+              f"into {fetch_home(fetch_data_dir(_dataset))}", file=sys.stderr)

@@ -26,7 +26,8 @@ rule curvature:
     resources:
         mem_mb=2000,
         runtime=30,
-        gpu=0,
+        gpu=get_gpu,
+        nvidia_gpu=get_gpu,
     conda:
         ENV
     script:
@@ -53,7 +54,6 @@ rule plateaus:
     resources:
         mem_mb=1000,
         runtime=10,
-        gpu=0,
     conda:
         ENV
     script:

