@@ -75,37 +75,40 @@ def cpu_ratio(num: list, den: list) -> float:
 
 
 # ----------------------------------------------------------------------------------- a, b: training and replay
-def run_spec(model: dict, steps: int, directions_every=None, threads: int = 1, schedule=None):
+def run_spec(model: dict, steps: int, directions_every=None, threads: int = 1, schedule=None, device: str = "cpu"):
     from landscope.config import load_study
 
     exp = {"model": model, "dataset": {"name": "digits"}, "optimizer": {"name": "sgd", "lr": 0.05},
            "batch_size": 64, "steps": steps, "snapshot_every": steps, "directions_every": directions_every}
     if schedule:
         exp["schedule"] = schedule
-    return load_study({"device": "cpu", "torch_threads": threads, "experiments": {"bench": exp}}).experiments["bench"].runs[0]
+    return load_study({"device": device, "torch_threads": threads, "experiments": {"bench": exp}}).experiments["bench"].runs[0]
 
 
 def bare_train(spec, at_min=None):
     """A plain PyTorch loop: the same data, initialisation, batches, SGD and steps as the run
     ``spec``, nothing recorded. With ``at_min`` (a model), also one no-grad forward of it on every
-    step's batch, as a replay must do: the floor of the replay's cost."""
+    step's batch, as a replay must do: the floor of the replay's cost. On the spec's device (on a
+    GPU it waits for the device before returning, so that a wall-clock timing covers the work)."""
     import torch
 
-    from landscope.problem.build import batch_indices
+    from landscope.problem.build import batch_indices, resolve_device
     from landscope.problem.data import load_dataset
     from landscope.problem.models import build_model, loss_for
 
     torch.set_num_threads(spec.torch_threads)
+    device = resolve_device(spec.device)
     data = load_dataset(spec.dataset, spec.data_dir)
     n_classes = data.meta.get("n_classes") or int(data.y.max()) + 1
     torch.manual_seed(spec.seed)
-    model = build_model(spec.model, int(data.x[0].numel()), n_classes).train()
+    model = build_model(spec.model, int(data.x[0].numel()), n_classes).to(device).train()
     loss_fn = loss_for(model, spec.loss)
     opt = torch.optim.SGD(model.parameters(), lr=float(spec.optimizer["lr"]))
     n = len(data)
+    x, y = data.x.to(device), data.y.to(device)
     for step in range(spec.steps):
-        idx = batch_indices(n, spec.batch_size, spec.seed, step)
-        xb, yb = data.x[idx], data.y[idx]
+        idx = batch_indices(n, spec.batch_size, spec.seed, step).to(device)
+        xb, yb = x[idx], y[idx]
         loss = loss_fn(model, model(xb), yb).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -113,7 +116,16 @@ def bare_train(spec, at_min=None):
             with torch.no_grad():
                 loss_fn(at_min, at_min(xb), yb).mean()
         opt.step()
+    synchronize(device)
     return model
+
+
+def synchronize(device) -> None:
+    """Wait for the device's queued work (a no-op on a CPU): GPU kernels run asynchronously."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def interleaved_steps(spec, rounds: int, block: int = 50) -> tuple[float, float]:
@@ -128,10 +140,10 @@ def interleaved_steps(spec, rounds: int, block: int = 50) -> tuple[float, float]
     problem = build.build_problem(spec)
     model, loss_fn, data = problem.model, problem.loss_fn, problem.data
     opt = make_optimizer(spec.optimizer, model.parameters())
-    record = torch.empty(rounds * block * 2, dtype=torch.float64)
+    record = torch.empty(rounds * block * 2, dtype=torch.float64, device=problem.device)
 
     def bare(step):
-        idx = build.batch_indices(len(data), spec.batch_size, spec.seed, step)
+        idx = build.batch_indices(len(data), spec.batch_size, spec.seed, step).to(problem.device)
         loss = loss_fn(model, model(data.x[idx]), data.y[idx]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -143,22 +155,25 @@ def interleaved_steps(spec, rounds: int, block: int = 50) -> tuple[float, float]
     got, step = {bare: [], ours: []}, 0
     for r in range(rounds):
         for fn in (bare, ours) if r % 2 == 0 else (ours, bare):
+            synchronize(problem.device)
             t0 = time.perf_counter()
             for _ in range(block):
                 fn(step)
                 step += 1
+            synchronize(problem.device)
             got[fn].append((time.perf_counter() - t0) / block)
     return statistics.median(got[ours]), statistics.median(got[bare])
 
 
-def train_and_replay(label: str, model: dict, steps: int, repeats: int, study_every=None) -> list[dict]:
-    """Rows a (training overhead), b (replay ratio, its floor, and with the study's full-batch rows)."""
+def train_and_replay(label: str, model: dict, steps: int, repeats: int, study_every=None,
+                     device: str = "cpu") -> list[dict]:
+    """Rows a (training overhead), b (replay ratio, its floor, and with the study's full-batch rows),
+    on ``device`` (benchmarks/gpu_check.py runs them on a GPU)."""
     import torch
 
-
-    spec = run_spec(model, steps)
+    spec = run_spec(model, steps, device=device)
     tmp = Path(tempfile.mkdtemp(prefix="landscope-bench-"))
-    warm = run_spec(model, 4)  # first calls pay one-time costs (lazy imports in torch.optim: ~1 s)
+    warm = run_spec(model, 4, device=device)  # first calls pay one-time costs (lazy imports in torch.optim: ~1 s)
     bare_train(warm)
     train.train_run(warm, tmp / "warm", tmp / "warm-res")
     bare_s, train_s = [], []
@@ -171,7 +186,7 @@ def train_and_replay(label: str, model: dict, steps: int, repeats: int, study_ev
             else:
                 train_s.append(timed_both(lambda ck=ck, res=res: train.train_run(spec, ck, res)))
     final = rundir.load_checkpoint(rundir.checkpoint_path(ck, steps))["model"]
-    identical = all(torch.equal(v, final[k]) for k, v in bare.state_dict().items())
+    identical = all(torch.equal(v.cpu(), final[k]) for k, v in bare.state_dict().items())
     rows = [row("a", f"{label}: instrumented training vs bare loop", min(train_s)[0], min(bare_s)[0], "s", 1.05,
                 steps=steps, identical_parameters=identical, cpu_ratio=cpu_ratio(train_s, bare_s))]
     if not identical:
@@ -192,7 +207,7 @@ def train_and_replay(label: str, model: dict, steps: int, repeats: int, study_ev
     rows.append(row("b", f"{label}: the same without its 2 full-batch rows (f, grad f at both ends)",
                     min(loop_s)[0], min(train_s)[0], "s", 1.40, steps=steps, cpu_ratio=cpu_ratio(loop_s, train_s)))
     if study_every:  # the study's setting: full-batch direction rows every so many steps as well
-        spec_d = run_spec(model, steps, directions_every=study_every)
+        spec_d = run_spec(model, steps, directions_every=study_every, device=device)
         ckd, resd = tmp / "ckd", tmp / "resd"
         train.train_run(spec_d, ckd, resd)
         snapshot.select_minimizer(spec_d, ckd, snapshot.snapshot_run(spec_d, ckd, resd), ckd / "minimizer.pt", resd)
