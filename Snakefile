@@ -42,6 +42,7 @@ rule all:
         "reports/index.html",
         "reports/table2.html",
         get_all_reports(),
+        get_report_folder(),
         "results/landscope.duckdb",
         get_all_curvature_parts(),
         get_all_surfaces_parts(),

@@ -12,8 +12,11 @@ import pytest
 import yaml
 from conftest import ROOT, job_stats, run_snakemake
 
+from landscope.config import load_study
+
 PROFILES = ROOT / "profiles"
-LOCAL_RULES = {"conditions", "plateaus", "bounds", "report", "report_index", "table2", "database", "fetch_data", "all"}
+LOCAL_RULES = {"conditions", "plateaus", "bounds", "report", "report_index", "table2", "database", "fetch_data",
+               "report_site", "all"}
 TORCH_RULES = {"train", "evaluate", "curvature", "surfaces"}
 STORAGE_KEYS = {"default-storage-provider", "default-storage-prefix"}  # a dry run would ask the bucket
 
@@ -44,7 +47,9 @@ def test_the_localrules_are_the_rules_that_only_read_tables():
     """The Snakefile's localrules list (what runs on the login node) is the list these tests assume."""
     text = (ROOT / "Snakefile").read_text()
     declared = set(re.findall(r"^\s+(\w+),$", text.split("localrules:", 1)[1].split("\n\n", 1)[0], flags=re.MULTILINE))
-    assert declared | {"all", "fetch_data"} == LOCAL_RULES  # fetch_data: declared in workflow/rules/data.smk
+    # fetch_data and report_site: declared beside them, in workflow/rules/data.smk and report.smk
+    assert declared | {"all", "fetch_data", "report_site"} == LOCAL_RULES
+    assert "localrules:\n    report_site,\n" in (ROOT / "workflow" / "rules" / "report.smk").read_text()
     assert not declared & TORCH_RULES
 
 
@@ -61,6 +66,31 @@ def test_gpu_resources_exist_only_when_the_device_is_cuda(device, gpu, tmp_path)
             keys = dict(kv.split("=", 1) for kv in line.split(", ") if "=" in kv)
             want = {"gpu": str(gpu), "nvidia_gpu": str(gpu)} if gpu and rule in TORCH_RULES else {}
             assert {k: v for k, v in keys.items() if "gpu" in k} == want, (rule, line)
+
+
+def inputs_by_rule(text: str) -> dict[str, list[str]]:
+    """rule -> the input lists of its planned jobs, as `snakemake -n` prints them."""
+    out: dict[str, list[str]] = {}
+    for rule, body in re.findall(r"^\s*rule (\w+):\n(.*?)(?=^\s*$)", text, flags=re.MULTILINE | re.DOTALL):
+        line = re.search(r"^\s*input: (.*)$", body, flags=re.MULTILINE)
+        out.setdefault(rule, []).append(line.group(1) if line else "")
+    return out
+
+
+def test_jobs_that_read_x_k_declare_its_sidecar(tmp_path):
+    """Without a shared file system only declared files reach a job: every job that loads x_K (which
+    checks it against its sidecar) declares minimizer.json of its own run, and so does the page of an
+    analytic experiment (its path plot reads x_K), one per run; other pages do not read x_K."""
+    inputs = inputs_by_rule(plan(tmp_path, ROOT / "config" / "config.yaml"))
+    for rule in ("evaluate", "curvature", "surfaces"):
+        assert inputs[rule], rule
+        for line in inputs[rule]:
+            folders = set(re.findall(r"(results/checkpoints/experiment=[^/]+/run=[^/,]+)/minimizer\.pt", line))
+            assert len(folders) == 1 and f"{folders.pop()}/minimizer.json" in line, (rule, line)
+    pages = {re.search(r"experiment=(\w+)", line).group(1): line for line in inputs["report"]}
+    runs = {e.name: len(e.runs) for e in load_study(str(ROOT / "config" / "config.yaml")).experiments.values()}
+    assert pages["example1"].count("/minimizer.json") == runs["example1"] > 1
+    assert "/minimizer.json" not in pages["digits_mlp"]
 
 
 @pytest.mark.parametrize("config", ["smoke", "config"])

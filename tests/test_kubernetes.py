@@ -204,7 +204,14 @@ def test_kubernetes_pod_specs_ask_for_a_gpu_only_when_the_device_is_cuda(device,
 @pytest.mark.slow
 def test_kubernetes_profile_runs_the_smoke_study_one_pod_per_run(s3, tmp_path):
     """Every job of the smoke DAG: the runs' chains in pods (run here by the fake API), the rules
-    that read tables on this machine; everything through the bucket."""
+    that read tables on this machine; everything through the bucket.
+
+    Not run one pod per job: the replay, curvature and surfaces jobs read the run's checkpoints,
+    whose number depends on the run. A rule cannot declare a per-run number of files (outputs are
+    not functions of the wildcards) except as one directory() output, and a directory output through
+    snakemake-storage-plugin-s3 0.3.6 is never seen: its pre-job existence check caches "not a
+    folder", and after the upload Snakemake reports the folder "missing in storage" (tried here: every
+    pod's job then fails, grouped or not). docs/cluster.md says so."""
     out = run_kubernetes(tmp_path, s3)
     assert out.returncode == 0, out.stderr[-6000:]
     bodies = job_bodies(tmp_path)

@@ -1,7 +1,9 @@
-"""`snakemake --report`: after a run, the report holds the workflow description, the study's pages
-(byte for byte) under their categories, and each page's caption rendered for its experiment."""
+"""`snakemake --report`: after a run, the report holds the workflow description and the study's pages
+(byte for byte) in one folder under one entry with its caption, so that every page's links lead to
+pages inside the zip."""
 
 import json
+import posixpath
 import re
 import zipfile
 
@@ -14,39 +16,44 @@ STUDY = {"device": "cpu", "experiments": {"tinyrep": {
     "dataset": {"name": "digits", "n_train": 128}, "optimizer": {"name": "sgd", "lr": 0.5},
     "batch_size": 16, "steps": 16, "snapshot_every": 8, "seeds": [0], "conditions": {"grid_size": 6},
     "curvature": {"enabled": False}, "surfaces": {"enabled": False}}}}
+SITE = "results/report/study"  # report_site's folder (workflow/rules/report.smk)
 
 
 def _snakemake(work, *args):
     return run_snakemake(work, work / "study.yaml", *args)
 
 
+def links(html: str) -> list[str]:
+    """The relative links of a page (href values that are neither anchors nor absolute URLs)."""
+    return [h for h in re.findall(r"""href=["']([^"']+)["']""", html) if not re.match(r"[a-z]+:|#|/", h)]
+
+
 @pytest.mark.slow
-def test_snakemake_report_has_the_pages_with_captions_and_categories(tmp_path):
+def test_snakemake_report_holds_the_pages_linked_to_one_another(tmp_path):
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(STUDY))
-    _snakemake(tmp_path)
+    _snakemake(tmp_path)  # the default target: the pages, and the folder for the report
     _snakemake(tmp_path, "--report", str(tmp_path / "report.zip"))
     with zipfile.ZipFile(tmp_path / "report.zip") as z:
-        names = z.namelist()
-        pages = {n.rsplit("/", 1)[1]: z.read(n) for n in names if n.startswith("report/data/raw/")}
+        names = set(z.namelist())
+        raw = {n: z.read(n) for n in names if n.startswith("report/data/raw/")}
         main = z.read("report/report.html").decode()
-    # exactly the three flagged pages, identical to the ones the workflow wrote
-    assert sorted(pages) == ["index.html", "table2.html", "tinyrep.html"]
-    for name, data in pages.items():
-        assert data == (tmp_path / "reports" / name).read_bytes(), name
-    # the report's own data: each page's category, labels and rendered caption (workflow/report/*.rst)
+    # the three pages together in one folder, as the workflow wrote them
+    (site,) = {n.rsplit("/", 1)[0] for n in raw}
+    assert sorted(n.rsplit("/", 1)[1] for n in raw) == ["index.html", "table2.html", "tinyrep.html"]
+    for n, data in raw.items():
+        assert data == (tmp_path / "reports" / n.rsplit("/", 1)[1]).read_bytes(), n
+    # every link of every page resolves to a file of the zip
+    for n, data in raw.items():
+        for href in links(data.decode()):
+            assert posixpath.normpath(f"{site}/{href}") in names, (n, href)
+    assert sorted(links(raw[f"{site}/index.html"].decode())) == ["table2.html", "tinyrep.html"]
+    assert links(raw[f"{site}/tinyrep.html"].decode()) == ["index.html"]  # back to all experiments
+    # the report's own data: the entry's category, labels and caption (workflow/report/index.rst)
     results = json.loads(re.search(r"var results = (\{.*?\});\n", main).group(1))
     categories = json.loads(re.search(r"var categories = (\{.*?\});\n", main).group(1))
-    assert categories == {"Overview": {"Other": ["reports/index.html", "reports/table2.html"]},
-                          "Experiments": {"Other": ["reports/tinyrep.html"]}}
-    assert {k: v["labels"] for k, v in results.items()} == {
-        "reports/index.html": {"page": "index"}, "reports/table2.html": {"page": "Table 2"},
-        "reports/tinyrep.html": {"experiment": "tinyrep", "page": "report"}}
-    caption = {k: v["caption"] for k, v in results.items()}
-    # the experiment's name filled in by Jinja
-    assert caption["reports/tinyrep.html"].startswith(
-        '<p>Experiment <tt class="docutils literal">tinyrep</tt>: the min-T heatmaps')
-    assert "landscope figures tinyrep" in caption["reports/tinyrep.html"]
-    assert "Table 2, measured" in caption["reports/table2.html"]
-    assert "verdict per sweep point" in caption["reports/index.html"]
+    assert categories == {"Overview": {"Other": [f"{SITE}/index.html"]}}
+    assert {k: v["labels"] for k, v in results.items()} == {f"{SITE}/index.html": {"page": "index"}}
+    caption = " ".join(results[f"{SITE}/index.html"]["caption"].split())
+    assert "verdict per sweep point" in caption and "Table 2" in caption and "landscope figures" in caption
     # the workflow description, with the study's size from the config
     assert "1 experiment(s) in the config" in main

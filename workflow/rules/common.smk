@@ -263,13 +263,29 @@ def get_curvature_tables(wildcards):
     return get_run_parts(wildcards, "curvature")
 
 
-# --- cluster: resources the executor plugins read (docs/cluster.md) ------------------------------
+# --- cluster: resources the executor plugins read, files declared for storage (docs/cluster.md)
 def get_gpu(wildcards):
     """1 when the run computes on CUDA (config key ``device: cuda``), else None. None leaves the key out
     of the job's resources; a 0 would stay in them (Snakemake 9 keeps ``gpu: 0``), and the Kubernetes
     plugin takes any ``gpu`` key for a GPU request. Rules give it as ``gpu`` (SLURM, Kubernetes) and as
     ``nvidia_gpu`` (Google Batch)."""
     return 1 if STUDY.run(wildcards.experiment, wildcards.run).device == "cuda" else None
+
+
+def get_report_sidecars(wildcards):
+    """x_K's sidecars, which an analytic experiment's page reads with x_K (get_report_inputs) to check it:
+    declared, so that they reach the page without a shared file system."""
+    if not is_analytic(wildcards.experiment):
+        return []
+    return [f"results/checkpoints/experiment={r.experiment}/run={r.run}/minimizer.json"
+            for r in get_experiment_runs(wildcards.experiment)]
+
+
+def get_report_folder():
+    """report_site's folder (the pages for `snakemake --report`), a target of rule all, except when files
+    travel through a storage provider (profiles/kubernetes): a directory output through
+    snakemake-storage-plugin-s3 0.3.6 is reported missing after its upload (docs/cluster.md)."""
+    return [] if workflow.storage_settings.default_storage_provider else ["results/report/study"]
 
 
 # --- data fetching

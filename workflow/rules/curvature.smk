@@ -8,6 +8,7 @@ rule curvature:
     input:
         manifest=f"{CKPT}/manifest.json",
         minimizer=f"{CKPT}/minimizer.pt",
+        minimizer_sidecar=f"{CKPT}/minimizer.json",
     output:
         curvature="results/tables/curvature/experiment={experiment}/run={run}/part-00000.parquet",
         spectrum="results/tables/spectrum/experiment={experiment}/run={run}/part-00000.parquet",

@@ -8,6 +8,7 @@ rule evaluate:
     input:
         manifest=f"{CKPT}/manifest.json",
         minimizer=f"{CKPT}/minimizer.pt",
+        minimizer_sidecar=f"{CKPT}/minimizer.json",
     output:
         steps="results/tables/steps/experiment={experiment}/run={run}/part-{segment}.parquet",
         directions="results/tables/directions/experiment={experiment}/run={run}/part-{segment}.parquet",

@@ -2,9 +2,9 @@ rule report:
     """One self-contained HTML page per experiment (JavaScript inlined; opens offline)."""
     input:
         get_report_inputs,
+        sidecars=get_report_sidecars,
     output:
-        report("reports/{experiment}.html", caption="../report/experiment.rst", category="Experiments",
-               labels={"experiment": "{experiment}", "page": "report"}),
+        "reports/{experiment}.html",  # in `snakemake --report` through report_site, where its links work
     wildcard_constraints:
         experiment=r"(?!(?:index|table2)\.html$)[a-z][a-z0-9_-]*",
     params:
@@ -35,8 +35,7 @@ rule report_index:
         reports=get_all_reports(),
         table2="reports/table2.html",
     output:
-        report("reports/index.html", caption="../report/index.rst", category="Overview",
-               labels={"page": "index"}),
+        "reports/index.html",  # in `snakemake --report` through report_site, where its links work
     params:
         experiments=list(STUDY.experiments),
         skipped=get_skipped(),
@@ -53,14 +52,38 @@ rule report_index:
         "../scripts/report_index.py"
 
 
+localrules:
+    report_site,
+
+
+rule report_site:
+    """The index, Table 2 and the experiment pages side by side in one folder, the study's one entry in
+    `snakemake --report report.zip`. The zip keeps each report() file in a folder of its own
+    (data/raw/<id>/), where the pages' links to one another would lead nowhere; a folder marked with
+    htmlindex travels whole and opens at its index. A copy of the pages (about 1.5 MB each), made where
+    Snakemake runs; reports/ stays the folder to open."""
+    input:
+        index="reports/index.html",
+        table2="reports/table2.html",
+        pages=get_all_reports(),
+    output:
+        report(directory("results/report/study"), htmlindex="index.html", caption="../report/index.rst",
+               category="Overview", labels={"page": "index"}),
+    log:
+        "logs/report_site.log",
+    conda:
+        ENV
+    shell:
+        "(mkdir -p {output} && cp {input} {output}/) 2> {log}"
+
+
 rule table2:
     """reports/table2.html: constants and non-vanishing term along width, channels, depth, batch
     size, optimizer and model sweeps, with the measured direction beside the paper's claim."""
     input:
         get_table2_summaries(),
     output:
-        report("reports/table2.html", caption="../report/table2.rst", category="Overview",
-               labels={"page": "Table 2"}),
+        "reports/table2.html",  # in `snakemake --report` through report_site, where its links work
     params:
         sequences=get_table2_sequences(),
         results=get_table2_results,

@@ -6,6 +6,7 @@ rule surfaces:
     input:
         manifest=f"{CKPT}/manifest.json",
         minimizer=f"{CKPT}/minimizer.pt",
+        minimizer_sidecar=f"{CKPT}/minimizer.json",
         path_iterates=get_path_iterates,
     output:
         surface_1d="results/tables/surface_1d/experiment={experiment}/run={run}/part-00000.parquet",
