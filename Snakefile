@@ -8,7 +8,7 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-# `snakemake --report report.zip` after a run: these pages with captions, under this description.
+# After a run, "snakemake --report report.zip" packs these pages with captions, under this description.
 report: "workflow/report/workflow.rst"
 
 
