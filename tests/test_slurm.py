@@ -170,7 +170,8 @@ import polars as pl  # noqa: E402 (the stub above runs on every sacct call: it i
 import pytest  # noqa: E402
 from conftest import ROOT, job_stats, run_pipeline, snakemake_cmd  # noqa: E402
 
-LOCAL_RULES = {"conditions", "plateaus", "bounds", "report", "report_index", "table2", "database", "fetch_data", "all"}
+LOCAL_RULES = {"conditions", "plateaus", "bounds", "report", "report_index", "report_site", "table2", "database",
+               "fetch_data", "all"}
 SMOKE_RUNS = 4  # halfspace seed-0/1, digits_mlp width-8/32
 STEPS_COLUMNS = ["step", "lr", "batch_loss", "batch_loss_at_min", "grad_dot_dir", "grad_norm", "dist_to_min"]
 
@@ -243,7 +244,7 @@ def test_slurm_profile_runs_the_smoke_study_one_sbatch_job_per_rule_job(slurm_un
     planned = job_stats(text)
     jobs = submissions(work)
     assert Counter(submitted_rule(j) for j in jobs) == {r: n for r, n in planned.items() if r not in LOCAL_RULES}
-    assert sum(planned[r] for r in LOCAL_RULES) == 12  # 2 experiments x (conditions, plateaus, bounds, report) + 4
+    assert sum(planned[r] for r in LOCAL_RULES) == 13  # 2 experiments x (conditions, plateaus, bounds, report) + 5
     declared = declared_resources()
     for job in jobs:
         rule = submitted_rule(job)
