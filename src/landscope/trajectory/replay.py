@@ -5,14 +5,17 @@ training step with the same batches, used by the evaluate job (every step measur
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import functools
+import itertools
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -161,32 +164,142 @@ def minimizer_reference(spec: RunSpec, model: nn.Module, params_k: list[torch.Te
     return ProjectedMinimizer(model, params_k)
 
 
+def flat_views(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Views of the vector ``flat`` shaped like the tensors ``like``, in the layout of evaluate.flatten:
+    copying a tensor into its view writes its slice of ``flat``."""
+    return [v.view(t.shape) for v, t in zip(flat.split([t.numel() for t in like]), like)]
+
+
+class StepGram:
+    """Per step, the Gram matrix of (g, d) = (grad f_{i_k}(x_k), x_k - x_K) in float64: row i of
+    ``grams`` holds (|g|^2, <g, d>, <d, g>, |d|^2) of the i-th step measured.
+
+    g and d are written side by side into one preallocated 2 x n float64 buffer, each by one
+    multi-tensor copy into views of the buffer (float32 converts to float64 exactly: the products are
+    exact, only the float64 sums round; concatenating into the buffer was up to twice as slow); x_K is
+    subtracted in one kernel; one BLAS product of the buffer with its transpose gives the three
+    numbers. Four calls per step, no allocation, nothing sent to the host.
+    """
+
+    def __init__(self, params: list[torch.Tensor], reference, n_steps: int, device: torch.device):
+        self.params = [p.detach() for p in params]  # the live values: the optimizer updates them in place
+        self.reference = reference
+        self.pair = torch.empty(2, sum(p.numel() for p in params), dtype=torch.float64, device=device)
+        self.direction = self.pair[1]
+        self.g, self.d = flat_views(self.pair[0], params), flat_views(self.direction, params)
+        self.grams = torch.empty(n_steps, 4, dtype=torch.float64, device=device)
+        self.squares = self.grams.view(n_steps, 2, 2)
+
+    def add(self, i: int, grads: list[torch.Tensor]) -> None:
+        """Row ``i``: ``grads`` is g, the parameters are x_k, the reference holds x_K."""
+        torch._foreach_copy_(self.g, grads)
+        torch._foreach_copy_(self.d, self.params)
+        self.direction.sub_(self.reference.flat)
+        torch.mm(self.pair, self.pair.T, out=self.squares[i])
+
+
 STEP_COLUMNS = ("batch_loss", "batch_loss_at_min", "batch_loss_star", "grad_dot_dir", "grad_norm", "dist_to_min")
 CPU_FORWARD_SAMPLES = 512  # measured: MLP and CNN forwards on one core are fastest near 512 samples
 
 
 def losses_at(problem: Problem, model: nn.Module, steps: range) -> torch.Tensor:
-    """f_{i_k}(x) for every step k in ``steps`` (float64), the batches of many steps in one no-grad
-    forward of up to ``eval_batch_size`` samples (on a CPU at most ~512: larger activations leave
-    the cache and are slower, 1.4-1.7x per-step forwards here). Valid only for a model without
-    batch-dependent layers (no batch-norm in batch-statistics mode): each sample's loss is its own."""
+    """f_{i_k}(x) for every step k in ``steps`` (float64), bit for bit what the reference computation
+    gives, with far fewer forwards. Valid for a model whose layers treat every sample on its own but
+    for batch-norm layers in batch-statistics mode (_deferred_losses_at_min checks it).
+
+    The reference (:func:`stacked_losses`) stacks the batches of ``per`` steps into one no-grad forward
+    of up to ``eval_batch_size`` samples (on a CPU at most ~512: larger activations leave the cache and
+    are slower), or, with batch-norm, takes one forward per step. The shortcuts: without batch-norm,
+    every distinct sample of the whole groups goes through a forward once, however many steps use it
+    (:func:`distinct_sample_losses`: a segment longer than an epoch costs one pass over the training
+    set); with batch-norm, ``per`` steps are stacked all the same, each batch-norm layer normalising
+    every step's batch on its own (:func:`per_batch_norm`). Each shortcut is compared bit for bit with
+    the reference on its first group and replaced by it on any difference (a matrix-vector product,
+    e.g. a one-output linear layer, may round a sample by its position in the forward)."""
     spec = problem.spec
     samples = spec.eval_batch_size if problem.device.type != "cpu" else min(spec.eval_batch_size, CPU_FORWARD_SAMPLES)
-    per = max(1, samples // spec.batch_size)
-    out = torch.empty(len(steps), dtype=torch.float64, device=problem.device)
-    with torch.no_grad():
-        for a in range(0, len(steps), per):
-            chunk = steps[a:a + per]
-            idx = torch.cat([problem.batch(s) for s in chunk]).to(problem.device)
-            losses = problem.loss_fn(model, model(problem.data.x[idx]), problem.data.y[idx])
-            out[a:a + len(chunk)] = losses.reshape(len(chunk), -1).mean(1).double()
-    return out
+    per = max(1, samples // spec.batch_size)  # steps a stacked forward
+    batches = torch.stack([problem.batch(s) for s in steps]).to(problem.device)  # (steps, batch_size)
+    with torch.inference_mode():
+        if batch_statistics_norms(model):  # the reference: one forward per step
+            fast, reference = functools.partial(stacked_losses, per=per), functools.partial(stacked_losses, per=1)
+            return _checked(problem, model, batches, per, fast, reference)
+        full = len(steps) - len(steps) % per  # the whole groups; a last, shorter one is stacked as it is
+        fast = functools.partial(distinct_sample_losses, rows=per * spec.batch_size)
+        reference = functools.partial(stacked_losses, per=per)
+        parts = [_checked(problem, model, batches[:full], per, fast, reference)] if full else []
+        if full < len(steps):
+            parts.append(reference(problem, model, batches[full:]))
+        return torch.cat(parts)
+
+
+def _checked(problem: Problem, model: nn.Module, batches: torch.Tensor, per: int, fast: Callable,
+             reference: Callable) -> torch.Tensor:
+    """``fast``'s losses of ``batches``, unless its first ``per`` differ from ``reference``'s in any bit:
+    then ``reference``'s (both called as f(problem, model, batches))."""
+    got = fast(problem, model, batches)
+    if torch.equal(got[:per], reference(problem, model, batches[:per])):
+        return got
+    log.info("run %s/%s: stacked forwards round the losses at x_K differently: measuring them as before",
+             problem.spec.experiment, problem.spec.run)
+    return reference(problem, model, batches)
+
+
+def batch_statistics_norms(model: nn.Module) -> list[nn.Module]:
+    """The batch-norm layers of ``model`` that normalise with the statistics of their batch (in
+    training mode): the layers that make a sample's loss depend on the rest of its batch."""
+    return [m for m in batchnorm_modules(model) if m.training]
+
+
+def stacked_losses(problem: Problem, model: nn.Module, batches: torch.Tensor, per: int) -> torch.Tensor:
+    """The loss of each row of ``batches`` (steps x batch_size sample indices; float64) by forwards of
+    ``per`` steps' batches stacked, every batch-norm layer in batch-statistics mode normalising each
+    step's batch with that batch's statistics (with ``per`` = 1: one forward per step)."""
+    x, y = problem.data.x, problem.data.y
+    out = []
+    with per_batch_norm(model, batches.shape[1]):
+        for group in batches.split(per):
+            rows = group.reshape(-1)
+            out.append(problem.loss_fn(model, model(x[rows]), y[rows]).reshape(len(group), -1).mean(1))
+    return torch.cat(out).double()
+
+
+def distinct_sample_losses(problem: Problem, model: nn.Module, batches: torch.Tensor, rows: int) -> torch.Tensor:
+    """The mean loss of each row of ``batches`` (steps x batch_size sample indices; float64) from the
+    losses of its samples, every distinct sample through a forward once, in forwards of exactly
+    ``rows`` samples (the last one padded with repeats): for a model whose every sample's loss is its
+    own, those of :func:`stacked_losses` with forwards of ``rows`` samples."""
+    distinct, where = torch.unique(batches, return_inverse=True)
+    padded = torch.cat([distinct, distinct[:1].expand(-len(distinct) % rows)])
+    x, y = problem.data.x, problem.data.y
+    per_sample = torch.cat([problem.loss_fn(model, model(x[c]), y[c]).reshape(len(c), -1) for c in padded.split(rows)])
+    return per_sample[where].reshape(len(batches), -1).mean(1).double()
+
+
+@contextlib.contextmanager
+def per_batch_norm(model: nn.Module, batch_size: int):
+    """Inside, every batch-norm layer of ``model`` in batch-statistics mode normalises each run of
+    ``batch_size`` samples of its input with their own statistics (the layer's own kernel on each
+    slice): a forward of several steps' batches stacked gives each sample what a forward of its
+    step's batch alone gives."""
+    norms = batch_statistics_norms(model)
+    for m in norms:
+        m.forward = functools.partial(_normalise_each, m.forward, batch_size)
+    try:
+        yield model
+    finally:
+        for m in norms:
+            del m.forward  # the class's forward again
+
+
+def _normalise_each(forward: Callable, batch_size: int, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([forward(part) for part in x.split(batch_size)])
 
 
 def loss_at(problem: Problem, model: nn.Module, step: int) -> torch.Tensor:
     """f_{i_k}(x) of one step's batch (no grad, float64)."""
     idx = problem.batch(step).to(problem.device)
-    with torch.no_grad():
+    with torch.inference_mode():
         return problem.loss_fn(model, model(problem.data.x[idx]), problem.data.y[idx]).mean().double()
 
 
@@ -209,10 +322,12 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
     the run's surfaces setting; 0 when it gets none: the file is then empty), so that the surfaces
     job replays nothing.
 
-    Cost: the training step itself, three dot products over the flat parameter vector, and f_{i_k}(x_K).
-    When x_K is fixed and the model has no batch-norm, f_{i_k}(x_K) of all steps is computed after
-    the loop in large no-grad batches (checked against a per-step forward at the first and last
-    step); nothing is copied to the host before the segment ends.
+    Cost: the training step itself, the three inner products of (g, x_k - x_K) (:class:`StepGram`),
+    and f_{i_k}(x_K). When x_K is fixed, f_{i_k}(x_K) of all steps is computed after the loop by
+    stacked no-grad forwards (:func:`losses_at`: every distinct sample once, or with batch-norm every
+    step's batch normalised on its own), checked against a per-step forward at the first and last
+    step; a projected x_K takes one forward per step. Nothing is copied to the host before the
+    segment ends.
     """
     t0 = time.perf_counter()
     ckpt_dir = Path(ckpt_dir)
@@ -233,21 +348,19 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
         p.requires_grad_(False)
     params = list(problem.model.parameters())
     params_k = list(model_k.parameters())
-    batchnorm = bool(batchnorm_modules(model_k))
-    if batchnorm:  # x_K is only measured: batch statistics of each batch, running statistics never written
+    if batchnorm_modules(model_k):  # x_K is only measured: each batch's statistics, running ones never written
         use_batch_statistics(model_k)
     reference = minimizer_reference(spec, problem.model, params_k)
-    # x_K fixed and every sample's loss its own: f_{i_k}(x_K) for all steps after the loop, batched
-    deferred = not reference.moves and not batchnorm
+    deferred = not reference.moves  # x_K fixed: f_{i_k}(x_K) of all steps after the loop, batched
 
     n_steps = hi - lo
     dev, f64 = problem.device, torch.float64
-    # per step: f_{i_k}(x_k), f_{i_k}(x_K), and the Gram matrix of (g, d) = (grad f_{i_k}(x_k), x_k - x_K)
+    # per step, on the device until the segment ends: f_{i_k}(x_k), f_{i_k}(x_K) (unless deferred), and
+    # the Gram matrix of (g, d) = (grad f_{i_k}(x_k), x_k - x_K)
     losses = torch.full((n_steps, 2), math.nan, dtype=f64, device=dev)
-    grams = torch.empty(n_steps, 4, dtype=f64, device=dev)
-    pair = torch.empty(2, sum(p.numel() for p in params), dtype=f64, device=dev)
+    gram = StepGram(params, reference, n_steps, dev)
+    rows = itertools.count()
     bar = progress_bar(progress, n_steps, 0, f"replay {spec.run} [{lo},{hi})")
-    state = {"i": 0}
 
     # How each step is measured, decided here once. f_{i_k}(x_k) and its gradient: with dropout the
     # measurement needs its own forward (dropout off, batch-norm on this batch's statistics, running
@@ -262,7 +375,8 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
 
     # f_{i_k}(x_K): in this step's forward, or (deferred) for all steps after the loop
     def loss_at_min_now(i, xb, yb):
-        losses[i, 1] = problem.loss_fn(model_k, model_k(xb), yb).mean()
+        with torch.inference_mode():
+            losses[i, 1] = problem.loss_fn(model_k, model_k(xb), yb).mean()
 
     def loss_at_min_later(i, xb, yb):
         """Nothing now: :func:`_deferred_losses_at_min` measures every step after the loop."""
@@ -271,19 +385,12 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
     loss_at_min = loss_at_min_later if deferred else loss_at_min_now
 
     def hook(idx, xb, yb, loss):
-        i = state["i"]
+        i = next(rows)
         reference.sync(params)
         mloss, grads = loss_and_grads(xb, yb, loss)
-        with torch.no_grad():
-            # g and d side by side in float64 (exact products of float32 numbers), then one BLAS
-            # product gives <g, d>, |g|^2, |d|^2: six kernels per step, no allocation
-            torch.cat([t.reshape(-1) for t in grads], out=pair[0])
-            torch.cat([t.detach().reshape(-1) for t in params], out=pair[1])
-            pair[1].sub_(reference.flat)
-            torch.mm(pair, pair.T, out=grams[i].view(2, 2))
-            losses[i, 0] = mloss.detach()
-            loss_at_min(i, xb, yb)
-        state["i"] = i + 1
+        gram.add(i, grads)
+        losses[i, 0] = mloss.detach()
+        loss_at_min(i, xb, yb)
         if bar is not None:
             bar.update(1)
 
@@ -323,9 +430,10 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
         directions.append(direction(hi))
     star = (problem.batch_star(None).expand(n_steps) if problem.fstar is None else
             torch.stack([problem.batch_star(problem.batch(s).to(dev)) for s in range(lo, hi)]))
-    rows = torch.stack([losses[:, 0], losses[:, 1], star.to(f64), grams[:, 1],
-                        grams[:, 0].sqrt(), grams[:, 3].sqrt()], 1)
-    cols = dict(zip(STEP_COLUMNS, rows.cpu().T.tolist()))  # the segment's one copy to the host
+    grams = gram.grams
+    table = torch.stack([losses[:, 0], losses[:, 1], star.to(f64), grams[:, 1],
+                         grams[:, 0].sqrt(), grams[:, 3].sqrt()], 1)
+    cols = dict(zip(STEP_COLUMNS, table.cpu().T.tolist()))  # the segment's one copy to the host
     steps = list(range(lo, hi))
     cols["lr"] = [problem.lr(s) for s in steps]
     store.write_table(store.part_path(results, "steps", spec.experiment, spec.run, segment), "steps",
@@ -343,9 +451,10 @@ BATCHED_RTOL, BATCHED_ATOL = 1e-4, 1e-6
 
 
 def _deferred_losses_at_min(problem: Problem, model_k: nn.Module, steps: range) -> torch.Tensor:
-    """f_{i_k}(x_K) of every step, batched across steps, after checking on the first and last step
-    that batching does not change a sample's loss (a model whose layers mix the samples of a batch
-    in ways landscope cannot see, e.g. a hand-written normalisation, falls back to per-step forwards)."""
+    """f_{i_k}(x_K) of every step, batched across steps (:func:`losses_at`), after checking on the first
+    and last step that batching does not change a step's loss (a model whose layers mix the samples of
+    a batch in ways landscope cannot see, e.g. a hand-written normalisation, falls back to per-step
+    forwards)."""
     batched = losses_at(problem, model_k, steps)
     ends = sorted({steps[0], steps[-1]})
     single = torch.stack([loss_at(problem, model_k, s) for s in ends])
