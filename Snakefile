@@ -1,4 +1,5 @@
 # landscope: train -> snapshot -> select_minimizer -> evaluate -> conditions -> report -> report_index
+# (train and snapshot once per training key; the rest once per run, experiment or study)
 # Table of contents only; the rules live in workflow/rules/, the logic in src/landscope/.
 
 # The default study, unless --configfile names another (which then replaces it whole instead of
@@ -21,6 +22,8 @@ include: "workflow/rules/bounds.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/curvature.smk"
 include: "workflow/rules/surfaces.smk"
+include: "workflow/rules/diffusion.smk"
+include: "workflow/rules/generalization.smk"
 
 
 # On a cluster these rules run where Snakemake runs, not as scheduler jobs: they only read tables
@@ -41,9 +44,11 @@ rule all:
     input:
         "reports/index.html",
         "reports/table2.html",
+        "reports/generalization.html",
         get_all_reports(),
         get_report_folder(),
         "results/landscope.duckdb",
         get_all_curvature_parts(),
         get_all_surfaces_parts(),
+        get_all_diffusion_parts(),
     default_target: True

@@ -56,7 +56,7 @@ from landscope.problem.data import digits, token_windows
 from landscope.problem.dataset import Dataset
 from landscope.problem.evaluate import evaluation_mode, trainable_parameters
 from landscope.settings import curvature_settings
-from landscope.trajectory import replay, rundir, snapshot, train
+from landscope.trajectory import replay, rundir, train
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -166,11 +166,11 @@ def drift_family(label: str, steps: int, repeats: int, device: torch.device, tmp
         warnings.simplefilter("always")
         for r in range(repeats):
             ck, res = tmp / f"{label.split()[0]}-{r}" / "ckpt", tmp / f"{label.split()[0]}-{r}" / "results"
-            train_s.append(min_time(lambda ck=ck, res=res: train.train_run(spec, ck, res), 1, device))
+            train_s.append(min_time(lambda ck=ck, res=res: train.train_run(spec, ck), 1, device))
             final = rundir.load_checkpoint(rundir.checkpoint_path(ck, spec.steps))["model"]
             first = final if first is None else first
             retrain = max(retrain, state_drift(first, final))
-            snapshot.select_minimizer(spec, ck, snapshot.snapshot_run(spec, ck, res), ck / "minimizer.pt", res)
+            train.snapshot_and_select(spec, ck, ck / "minimizer.pt", res)
 
             def replay_all(ck=ck, res=res):
                 for j in range(spec.n_segments):
@@ -292,12 +292,12 @@ def run_command(cmd: list[str], timeout: float, env: dict, cwd: Path) -> tuple[i
 
 JOB = """import json, sys
 from landscope.spec import RunSpec
-from landscope.trajectory import replay, snapshot, train
+from landscope.trajectory import replay, train
 kind, spec_file, ckpt, results, segment = sys.argv[1:6]
 spec = RunSpec.from_dict(json.loads(open(spec_file).read()))
 if kind == "train":
-    train.train_run(spec, ckpt, results)
-    snapshot.select_minimizer(spec, ckpt, snapshot.snapshot_run(spec, ckpt, results), ckpt + "/minimizer.pt", results)
+    train.train_run(spec, ckpt)
+    train.snapshot_and_select(spec, ckpt, ckpt + "/minimizer.pt", results)
 else:
     replay.replay_segment(spec, ckpt, ckpt + "/minimizer.pt", int(segment), results)
 """
@@ -306,7 +306,7 @@ else:
 def run_library(spec, work: Path, env: dict, timeout: float) -> dict:
     """The functions the train and evaluate rules call, one process per job as Snakemake runs them."""
     (work / "spec.json").write_text(json.dumps(spec.to_dict()))
-    ckpt = rundir.checkpoint_dir(work / "results", spec.experiment, spec.run)
+    ckpt = rundir.training_dir(work / "results", spec)
     jobs, log, deadline = {"train": [], "evaluate": []}, "", time.perf_counter() + timeout
     for kind, seg in [("train", 0)] + [("evaluate", j) for j in range(spec.n_segments)]:
         code, out, wall = run_command([sys.executable, "-c", JOB, kind, str(work / "spec.json"), str(ckpt),

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from landscope.measures import hvp
 from landscope.settings import curvature_settings
-from landscope.trajectory import replay, rundir, snapshot, train
+from landscope.trajectory import replay, rundir, train
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the sibling benchmark modules (conditions_bench, curvature_bench, scale_bench)
@@ -175,7 +175,7 @@ def train_and_replay(label: str, model: dict, steps: int, repeats: int, study_ev
     tmp = Path(tempfile.mkdtemp(prefix="landscope-bench-"))
     warm = run_spec(model, 4, device=device)  # first calls pay one-time costs (lazy imports in torch.optim: ~1 s)
     bare_train(warm)
-    train.train_run(warm, tmp / "warm", tmp / "warm-res")
+    train.train_run(warm, tmp / "warm")
     bare_s, train_s = [], []
     for r in range(repeats):  # alternate in ABBA order, so that neither always runs first
         ck, res = tmp / f"ck{r}", tmp / f"res{r}"
@@ -184,7 +184,7 @@ def train_and_replay(label: str, model: dict, steps: int, repeats: int, study_ev
                 s, bare = timed(lambda: bare_train(spec))
                 bare_s.append((s, timed.cpu))
             else:
-                train_s.append(timed_both(lambda ck=ck, res=res: train.train_run(spec, ck, res)))
+                train_s.append(timed_both(lambda ck=ck, res=res: train.train_run(spec, ck)))
     final = rundir.load_checkpoint(rundir.checkpoint_path(ck, steps))["model"]
     identical = all(torch.equal(v.cpu(), final[k]) for k, v in bare.state_dict().items())
     rows = [row("a", f"{label}: instrumented training vs bare loop", min(train_s)[0], min(bare_s)[0], "s", 1.05,
@@ -195,8 +195,7 @@ def train_and_replay(label: str, model: dict, steps: int, repeats: int, study_ev
     rows.append(row("a", f"{label}: one training step vs one bare step (interleaved, median)", ours, plain,
                     "s", 1.05))
 
-    snaps = snapshot.snapshot_run(spec, ck, res)
-    snapshot.select_minimizer(spec, ck, snaps, ck / "minimizer.pt", res)
+    train.snapshot_and_select(spec, ck, ck / "minimizer.pt", res)
     replay_s, loop_s = [], []
     for _ in range(repeats):
         wall, out = timed(lambda: replay.replay_segment(spec, ck, ck / "minimizer.pt", 0, res))
@@ -209,8 +208,8 @@ def train_and_replay(label: str, model: dict, steps: int, repeats: int, study_ev
     if study_every:  # the study's setting: full-batch direction rows every so many steps as well
         spec_d = run_spec(model, steps, directions_every=study_every, device=device)
         ckd, resd = tmp / "ckd", tmp / "resd"
-        train.train_run(spec_d, ckd, resd)
-        snapshot.select_minimizer(spec_d, ckd, snapshot.snapshot_run(spec_d, ckd, resd), ckd / "minimizer.pt", resd)
+        train.train_run(spec_d, ckd)
+        train.snapshot_and_select(spec_d, ckd, ckd / "minimizer.pt", resd)
         sd = [timed_both(lambda: replay.replay_segment(spec_d, ckd, ckd / "minimizer.pt", 0, resd))
               for _ in range(max(1, repeats - 1))]
         rows.append(row("b", f"{label}: replay + full-batch rows every {study_every} steps vs training",

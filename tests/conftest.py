@@ -31,13 +31,12 @@ def spec_factory():
 
 def run_pipeline(spec, root: Path):
     """Train, snapshot, select x_K and replay every segment of one run (no Snakemake)."""
-    from landscope.trajectory import replay, snapshot, train
+    from landscope.trajectory import replay, train
 
     results = root / "results"
     ckpt = root / "ckpt"
-    train.train_run(spec, ckpt, results)
-    snaps = snapshot.snapshot_run(spec, ckpt, results)
-    snapshot.select_minimizer(spec, ckpt, snaps, ckpt / "minimizer.pt", results)
+    train.train_run(spec, ckpt)
+    train.snapshot_and_select(spec, ckpt, ckpt / "minimizer.pt", results)
     drifts = [replay.replay_segment(spec, ckpt, ckpt / "minimizer.pt", j, results)["drift"]
               for j in range(spec.n_segments)]
     return results, ckpt, drifts
@@ -46,6 +45,38 @@ def run_pipeline(spec, root: Path):
 PYTHON = sys.executable
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 LANDSCOPE = [sys.executable, "-m", "landscope.cli"]
+
+
+def _rule_texts() -> list[str]:
+    smk = sorted((ROOT / "workflow" / "rules").glob("*.smk"))
+    return [(ROOT / "Snakefile").read_text(), *(p.read_text() for p in smk)]
+
+
+def local_rules() -> set[str]:
+    """The rules the workflow declares local (its `localrules:` blocks), and `all`."""
+    out = {"all"}
+    for text in _rule_texts():
+        for block in re.findall(r"^localrules:\n((?:[ \t]+\w+,?\n)+)", text, flags=re.MULTILINE):
+            out |= set(re.findall(r"\w+", block))
+    return out
+
+
+def torch_rules() -> set[str]:
+    """The rules whose jobs may run on a GPU (resources gpu=get_gpu)."""
+    out = set()
+    for text in _rule_texts():
+        for name, body in re.findall(r"^rule (\w+):\n(.*?)(?=^rule |\Z)", text, flags=re.MULTILINE | re.DOTALL):
+            if "gpu=get_gpu" in body:
+                out.add(name)
+    return out
+
+
+def chain_rules() -> list[str]:
+    """The rules of a trajectory's chain, grouped by the cluster preset (profiles/cluster: groups), sorted."""
+    import yaml
+
+    groups = yaml.safe_load((ROOT / "profiles" / "cluster" / "config.yaml").read_text())["groups"]
+    return sorted(g.split("=")[0] for g in groups)
 
 
 def snakemake_cmd(workdir: Path, configfile, *args, cores: int | None = 2) -> list[str]:

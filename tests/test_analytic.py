@@ -69,7 +69,7 @@ def test_parameter_path_replays_every_iterate_through_the_checkpoints(tmp_path):
                        "optimizer": {"name": "sgd", "lr": 0.5}, "steps": 40, "snapshot_every": 20,
                        "f_i_star": "exact"}).experiments["t"].runs[0]
     ckpt = tmp_path / "ckpt"
-    train.train_run(spec, ckpt, tmp_path / "results")
+    train.train_run(spec, ckpt)
     steps, path = replay.parameter_path(ckpt)
     assert steps == list(range(41)) and path.shape == (41, 2)
     for s in (0, 20, 40):  # the replayed path passes exactly through every checkpoint

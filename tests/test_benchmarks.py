@@ -88,7 +88,7 @@ def test_no_study_says_how_to_run_one(tmp_path):
 def test_bare_loop_and_instrumented_training_end_at_the_same_parameters(tmp_path):
     spec = bench.run_spec({"name": "mlp", "width": 16, "depth": 3}, 25)
     bare = bench.bare_train(spec)
-    train.train_run(spec, tmp_path / "ck", tmp_path / "res")
+    train.train_run(spec, tmp_path / "ck")
     final = rundir.load_checkpoint(rundir.checkpoint_path(tmp_path / "ck", 25))["model"]
     assert all(torch.equal(v, final[k]) for k, v in bare.state_dict().items())
 

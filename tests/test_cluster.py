@@ -10,14 +10,13 @@ from collections import Counter
 import duckdb
 import pytest
 import yaml
-from conftest import ROOT, job_stats, run_snakemake
+from conftest import ROOT, chain_rules, job_stats, local_rules, run_snakemake, torch_rules
 
 from landscope.config import load_study
 
 PROFILES = ROOT / "profiles"
-LOCAL_RULES = {"conditions", "plateaus", "bounds", "report", "report_index", "table2", "database", "fetch_data",
-               "report_site", "all"}
-TORCH_RULES = {"train", "evaluate", "curvature", "surfaces"}
+LOCAL_RULES = local_rules()
+TORCH_RULES = torch_rules()
 STORAGE_KEYS = {"default-storage-provider", "default-storage-prefix"}  # a dry run would ask the bucket
 
 
@@ -44,13 +43,16 @@ def submissions(text: str) -> tuple[int, Counter]:
 
 
 def test_the_localrules_are_the_rules_that_only_read_tables():
-    """The Snakefile's localrules list (what runs on the login node) is the list these tests assume."""
-    text = (ROOT / "Snakefile").read_text()
-    declared = set(re.findall(r"^\s+(\w+),$", text.split("localrules:", 1)[1].split("\n\n", 1)[0], flags=re.MULTILINE))
-    # fetch_data and report_site: declared beside them, in workflow/rules/data.smk and report.smk
-    assert declared | {"all", "fetch_data", "report_site"} == LOCAL_RULES
-    assert "localrules:\n    report_site,\n" in (ROOT / "workflow" / "rules" / "report.smk").read_text()
-    assert not declared & TORCH_RULES
+    """Every rule is local (reads tables, runs where Snakemake runs) or in a trajectory's chain (the cluster
+    preset's group: they read the training folder's undeclared checkpoints, so they share a node or pod);
+    every torch rule (may need a GPU) is in the chain; none is both local and in the chain."""
+    rules = set()
+    for path in [ROOT / "Snakefile", *(ROOT / "workflow" / "rules").glob("*.smk")]:
+        rules |= set(re.findall(r"^rule (\w+):", path.read_text(), flags=re.MULTILINE))
+    assert rules == LOCAL_RULES | set(chain_rules()) and TORCH_RULES <= set(chain_rules())
+    assert not LOCAL_RULES & set(chain_rules())
+    assert {"conditions", "report", "report_index", "database", "fetch_data", "report_site"} <= LOCAL_RULES
+    assert {"train", "snapshot", "evaluate", "curvature", "surfaces"} <= TORCH_RULES
 
 
 @pytest.mark.parametrize(("device", "gpu"), [("cpu", None), ("auto", None), ("cuda", 1)])
@@ -95,8 +97,9 @@ def test_jobs_that_read_x_k_declare_its_sidecar(tmp_path):
 
 @pytest.mark.parametrize("config", ["smoke", "config"])
 def test_cluster_preset_submits_one_job_per_run_and_keeps_table_rules_local(config, tmp_path):
-    """With profiles/slurm and the cluster preset: one submission per training run, nothing else;
-    without the preset: one per job of a torch rule. The rules that read tables are never submitted."""
+    """With profiles/slurm and the cluster preset: one submission per trajectory (training key), nothing
+    else; without the preset: one per job of a rule that is not local. The rules that read tables are
+    never submitted."""
     configfile = ROOT / "config" / f"{config}.yaml"
     slurm = ("--workflow-profile", str(PROFILES / "slurm"))
     grouped = plan(tmp_path, configfile, *slurm, "--profile", str(PROFILES / "cluster"))
@@ -104,7 +107,7 @@ def test_cluster_preset_submits_one_job_per_run_and_keeps_table_rules_local(conf
     stats = job_stats(alone)
     assert job_stats(grouped) == stats and stats["train"] >= 4
     assert submissions(grouped) == (stats["train"], Counter())
-    assert submissions(alone) == (0, Counter({r: n for r, n in stats.items() if r in TORCH_RULES}))
+    assert submissions(alone) == (0, Counter({r: n for r, n in stats.items() if r not in LOCAL_RULES}))
 
 
 @pytest.mark.parametrize("name", ["slurm", "kubernetes", "cluster"])

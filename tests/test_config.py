@@ -80,7 +80,7 @@ def test_schema_defaults_reach_the_run_spec():
     exp_props = schema["$defs"]["experiment"]["properties"]
     fields = set(RunSpec.__dataclass_fields__)
     not_per_run = {"title", "figure", "scale_note", "enabled", "if_data_missing", "seeds", "sweep",
-                   "conditions", "curvature", "surfaces"}
+                   "conditions", "curvature", "surfaces", "diffusion"}
     assert set(exp_props) - not_per_run <= fields
     for key in ("device", "data_dir", "torch_threads"):
         assert key in schema["properties"] and key in fields
@@ -233,7 +233,8 @@ def test_paper_config_builds_the_whole_dag_without_its_data(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout + out.stderr, flags=re.M))
-    assert int(jobs["train"]) == len(study.runs())
+    assert int(jobs["train"]) == int(jobs["snapshot"]) == len({r.training_key() for r in study.runs()})
+    assert int(jobs["select_minimizer"]) == len(study.runs()) > int(jobs["train"])  # the minimizer sweeps share
     assert int(jobs["evaluate"]) == sum(r.n_segments for r in study.runs())
     assert int(jobs["report"]) == len(study.experiments) == 14
 

@@ -24,7 +24,7 @@ from landscope import store
 from landscope.measures import conditions
 from landscope.report import index as index_page
 from landscope.report import page as report
-from landscope.trajectory import replay, rundir, snapshot, train
+from landscope.trajectory import replay, rundir, train
 
 
 def tables(results: Path) -> dict[str, pl.DataFrame]:
@@ -91,9 +91,8 @@ def test_truncated_checkpoint_is_detected_and_recomputed(small_run):
     with pytest.raises(rundir.CheckpointError,
                        match=r"step=0000008.pt is corrupted: SHA-256 .* differs from the recorded .*re-run training"):
         replay.replay_segment(spec, ckpt, ckpt / "minimizer.pt", 1, results)
-    train.train_run(spec, ckpt, results)  # recomputes from step 4
-    snaps = snapshot.snapshot_run(spec, ckpt, results)
-    snapshot.select_minimizer(spec, ckpt, snaps, ckpt / "minimizer.pt", results)
+    train.train_run(spec, ckpt)  # recomputes from step 4
+    train.snapshot_and_select(spec, ckpt, ckpt / "minimizer.pt", results)
     for j in range(spec.n_segments):
         assert replay.replay_segment(spec, ckpt, ckpt / "minimizer.pt", j, results)["drift"] == 0.0
     assert_same_tables(results, clean)

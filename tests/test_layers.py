@@ -32,7 +32,7 @@ LAYERS = [  # from the bottom; a module belongs to the layer of its longest list
     ("landscope.trajectory",),
     ("landscope.measures",),
     ("landscope.report",),
-    ("landscope.cli",),
+    ("landscope.cli", "landscope.progress"),
 ]
 FACE_LAYER = len(LAYERS)  # `from landscope import Recorder` inside the library reaches over every layer
 MAX_LINES = 600

@@ -464,3 +464,16 @@ def test_nsgdm_resumes_a_checkpoint_written_before_momentum_follows_lr():
     p[0].grad = torch.ones(3, dtype=torch.float64)
     opt.step()  # m_0 = (1 - 0.9) g; the step is lr m / ||m|| = 0.5 / sqrt(3) in every coordinate
     assert torch.allclose(p[0].detach(), torch.full((3,), 1 - 0.5 / 3 ** 0.5, dtype=torch.float64), rtol=0, atol=1e-15)
+
+
+def test_the_spec_knows_which_optimizers_read_f_star():
+    """landscope.spec.READS_F_STAR (what puts f_i_star into a run's training key) names exactly the
+    built-in optimizers that take set_batch_info."""
+    import inspect
+
+    from landscope.problem import optim
+    from landscope.spec import READS_F_STAR
+
+    readers = {cls.name for _, cls in inspect.getmembers(optim, inspect.isclass)
+               if issubclass(cls, torch.optim.Optimizer) and hasattr(cls, "set_batch_info") and cls.name}
+    assert readers == READS_F_STAR == {"sps_max", "decsps", "ngn"}

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import yaml
 from conftest import PYTHON, ROOT, landscope_sql, make_study, run_pipeline, run_snakemake
 
-from landscope.trajectory import replay, rundir, snapshot, train
+from landscope.trajectory import replay, rundir, train
 
 EXP = {"model": {"name": "mlp", "width": 16, "depth": 2}, "dataset": {"name": "digits", "n_train": 256},
        "optimizer": {"name": "sgd", "lr": 0.2, "momentum": 0.9}, "batch_size": 16, "steps": 24,
@@ -28,10 +28,9 @@ def _specs():
 
 def _measure_recorded(spec, results):
     """What the pipeline does with a recorded run: import, snapshot, x_K, replay every segment."""
-    ckpt = rundir.checkpoint_dir(results, spec.experiment, spec.run)
-    train.finish_recording(spec, ckpt, results)
-    snaps = snapshot.snapshot_run(spec, ckpt, results)
-    snapshot.select_minimizer(spec, ckpt, snaps, ckpt / "minimizer.pt", results)
+    ckpt = rundir.training_dir(results, spec)
+    train.finish_recording(spec, ckpt)
+    train.snapshot_and_select(spec, ckpt, ckpt / "minimizer.pt", results)
     drifts = [replay.replay_segment(spec, ckpt, ckpt / "minimizer.pt", j, results)["drift"]
               for j in range(spec.n_segments)]
     return ckpt, drifts
@@ -91,9 +90,10 @@ def test_a_recorded_loop_measures_exactly_what_landscope_training_measures(tmp_p
     for table in ("train", "snapshots", "minimizers", "steps", "directions", "drift"):
         assert _table(res_r, table, spec) == _table(res_t, table, trained), table
     runs_t, runs_r = _table(res_t, "runs", trained), _table(res_r, "runs", spec)
-    assert {k: v for k, v in runs_r.items() if k != "config_hash"} == \
-        {k: v for k, v in runs_t.items() if k != "config_hash"}
-    assert runs_r["config_hash"] != runs_t["config_hash"]  # source: recorded is part of the configuration
+    hashes = ("config_hash", "training_key")
+    assert {k: v for k, v in runs_r.items() if k not in hashes} == {k: v for k, v in runs_t.items() if k not in hashes}
+    for k in hashes:  # source: recorded is part of the configuration, and a recorded trajectory is never shared
+        assert runs_r[k] != runs_t[k]
     manifest = json.loads((ckpt_r / "manifest.json").read_text())
     assert manifest["spec"]["source"] == "recorded" and len(manifest["checkpoints"]) == 4
 
@@ -205,7 +205,7 @@ def test_a_recorded_run_without_its_recording_says_how_to_make_it(tmp_path):
 
     _, spec = _specs()
     with pytest.raises(CheckpointError, match="run your training loop with landscope.Recorder first"):
-        finish_recording(spec, tmp_path / "ckpt", tmp_path / "results")
+        finish_recording(spec, tmp_path / "ckpt")
     # built without its recording, the run has a model but no batch order: a replay must attach it
     problem = build_problem(spec)
     assert problem.n_params == 64 * 16 + 16 + 16 * 10 + 10

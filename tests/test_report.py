@@ -46,7 +46,7 @@ def _write_run(results, exp: str, point: str, seed: int, steps: np.ndarray, loss
         "experiment": [exp], "run": [run], "point": [point], "seed": [seed], "sweep_json": ["{}"],
         "model": ["mlp"], "dataset": ["digits"], "optimizer": ["sgd"], "lr": [0.1], "batch_size": [8],
         "steps": [n], "snapshot_every": [100], "n_params": [10], "n_train": [100], "status": ["completed"], "diverged_step": [None],
-        "train_wall_s": [1.0], "device": ["cpu"], "config_hash": ["h"]}, meta)
+        "train_wall_s": [1.0], "device": ["cpu"], "config_hash": ["h"], "training_key": ["k"]}, meta)
     store.write_table(store.part_path(results, "train", exp, run), "train", {
         "experiment": [exp] * n, "run": [run] * n, "step": steps.tolist(), "epoch": (steps // 12).tolist(),
         "lr": [0.1] * n, "batch_loss": loss.tolist()}, meta)
@@ -70,7 +70,9 @@ def _write_demo(results):
                 "experiment": [EXP] * 4, "run": [run] * 4, "step": CKPT,
                 "full_loss": (k * (1 + seed) / (1 + ck)).tolist(),
                 "full_grad_norm": [(1 + seed) * 10.0 ** -i for i in range(4)],
-                "param_norm": [1.0] * 4, "accuracy": [0.5] * 4}, meta)
+                "param_norm": [1.0] * 4, "accuracy": [0.5] * 4,
+                "test_loss": (1.5 * k * (1 + seed) / (1 + ck)).tolist(), "test_accuracy": [0.4] * 4,
+                "generalization_gap": (0.5 * k * (1 + seed) / (1 + ck)).tolist()}, meta)
             store.write_table(store.part_path(results, "minimizers", EXP, run), "minimizers", {
                 "experiment": [EXP], "run": [run], "method": ["last_iterate"], "step": [299],
                 "full_loss": [0.01]}, meta)
@@ -169,10 +171,14 @@ def test_loss_curves_by_hand(con):
     assert (r["lo"], r["mean"], r["hi"], r["n_runs"]) == pytest.approx((0.1, 0.15, 0.2, 2))
     r = _rows(full, point="width=128", step=100)  # 2 (1 + seed) / 101
     assert (r["lo"], r["mean"], r["hi"]) == pytest.approx((2 / 101, 3 / 101, 4 / 101))
+    held = df.filter(pl.col("kind") == report_base.HELDOUT)
+    assert held.height == 2 * 4
+    r = _rows(held, point="width=128", step=100)  # test loss 1.5 * 2 (1 + seed) / 101
+    assert (r["lo"], r["mean"], r["hi"]) == pytest.approx((3 / 101, 4.5 / 101, 6 / 101))
     spec = conditions.loss_chart(df).to_dict()
-    assert len(spec["layer"]) == 4  # band + line for each of stochastic and full batch
+    assert len(spec["layer"]) == 6  # band + line for each of stochastic, full batch and held-out
     assert all(layer["encoding"]["y"]["scale"]["type"] == "log" for layer in spec["layer"])
-    assert sorted(len(d) for d in _datasets(spec)) == [8, 600]
+    assert sorted(len(d) for d in _datasets(spec)) == [8, 8, 600]
 
 
 def test_loss_binning_200k_rows(tmp_path):
@@ -195,15 +201,16 @@ def test_loss_binning_200k_rows(tmp_path):
 
 
 def test_loss_rows_capped_with_many_points(tmp_path):
-    """30 points x 1000 steps: 400 bins each would be 12000 rows; the budget gives 83 bins each."""
+    """30 points x 1000 steps: 400 bins each would be 12000 rows; the budget (3 series: stochastic, full
+    batch, held-out) gives 55 bins each."""
     results = tmp_path / "results"
     steps = np.arange(1000)
     for w in range(30):
         _write_run(results, "many", f"width={w}", 0, steps, 1 / (1 + steps))
     with store.connect(results) as c:
         df = conditions.loss_curves(c, "many")
-    assert report_base.bins_per_point(30, series=2) == 5000 // 60 == 83
-    assert df.height <= report_base.MAX_ROWS and df.filter(pl.col("point") == "width=3").height == 77  # 13 steps a bin
+    assert report_base.bins_per_point(30, series=3) == 5000 // 90 == 55
+    assert df.height <= report_base.MAX_ROWS and df.filter(pl.col("point") == "width=3").height == 53  # 19 steps a bin
     conditions.loss_chart(df).to_dict()  # Altair's row limit is not hit
 
 

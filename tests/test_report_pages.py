@@ -26,7 +26,7 @@ def _write_fixture(results, experiment="ex<b>"):
                 "sweep_json": ["{}"], "model": ["{}"], "dataset": ["digits"], "optimizer": ["sgd"],
                 "lr": [0.1], "batch_size": [8], "steps": [200_000], "snapshot_every": [100_000],
                 "n_params": [10], "n_train": [100], "status": ["completed"], "diverged_step": [None], "train_wall_s": [1.0],
-                "device": ["cpu"], "config_hash": ["x"]})
+                "device": ["cpu"], "config_hash": ["x"], "training_key": ["k"]})
             steps = np.arange(200_000)
             loss = 1.0 / (1 + steps / 1000) * (1 + seed)
             store.write_table(store.part_path(results, "train", experiment, run), "train", {
@@ -35,7 +35,8 @@ def _write_fixture(results, experiment="ex<b>"):
             store.write_table(store.part_path(results, "snapshots", experiment, run), "snapshots", {
                 "experiment": [experiment] * 3, "run": [run] * 3, "step": [0, 100_000, 200_000],
                 "full_loss": [2.0, 0.5, 0.25], "full_grad_norm": [1.0, 0.1, 0.01],
-                "param_norm": [1.0] * 3, "accuracy": [0.1, 0.8, 0.9]})
+                "param_norm": [1.0] * 3, "accuracy": [0.1, 0.8, 0.9],
+                "test_loss": [None] * 3, "test_accuracy": [None] * 3, "generalization_gap": [None] * 3})
     # a 10x10 grid over [0, 9]^2 where min_t = alpha - 2*beta - 1 (only alpha >= beta + 0.1 present)
     rows = {c: [] for c in store.SCHEMAS["ab_grid"]}
     for point in ("width=128", "width=16"):
@@ -148,7 +149,7 @@ import torch  # noqa: E402
 
 from landscope.report import analytic as report_analytic  # noqa: E402
 from landscope.report import base as report_base
-from landscope.trajectory.rundir import checkpoint_path  # noqa: E402
+from landscope.trajectory.rundir import checkpoint_path, key_dir, minimizer_path, run_dir  # noqa: E402
 
 XK_EXP = "example1"
 XK_POINTS = {  # point: (x_K choice, region vertices, alpha_min, beta_at_alpha_min, beta_min)
@@ -177,13 +178,16 @@ def _write_analytic(results):
                 "model": [json.dumps({"name": "analytic", "example": 1})], "dataset": ["analytic"],
                 "optimizer": ["sgd"], "lr": [0.5], "batch_size": [1], "steps": [10], "snapshot_every": [5],
                 "n_params": [2], "n_train": [2], "status": ["completed"], "diverged_step": [None],
-                "train_wall_s": [0.1], "device": ["cpu"], "config_hash": ["x"]})
-            folder = results / "checkpoints" / f"experiment={XK_EXP}" / f"run={run}"
-            folder.mkdir(parents=True, exist_ok=True)
+                "train_wall_s": [0.1], "device": ["cpu"], "config_hash": ["x"], "training_key": [f"{seed:016x}"]})
+            # both choices of x_K measure one trajectory per seed: its checkpoints in the seed's training folder
+            trained = key_dir(results, f"{seed:016x}")
+            trained.mkdir(parents=True, exist_ok=True)
             for step, w in zip((0, 5, 10), path):
-                _save_with_sidecar({"step": step, "model": {"w": torch.tensor(w)}}, checkpoint_path(folder, step))
+                _save_with_sidecar({"step": step, "model": {"w": torch.tensor(w)}}, checkpoint_path(trained, step))
+            folder = run_dir(results, XK_EXP, run)
+            folder.mkdir(parents=True, exist_ok=True)
             _save_with_sidecar({"model": {"w": torch.tensor(path[-1])}, "step": 10,
-                                "method": "projection" if choice == "projection" else "last"}, folder / "minimizer.pt")
+                                "method": "projection" if choice == "projection" else "last"}, minimizer_path(folder))
         for i, (a, b) in enumerate(poly):
             for c, v in (("experiment", XK_EXP), ("point", point), ("vertex", i), ("alpha", a), ("beta", b),
                          ("on_box_edge", i > 0)):

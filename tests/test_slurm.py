@@ -168,10 +168,12 @@ if __name__ == "__main__":
 # ------------------------------------------------------------------------------------- the tests
 import polars as pl  # noqa: E402 (the stub above runs on every sacct call: it imports only the stdlib)
 import pytest  # noqa: E402
-from conftest import ROOT, job_stats, run_pipeline, snakemake_cmd  # noqa: E402
+from conftest import ROOT, chain_rules, job_stats, local_rules, run_pipeline, snakemake_cmd  # noqa: E402
 
-LOCAL_RULES = {"conditions", "plateaus", "bounds", "report", "report_index", "report_site", "table2", "database",
-               "fetch_data", "all"}
+LOCAL_RULES = local_rules()
+CHAIN = [r for r in chain_rules() if r != "diffusion"]  # the chain's rules that the smoke study runs
+# a group job's name: the group's, then its rules (Snakemake names at most 5, then "...")
+CHAIN_JOB = "_".join(["run", *CHAIN[:5], *(["..."] if len(CHAIN) > 5 else [])])
 SMOKE_RUNS = 4  # halfspace seed-0/1, digits_mlp width-8/32
 STEPS_COLUMNS = ["step", "lr", "batch_loss", "batch_loss_at_min", "grad_dot_dir", "grad_norm", "dist_to_min"]
 
@@ -196,7 +198,7 @@ def submissions(work: Path) -> list[dict]:
 
 def submitted_rule(job: dict) -> str:
     """The job's name from its sbatch --comment, rule_<name>_wildcards_<values>: a rule's name, or for a
-    group job the group's name and its rules (run_curvature_evaluate_surfaces_train)."""
+    group job the group's name and its rules (CHAIN_JOB)."""
     return job["comment"].removeprefix("rule_").split("_wildcards_")[0]
 
 
@@ -294,11 +296,11 @@ def test_slurm_cluster_preset_submits_one_sbatch_job_per_run(slurm_grouped, slur
     stats = job_stats(text)
     assert len(jobs) == SMOKE_RUNS == stats["train"]
     declared = declared_resources()
-    per_run = {rule: stats[rule] // SMOKE_RUNS for rule in ("train", "evaluate", "curvature", "surfaces")}
-    assert per_run == {"train": 1, "evaluate": 3, "curvature": 1, "surfaces": 1}
+    per_run = {rule: stats[rule] // SMOKE_RUNS for rule in CHAIN}
+    assert per_run == {"train": 1, "snapshot": 1, "select_minimizer": 1, "evaluate": 3, "curvature": 1, "surfaces": 1}
     runtime = sum(n * declared[rule][1] for rule, n in per_run.items())
     for job in jobs:
-        assert submitted_rule(job) == "run_curvature_evaluate_surfaces_train"  # the group's name, its rules
+        assert submitted_rule(job) == CHAIN_JOB  # the group's name, its rules
         assert (job["cpus_per_task"], int(job["mem"]), int(job["time"])) == ("1", 2000, runtime)
         assert _state_of(work, job) == "COMPLETED"
     assert (work / "reports" / "index.html").is_file() and (work / "results" / "landscope.duckdb").is_file()
@@ -325,5 +327,4 @@ def test_slurm_sbatch_asks_for_a_gpu_only_when_the_device_is_cuda(device, args, 
     jobs = submissions(tmp_path)
     assert out.returncode != 0 and len(jobs) == SMOKE_RUNS  # the first job of each run
     assert all(j["gpus"] == gpus and j["gres"] is None for j in jobs)
-    assert all(submitted_rule(j) == ("run_curvature_evaluate_surfaces_train" if args[:1] == ("--profile",)
-                                     else "train") for j in jobs)
+    assert [submitted_rule(j) for j in jobs] == [CHAIN_JOB if args[:1] == ("--profile",) else "train"] * len(jobs)

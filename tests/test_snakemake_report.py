@@ -37,16 +37,17 @@ def test_snakemake_report_holds_the_pages_linked_to_one_another(tmp_path):
         names = set(z.namelist())
         raw = {n: z.read(n) for n in names if n.startswith("report/data/raw/")}
         main = z.read("report/report.html").decode()
-    # the three pages together in one folder, as the workflow wrote them
+    # the study pages and the experiment page together in one folder, as the workflow wrote them
     (site,) = {n.rsplit("/", 1)[0] for n in raw}
-    assert sorted(n.rsplit("/", 1)[1] for n in raw) == ["index.html", "table2.html", "tinyrep.html"]
+    assert sorted(n.rsplit("/", 1)[1] for n in raw) == ["generalization.html", "index.html", "table2.html",
+                                                         "tinyrep.html"]
     for n, data in raw.items():
         assert data == (tmp_path / "reports" / n.rsplit("/", 1)[1]).read_bytes(), n
     # every link of every page resolves to a file of the zip
     for n, data in raw.items():
         for href in links(data.decode()):
             assert posixpath.normpath(f"{site}/{href}") in names, (n, href)
-    assert sorted(links(raw[f"{site}/index.html"].decode())) == ["table2.html", "tinyrep.html"]
+    assert sorted(links(raw[f"{site}/index.html"].decode())) == ["generalization.html", "table2.html", "tinyrep.html"]
     assert links(raw[f"{site}/tinyrep.html"].decode()) == ["index.html"]  # back to all experiments
     # the report's own data: the entry's category, labels and caption (workflow/report/index.rst)
     results = json.loads(re.search(r"var results = (\{.*?\});\n", main).group(1))

@@ -12,7 +12,7 @@ from landscope import settings
 from landscope.factories import ConfigError
 from landscope.measures import surfaces as sf
 from landscope.problem.evaluate import loss_and_accuracy
-from landscope.trajectory import replay, rundir, snapshot, train
+from landscope.trajectory import replay, rundir, train
 
 F64 = torch.float64
 
@@ -270,8 +270,8 @@ def trained(tmp_path_factory):
     results, ckpt = root / "results", root / "ckpt"
     settings = {"eval_samples": 100, "path_points": 7, "points_1d": 5, "span_1d": 0.5, "starts_1d": 2,
                 "grid": 5}
-    train.train_run(spec, ckpt, results)
-    snapshot.select_minimizer(spec, ckpt, snapshot.snapshot_run(spec, ckpt, results), ckpt / "minimizer.pt", results)
+    train.train_run(spec, ckpt)
+    train.snapshot_and_select(spec, ckpt, ckpt / "minimizer.pt", results)
     kept = [replay.replay_segment(spec, ckpt, ckpt / "minimizer.pt", j, results, path_points=7)["path_iterates"]
             for j in range(spec.n_segments)]
     assert kept == [1, 1, 1]  # steps 2, 6, 10: the path's steps that are no checkpoint
@@ -360,7 +360,7 @@ def test_surface_charts_and_page(trained, tmp_path):
 def test_surfaces_run_rejects_another_configuration(trained, spec_factory):
     spec, results, ckpt, _ = trained
     other = spec_factory(steps=12, snapshot_every=4, batch_size=8)
-    with pytest.raises(ValueError, match="another configuration"):
+    with pytest.raises(ValueError, match="another training configuration"):
         sf.surfaces_run(other, ckpt, ckpt / "minimizer.pt", results, {})
 
 
@@ -385,7 +385,7 @@ def sgd_iterate(spec, ckpt, lo: int, step: int) -> dict:
 def test_evaluate_keeps_the_path_iterates_surfaces_read(trained):
     """The iterates between checkpoints come from the evaluate jobs: x_k of the trajectory itself."""
     spec, _, ckpt, _ = trained
-    states, drift = rundir.load_path_states(spec, ckpt, [0, 2, 4, 6, 10], "cpu")
+    states, drift = rundir.load_path_states(spec, ckpt, ckpt, [0, 2, 4, 6, 10], "cpu")
     assert sorted(states) == [0, 2, 4, 6, 10] and drift == 0.0
     for lo, step in ((0, 2), (4, 6), (8, 10)):
         want = sgd_iterate(spec, ckpt, lo, step)
@@ -408,18 +408,18 @@ def test_a_diverged_run_keeps_the_iterates_before_the_divergence(tmp_path):
                        "batch_size": 16, "steps": 12, "snapshot_every": 4, "seeds": [0],
                        "optimizer": {"name": "sgd", "lr": 0.5}}).experiments["t"].runs[0]
     results, ckpt = tmp_path / "results", tmp_path / "ckpt"
-    train.train_run(spec, ckpt, results)
-    mark = rundir.mark_diverged(ckpt, 9, 2, spec.config_hash())  # as if step 9 had a NaN loss
-    manifest = train.finish_train(spec, build_problem(spec), ckpt, results, 0.0, mark)
+    train.train_run(spec, ckpt)
+    mark = rundir.mark_diverged(ckpt, 9, 2, spec.training_key())  # as if step 9 had a NaN loss
+    manifest = train.finish_train(spec, build_problem(spec), ckpt, 0.0, mark)
     assert rundir.manifest_checkpoints(manifest) == [0, 4, 8]
-    snapshot.select_minimizer(spec, ckpt, snapshot.snapshot_run(spec, ckpt, results), ckpt / "minimizer.pt", results)
+    train.snapshot_and_select(spec, ckpt, ckpt / "minimizer.pt", results)
     kept = [replay.replay_segment(spec, ckpt, ckpt / "minimizer.pt", j, results, path_points="auto")
             for j in range(3)]
     assert [k["status"] for k in kept] == ["diverged"] * 3
     assert [k["path_iterates"] for k in kept] == [3, 3, 0]  # auto: 20 points over 0..8, i.e. every step
     out = sf.surfaces_run(spec, ckpt, ckpt / "minimizer.pt", results, {"eval_samples": 50, "grid": 3})
     assert out["path"] == 9 and out["max_drift"] == 0.0
-    states, _ = rundir.load_path_states(spec, ckpt, [7], "cpu")
+    states, _ = rundir.load_path_states(spec, ckpt, ckpt, [7], "cpu")
     want = sgd_iterate(spec, ckpt, 4, 7)
     assert all(torch.allclose(states[7][k], v, rtol=1e-5, atol=1e-7) for k, v in want.items())
 

@@ -17,7 +17,7 @@ from scipy.special import expit
 
 from landscope.problem import build
 from landscope.problem.data import digits, halfspace_sample_min
-from landscope.trajectory import replay, rundir, snapshot, train
+from landscope.trajectory import replay, rundir, train
 
 
 def read(results, table):
@@ -97,9 +97,9 @@ def test_corrupted_checkpoint_is_detected(tmp_path, spec_factory):
     with pytest.raises(rundir.CheckpointError, match="corrupted"):
         replay.replay_segment(spec, ckpt, ckpt / "minimizer.pt", 1, results)
     # training notices too, and recomputes from the last good checkpoint before it
-    assert not rundir.checkpoint_valid(path, spec.config_hash())
-    train.train_run(spec, ckpt, results)
-    assert rundir.checkpoint_valid(path, spec.config_hash())
+    assert not rundir.checkpoint_valid(path, spec.training_key())
+    train.train_run(spec, ckpt)
+    assert rundir.checkpoint_valid(path, spec.training_key())
 
 
 def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, spec_factory):
@@ -112,11 +112,10 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, spec_factory):
         from landscope.spec import RunSpec
         from landscope.trajectory.train import train_run
         spec = RunSpec.from_dict(json.loads(sys.argv[1]))
-        train_run(spec, sys.argv[2], sys.argv[3])
+        train_run(spec, sys.argv[2])
     """))
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([PYTHON, str(script), json.dumps(spec.to_dict()), str(killed / "ckpt"),
-                             str(killed / "results")], cwd=ROOT)
+    proc = subprocess.Popen([PYTHON, str(script), json.dumps(spec.to_dict()), str(killed / "ckpt")], cwd=ROOT)
     deadline = time.time() + 120
     target = rundir.checkpoint_path(killed / "ckpt", 300)
     while not target.with_suffix(".json").exists():
@@ -128,14 +127,14 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, spec_factory):
     assert not (killed / "ckpt" / "manifest.json").exists()
     done_before = [s for s in spec.checkpoint_steps if rundir.checkpoint_path(killed / "ckpt", s).exists()]
     assert 300 in done_before and 1200 not in done_before
-    manifest = train.train_run(spec, killed / "ckpt", killed / "results")  # resumes
+    manifest = train.train_run(spec, killed / "ckpt")  # resumes
     clean = tmp_path / "clean"
-    train.train_run(spec, clean / "ckpt", clean / "results")
+    train.train_run(spec, clean / "ckpt")
     a = torch.load(rundir.checkpoint_path(killed / "ckpt", 1200), weights_only=True)
     b = torch.load(rundir.checkpoint_path(clean / "ckpt", 1200), weights_only=True)
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
-    ta, tb = read(killed / "results", "train"), read(clean / "results", "train")
+    ta, tb = (pl.DataFrame(rundir.read_train_rows(d / "ckpt", spec.n_segments)) for d in (killed, clean))
     assert ta.equals(tb) and len(ta) == 1200
     assert manifest["checkpoints"][-1]["step"] == 1200
 
@@ -268,10 +267,9 @@ def test_tail_average_minimizer(tmp_path, spec_factory):
     # f(x_K) recorded by the replay is the full loss at the averaged point, not at any checkpoint
     d = read(results, "directions")
     assert (d["dist_to_min"] > 0).all()
-    snaps = next((results / "tables/snapshots/experiment=t/run=seed-0").glob("*.parquet"))
     other = dataclasses.replace(spec, minimizer="median")
     with pytest.raises(ValueError, match="unknown minimizer method 'median'; use last, best, tail_average or projection"):
-        snapshot.select_minimizer(other, ckpt, snaps, tmp_path / "m.pt", results)
+        train.finish_run(other, ckpt, tmp_path / "m.pt", results)
 
 
 def test_divergence_marks_the_run_and_the_rest_goes_on(tmp_path, spec_factory, monkeypatch):
@@ -303,7 +301,7 @@ def test_divergence_marks_the_run_and_the_rest_goes_on(tmp_path, spec_factory, m
     row = out["points"][0]
     assert row["feasible"] is False and row["n_runs"] == 0 and math.isnan(row["alpha_min"])
     # re-running training is a no-op that keeps the verdict
-    again = train.train_run(spec, ckpt, results)
+    again = train.train_run(spec, ckpt)
     assert again["status"] == "diverged" and again["diverged_step"] == first_bad
 
 

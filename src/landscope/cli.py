@@ -1,5 +1,5 @@
-"""The ``landscope`` command: query results with SQL, validate configs, rebuild the database file,
-find and export reports, and list, check or fetch datasets."""
+"""The ``landscope`` command: run the study with readable progress, query results with SQL, validate configs,
+rebuild the database file, find and export reports, and list, check or fetch datasets."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ from landscope.config import load_study
 from landscope.factories import ConfigError
 from landscope.problem import catalog
 from landscope.problem.sources import SOURCES, availability_problem, fetch_dataset, verify_files
+from landscope.progress import run_snakemake
 
 EXAMPLES = """examples:
+  landscope run --configfile config/smoke.yaml --cores 2
   landscope sql "SELECT experiment, run, count(*) AS steps FROM steps GROUP BY ALL ORDER BY ALL"
   landscope sql --format csv "SELECT * FROM condition_summary"
   landscope runs
@@ -153,6 +155,13 @@ def cmd_validate(args) -> int:
     for name, why in study.skipped.items():
         print(f"{name}: skipped ({why})")
     return 0
+
+
+def cmd_run(args) -> int:
+    if args.snakemake_args in (["-h"], ["--help"]):
+        print(args.run_help(), end="")
+        return 0
+    return run_snakemake(args.snakemake_args)
 
 
 # ----------------------------------------------------------------------------------- reports
@@ -365,6 +374,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="landscope", description=__doc__, epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
+    # prefix "+": every argument, "-n" and "--cores 4" included, goes on to Snakemake untouched
+    rn = sub.add_parser("run", prefix_chars="+", add_help=False, usage="landscope run [SNAKEMAKE ARGS ...]",
+                        help="run Snakemake (default --cores all): a line per finished stage with an ETA, "
+                        "the full output in logs/", description="Run the study with Snakemake, passing every "
+                        "argument on (default: --cores all). Prints the planned jobs, one line per finished "
+                        "stage with an ETA, and what failed; the full output goes to logs/snakemake-TIME.log.")
+    rn.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="Snakemake's arguments (`snakemake -h`)")
+    rn.set_defaults(fn=cmd_run, run_help=rn.format_help)
     s = sub.add_parser("sql", help="run a read-only SQL query over the result tables")
     s.add_argument("query")
     s.add_argument("--results", default="results", help="results folder (default: results)")

@@ -359,7 +359,8 @@ def expand_experiment(name: str, exp: dict, top: dict) -> ExperimentSpec:
                 minimizer=concrete["minimizer"], drift_tolerance=concrete["drift_tolerance"],
                 eval_batch_size=concrete["eval_batch_size"],
                 directions_every=concrete["directions_every"], device=top["device"],
-                data_dir=top["data_dir"], torch_threads=top["torch_threads"], source=concrete["source"]))
+                data_dir=top["data_dir"], torch_threads=top["torch_threads"], source=concrete["source"],
+                heldout_samples=concrete["heldout_samples"]))
     names = [r.run for r in runs]
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})

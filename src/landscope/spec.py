@@ -6,7 +6,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+
+# Raise when a change to landscope's training code changes trajectories: every training key changes
+# with it, so no checkpoint of the old code is resumed or measured as if it were the new code's.
+TRAINING_CODE_VERSION = 1
+# What decides a trajectory. eval_batch_size and heldout_samples are here because the snapshots, kept
+# beside the checkpoints, are computed in eval_batch_size's chunks on that many held-out samples.
+# Everything else of a RunSpec (names, sweep, minimizer, drift_tolerance, directions_every, f_i_star
+# unless the optimizer reads it) only changes what is measured on the trajectory.
+TRAINING_FIELDS = ("model", "dataset", "loss", "optimizer", "schedule", "batch_size", "steps", "snapshot_every",
+                   "seed", "device", "data_dir", "torch_threads", "source", "eval_batch_size", "heldout_samples")
+# The built-in optimizers whose steps read f_i* (Polyak-type step sizes: problem.optim's set_batch_info;
+# tests/test_optim.py checks this against the classes); a factory 'pkg.mod:fn' might as well.
+READS_F_STAR = frozenset({"sps_max", "decsps", "ngn"})
+HELDOUT_SAMPLES = 2000  # the schema's default of heldout_samples (tests/test_config.py checks it)
 
 
 @dataclass(frozen=True)
@@ -35,6 +49,7 @@ class RunSpec:
     data_dir: str | None = None
     torch_threads: int = 1
     source: str = "train"
+    heldout_samples: int | None = HELDOUT_SAMPLES
 
     @property
     def checkpoint_steps(self) -> list[int]:
@@ -46,8 +61,9 @@ class RunSpec:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if d["source"] == "train":  # left out at its default: earlier results keep their config hash
-            del d["source"]
+        for key, default in (("source", "train"), ("heldout_samples", HELDOUT_SAMPLES)):
+            if d[key] == default:  # left out at its default: earlier results keep their config hash
+                del d[key]
         return d
 
     @classmethod
@@ -56,6 +72,35 @@ class RunSpec:
 
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def training_spec(self) -> dict:
+        """The part of the spec that decides its trajectory (TRAINING_FIELDS, f_i_star when the
+        optimizer reads it). A recorded run's trajectory is whatever your loop did: it is never
+        shared, so its experiment and run names are part of it."""
+        out = {k: getattr(self, k) for k in TRAINING_FIELDS}
+        name = self.optimizer["name"]
+        if ":" in name or name in READS_F_STAR:
+            out["f_i_star"] = self.f_i_star
+        if self.source == "recorded":
+            out.update(experiment=self.experiment, run=self.run)
+        return {**out, "training_code": TRAINING_CODE_VERSION}
+
+    def for_training(self) -> "RunSpec":
+        """The spec a train or snapshot job gets: this run's training fields, every measurement-only
+        field at a neutral value, so that every run of one training key hands the job the same spec
+        (and changing a measurement-only setting does not re-run it). Same training key."""
+        if self.source == "recorded":  # never shared: names are part of the key
+            named = {"experiment": self.experiment, "run": self.run}
+        else:
+            named = {"experiment": "train", "run": self.training_key()}
+        f_star = self.f_i_star if "f_i_star" in self.training_spec() else 0.0
+        return replace(self, **named, point="", sweep={}, minimizer="last", drift_tolerance="auto",
+                       directions_every=None, f_i_star=f_star)
+
+    def training_key(self) -> str:
+        """16 hex digits naming the trajectory: runs with the same key share one train job and one
+        training folder (landscope.trajectory.rundir.training_dir)."""
+        return hashlib.sha256(json.dumps(self.training_spec(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def checkpoint_steps(steps: int, every: int) -> list[int]:

@@ -30,7 +30,7 @@ SCHEMAS: dict[str, dict[str, pa.DataType]] = {
         "experiment": STR, "run": STR, "point": STR, "seed": I64, "sweep_json": STR,
         "model": STR, "dataset": STR, "optimizer": STR, "lr": F64, "batch_size": I64,
         "steps": I64, "snapshot_every": I64, "n_params": I64, "n_train": I64, "status": STR,
-        "diverged_step": I64, "train_wall_s": F64, "device": STR, "config_hash": STR,
+        "diverged_step": I64, "train_wall_s": F64, "device": STR, "config_hash": STR, "training_key": STR,
     },
     "train": {
         "experiment": STR, "run": STR, "step": I64, "epoch": I64, "lr": F64, "batch_loss": F64,
@@ -38,6 +38,8 @@ SCHEMAS: dict[str, dict[str, pa.DataType]] = {
     "snapshots": {
         "experiment": STR, "run": STR, "step": I64, "full_loss": F64, "full_grad_norm": F64,
         "param_norm": F64, "accuracy": F64,
+        # on the dataset's held-out samples (landscope.problem.heldout; null without any), and test_loss - full_loss
+        "test_loss": F64, "test_accuracy": F64, "generalization_gap": F64,
     },
     "minimizers": {
         "experiment": STR, "run": STR, "method": STR, "step": I64, "full_loss": F64,
@@ -417,3 +419,45 @@ SCHEMAS["surface_path"] = {
     "loss": F64, "loss_on_plane": F64, "off_plane": F64, "captured_fraction": F64,
 }
 RUN_TABLES |= {"surface_1d", "surface_2d", "surface_path"}
+
+# Diffusion along the minimum (landscope.measures.diffusion.diffusion_run, rule diffusion): one row per run over
+# the window of checkpoints after the loss plateau (start_step..end_step, every thin_stride-th): the MSD exponent
+# and, per series, the straight-line drift over the window (mean, slope per step and the fitted change relative
+# to the mean, their standard errors widened for the residuals' lag-1 autocorrelation) and its trend
+# (exponent_long: the exponent on the fitted lags' upper two octaves, lag_max / 4 .. lag_max); NULL
+# numbers and a note when the run has no window. diffusion_msd: the MSD per lag (msd_fit: the fitted power law
+# on the lags it was fitted on).
+DIFFUSION_SERIES = ("loss", "grad_norm", "param_norm", "test_loss", "lambda_max", "trace", "log_volume")
+SCHEMAS["diffusion"] = {
+    "experiment": STR, "run": STR, "steps": I64, "plateau_step": I64, "start_step": I64, "end_step": I64,
+    "n_checkpoints": I64, "thin_stride": I64, "n_params": I64, "exponent": F64, "exponent_se": F64, "n_lags": I64,
+    "lag_max": F64, "exponent_long": F64, "exponent_long_se": F64, "n_lags_long": I64, "displacement": F64,
+    "motion": STR, "diffusion_claim": STR, "flattening_claim": STR, "note": STR,
+    **{f"{s}_{c}": t for s in DIFFUSION_SERIES for c, t in (
+        ("mean", F64), ("slope", F64), ("slope_se", F64), ("rel_change", F64), ("rel_change_se", F64),
+        ("trend", STR))},
+}
+SCHEMAS["diffusion_msd"] = {
+    "experiment": STR, "run": STR, "lag": I64, "msd": F64, "n_pairs": I64, "in_fit": BOOL, "msd_fit": F64,
+}
+RUN_TABLES |= {"diffusion", "diffusion_msd"}
+
+# Which measures predict generalization (landscope.measures.generalization, rule generalization): one study-level
+# part each (tables/<table>/study/part-00000.parquet). generalization_runs: one row per run, the gap at x_K (the
+# snapshots row at the minimizer's step, else the nearest checkpoint: gap_at_xk false, note says so) and every
+# measure at x_K, null where not measured. generalization_measures: per measure and scope (study, experiment=E)
+# Kendall tau with its bootstrap interval, granulated Psi (within experiments), and the flat-minima claim's sign
+# (+1: a larger value should mean a larger gap) with the verdict of the interval.
+SCHEMAS["generalization_runs"] = {
+    "experiment": STR, "run": STR, "point": STR, "seed": I64, "dataset": STR, "sweep_json": STR, "minimizer": STR,
+    "xk_step": I64, "gap_step": I64, "gap_at_xk": BOOL, "train_loss": F64, "test_loss": F64, "test_accuracy": F64,
+    "generalization_gap": F64, "curvature_step": I64, "lambda_max": F64, "trace": F64, "trace_hutchpp": F64,
+    "log_volume_proxy": F64, "radius_median": F64, "llc_mean": F64, "param_norm": F64, "dist_from_init": F64,
+    "path_length": F64, "alpha_min": F64, "beta_at_alpha_min": F64, "nonvanishing_term": F64,
+    "constants_from": STR, "note": STR,
+}
+SCHEMAS["generalization_measures"] = {
+    "measure": STR, "scope": STR, "experiment": STR, "n_runs": I64, "tau": F64, "tau_lo": F64, "tau_hi": F64,
+    "level": F64, "n_boot": I64, "granulated_psi": F64, "granulated_axes": I64, "granulated_groups": I64,
+    "claim_sign": I64, "verdict": STR,
+}

@@ -1,6 +1,7 @@
 # Helpers shared by the rules: the validated study, and input functions with verb names.
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from landscope.config import load_study
 from landscope.factories import ConfigError
@@ -20,12 +21,27 @@ for _name, _why in STUDY.skipped.items():
 for _name, _why in STUDY.deferred.items():
     print(f"landscope: experiment '{_name}' stays in the DAG but its train jobs will fail: {_why}", file=sys.stderr)
 
+# Checkpoints live per training key since landscope 0.x: a results folder of the earlier layout (a
+# manifest per run folder) is refused rather than silently trained again beside the old checkpoints.
+_legacy = sorted(Path("results/checkpoints").glob("experiment=*/run=*/manifest.json"))
+if _legacy:
+    sys.exit(f"landscope: {_legacy[0].parent} holds checkpoints in the layout of an earlier landscope (one folder "
+             "per run); checkpoints are now shared per training key under results/checkpoints/train=KEY/. Keep "
+             "the old results by running this study in a fresh folder (snakemake --directory NEW_FOLDER ...), "
+             "or delete results/ (or move it away) to train again here.")
+
+# One train job per trajectory: runs whose training key is equal share it (spec.RunSpec.training_key).
+RUNS_OF_KEY = {}
 for _r in STUDY.runs():
-    if _r.source == "recorded" and not Path(f"results/checkpoints/experiment={_r.experiment}/run={_r.run}/recording.json").is_file():
+    RUNS_OF_KEY.setdefault(_r.training_key(), []).append(_r)
+
+for _r in STUDY.runs():
+    if _r.source == "recorded" and not Path(f"results/checkpoints/train={_r.training_key()}/recording.json").is_file():
         print(f"landscope: run {_r.experiment}/{_r.run} has source: recorded but no recording yet: run your "
               "training loop with landscope.Recorder first (README: 'Your own training loop')", file=sys.stderr)
 
-CKPT = "results/checkpoints/experiment={experiment}/run={run}"
+CKPT = "results/checkpoints/experiment={experiment}/run={run}"  # the run folder: x_K, path iterates
+TRAIN = "results/checkpoints/train={key}"  # the training folder: checkpoints, manifest, snapshots
 TABLE = "results/tables/{table}/experiment={experiment}"
 ENV = "../../envs/landscope.yaml"
 
@@ -34,17 +50,44 @@ wildcard_constraints:
     experiment=r"(?!index\.html$)[a-z][a-z0-9_-]*",
     run=r"[A-Za-z0-9.+_-]+",
     segment=r"\d{5}",
+    key=r"[0-9a-f]{16}",
 
 
 def get_run_spec(wildcards):
     return STUDY.run(wildcards.experiment, wildcards.run).to_dict()
 
 
+def spec_of(wildcards):
+    """The RunSpec of a job: its run's, or for a job of a training key the first run that shares it."""
+    if hasattr(wildcards, "key"):
+        return RUNS_OF_KEY[wildcards.key][0]
+    return STUDY.run(wildcards.experiment, wildcards.run)
+
+
+def get_key_spec(wildcards):
+    """What a train or snapshot job gets: the training fields only (RunSpec.for_training), so that a
+    measurement-only change of any run sharing the key does not re-run it."""
+    return spec_of(wildcards).for_training().to_dict()
+
+
+def get_train_dir(wildcards):
+    """The training folder of the job's run."""
+    return f"results/checkpoints/train={spec_of(wildcards).training_key()}"
+
+
+def get_manifest(wildcards):
+    return f"{get_train_dir(wildcards)}/manifest.json"
+
+
+def get_snapshots(wildcards):
+    return f"{get_train_dir(wildcards)}/snapshots.parquet"
+
+
 def get_recording(wildcards):
     """A recorded run's train job needs what landscope.Recorder wrote; a trained run needs nothing."""
-    if STUDY.run(wildcards.experiment, wildcards.run).source != "recorded":
+    if spec_of(wildcards).source != "recorded":
         return []
-    return [f"results/checkpoints/experiment={wildcards.experiment}/run={wildcards.run}/recording.json"]
+    return [f"{get_train_dir(wildcards)}/recording.json"]
 
 
 def get_experiment_runs(experiment):
@@ -86,9 +129,11 @@ def get_report_inputs(wildcards):
         out += get_run_parts(wildcards, t)
     out += get_curvature_parts(wildcards)
     out += get_surfaces_parts(wildcards)
+    out += get_diffusion_parts(wildcards)
     if is_analytic(wildcards.experiment):  # the surface plot reads checkpoints and x_K
-        out += [f"results/checkpoints/experiment={r.experiment}/run={r.run}/{f}"
-                for r in get_experiment_runs(wildcards.experiment) for f in ("manifest.json", "minimizer.pt")]
+        for r in get_experiment_runs(wildcards.experiment):
+            out += [f"results/checkpoints/train={r.training_key()}/manifest.json",
+                    f"results/checkpoints/experiment={r.experiment}/run={r.run}/minimizer.pt"]
     return out
 
 
@@ -188,11 +233,16 @@ def get_plateau_settings(wildcards):
     return {k: v for k, v in raw.items() if k.startswith("plateau_")}
 
 
+def curvature_enabled(experiment):
+    """Whether the experiment measures Hessian curvature (its curvature jobs and tables exist)."""
+    return STUDY.experiments[experiment].raw["curvature"]["enabled"]
+
+
 def get_all_curvature_parts():
     """The curvature part of every run of every experiment whose curvature is enabled, and the
     plateaus part of every experiment."""
     return [f"results/tables/curvature/experiment={r.experiment}/run={r.run}/part-00000.parquet"
-            for e in STUDY.experiments.values() if e.raw["curvature"]["enabled"] for r in e.runs] + [
+            for e in STUDY.experiments.values() if curvature_enabled(e.name) for r in e.runs] + [
         f"results/tables/plateaus/experiment={e}/part-00000.parquet" for e in STUDY.experiments]
 
 
@@ -200,7 +250,7 @@ def get_curvature_parts(wildcards):
     """The experiment's curvature parts (none when curvature is disabled) and its plateaus part
     (always: plateaus come from the replay), for rules that read the tables."""
     plateaus = [f"results/tables/plateaus/experiment={wildcards.experiment}/part-00000.parquet"]
-    if not STUDY.experiments[wildcards.experiment].raw["curvature"]["enabled"]:
+    if not curvature_enabled(wildcards.experiment):
         return plateaus
     return [part for table in ("curvature", "spectrum", "block_curvature", "stationarity", "flatness")
             for part in get_run_parts(wildcards, table)] + plateaus  # every table the curvature job writes
@@ -258,9 +308,64 @@ def get_runs_parts(wildcards):
 
 def get_curvature_tables(wildcards):
     """The experiment's curvature parts, one per run ([] when curvature is disabled: L is then unknown)."""
-    if not STUDY.experiments[wildcards.experiment].raw["curvature"]["enabled"]:
+    if not curvature_enabled(wildcards.experiment):
         return []
     return get_run_parts(wildcards, "curvature")
+
+
+# ----------------------------------------------------------------------------------- diffusion
+def diffusion_enabled(experiment):
+    """Whether the experiment measures diffusion along the minimum (its diffusion jobs and tables exist)."""
+    return STUDY.experiments[experiment].raw["diffusion"]["enabled"]
+
+
+def get_diffusion_settings(wildcards):
+    """The experiment's validated, default-filled ``diffusion:`` section."""
+    return STUDY.experiments[wildcards.experiment].raw["diffusion"]
+
+
+def get_run_snapshots_part(wildcards):
+    return f"results/tables/snapshots/experiment={wildcards.experiment}/run={wildcards.run}/part-00000.parquet"
+
+
+def get_run_curvature_part(wildcards):
+    """The run's curvature part when the experiment measures curvature (lambda_max, trace), else nothing."""
+    if not curvature_enabled(wildcards.experiment):
+        return []
+    return f"results/tables/curvature/experiment={wildcards.experiment}/run={wildcards.run}/part-00000.parquet"
+
+
+def get_diffusion_parts(wildcards):
+    """The experiment's diffusion and diffusion_msd parts (none when diffusion is disabled), for the page."""
+    if not diffusion_enabled(wildcards.experiment):
+        return []
+    return [p for t in ("diffusion", "diffusion_msd") for p in get_run_parts(wildcards, t)]
+
+
+def get_all_diffusion_parts():
+    """The diffusion part of every run of every experiment whose diffusion is enabled."""
+    return [f"results/tables/diffusion/experiment={r.experiment}/run={r.run}/part-00000.parquet"
+            for e in STUDY.experiments.values() if diffusion_enabled(e.name) for r in e.runs]
+
+
+# ----------------------------------------------------------------------------------- generalization
+def get_generalization_inputs():
+    """What the study-wide generalization job reads of every experiment: runs, snapshots and minimizers per
+    run, directions per segment, the condition tables, the curvature job's tables where curvature is
+    enabled, and the surface parts, which its DuckDB views also open: it starts only once nothing it
+    reads is still being written."""
+    out = get_all_summaries()
+    for experiment in STUDY.experiments:
+        wildcards = SimpleNamespace(experiment=experiment)
+        out += [f"results/tables/seed_conditions/experiment={experiment}/part-00000.parquet"]
+        out += [p for t in ("runs", "snapshots", "minimizers") for p in get_run_parts(wildcards, t)]
+        out += get_directions_parts(wildcards) + get_curvature_parts(wildcards) + get_surfaces_parts(wildcards)
+    return out
+
+
+def get_study_runs():
+    """{experiment: its run names}: runs an earlier configuration left in the tables are ignored."""
+    return {e: [r.run for r in spec.runs] for e, spec in STUDY.experiments.items()}
 
 
 # --- cluster: resources the executor plugins read, files declared for storage (docs/cluster.md)
@@ -269,7 +374,7 @@ def get_gpu(wildcards):
     of the job's resources; a 0 would stay in them (Snakemake 9 keeps ``gpu: 0``), and the Kubernetes
     plugin takes any ``gpu`` key for a GPU request. Rules give it as ``gpu`` (SLURM, Kubernetes) and as
     ``nvidia_gpu`` (Google Batch)."""
-    return 1 if STUDY.run(wildcards.experiment, wildcards.run).device == "cuda" else None
+    return 1 if spec_of(wildcards).device == "cuda" else None
 
 
 def get_report_sidecars(wildcards):
@@ -307,8 +412,8 @@ def get_fetch_record(wildcards):
     """The fetch_data record the run's train job waits for. It is an input whether or not the data is here
     at planning time, so that the set of inputs stays the same once the data has arrived (a changed set
     would re-run every train job), and ancient, so that its time re-runs nothing."""
-    name = get_fetched_dataset(wildcards.experiment)
-    return [ancient(f"resources/data/{name}.json")] if name else []
+    names = {get_fetched_dataset(r.experiment) for r in RUNS_OF_KEY[wildcards.key]} - {None}
+    return [ancient(f"resources/data/{name}.json") for name in sorted(names)]
 
 
 def fetch_data_dir(dataset):

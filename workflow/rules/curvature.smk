@@ -6,7 +6,7 @@ rule curvature:
     checkpoints, and flatness at x_K (eps-sublevel radius, log-volume proxy, SGLD local learning
     coefficient), after train."""
     input:
-        manifest=f"{CKPT}/manifest.json",
+        manifest=get_manifest,
         minimizer=f"{CKPT}/minimizer.pt",
         minimizer_sidecar=f"{CKPT}/minimizer.json",
     output:

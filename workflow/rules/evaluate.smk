@@ -6,7 +6,7 @@ rule evaluate:
     surfaces.path_points (or surfaces.enabled / seeds, which decide whether the run gets surfaces)
     therefore re-runs the evaluate jobs of the runs concerned; the other surfaces settings do not."""
     input:
-        manifest=f"{CKPT}/manifest.json",
+        manifest=get_manifest,
         minimizer=f"{CKPT}/minimizer.pt",
         minimizer_sidecar=f"{CKPT}/minimizer.json",
     output:

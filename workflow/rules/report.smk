@@ -6,7 +6,7 @@ rule report:
     output:
         "reports/{experiment}.html",  # in `snakemake --report` through report_site, where its links work
     wildcard_constraints:
-        experiment=r"(?!(?:index|table2)\.html$)[a-z][a-z0-9_-]*",
+        experiment=r"(?!(?:index|table2|generalization)\.html$)[a-z][a-z0-9_-]*",
     params:
         title=get_experiment_title,
         runs=get_run_names,
@@ -34,6 +34,7 @@ rule report_index:
         summaries=get_all_summaries(),
         reports=get_all_reports(),
         table2="reports/table2.html",
+        generalization="reports/generalization.html",
     output:
         "reports/index.html",  # in `snakemake --report` through report_site, where its links work
     params:
@@ -65,6 +66,7 @@ rule report_site:
     input:
         index="reports/index.html",
         table2="reports/table2.html",
+        generalization="reports/generalization.html",
         pages=get_all_reports(),
     output:
         report(directory("results/report/study"), htmlindex="index.html", caption="../report/index.rst",

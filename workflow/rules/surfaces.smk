@@ -4,7 +4,7 @@ rule surfaces:
     and the iterates projected onto each plane. It replays nothing: the iterates between checkpoints
     come from the evaluate jobs of the run's segments (path_iterates)."""
     input:
-        manifest=f"{CKPT}/manifest.json",
+        manifest=get_manifest,
         minimizer=f"{CKPT}/minimizer.pt",
         minimizer_sidecar=f"{CKPT}/minimizer.json",
         path_iterates=get_path_iterates,

@@ -1,27 +1,20 @@
 rule train:
-    """Deterministic training of one run (checkpoints every snapshot_every steps; resumes), then in
-    the same process the full-batch snapshot of every checkpoint and the choice of x_K
-    (landscope.trajectory.train.produce_run): one job instead of three saves two interpreter and
-    torch start-ups per run. A run of a `source: recorded` experiment is not trained: the job
-    imports what your own loop recorded."""
+    """Deterministic training of one trajectory, once per training key (the hash of what decides the
+    trajectory: model, data, optimizer, schedule, batch size, steps, snapshot interval, seed, device;
+    landscope.spec (RunSpec.training_key)), whichever experiments and sweep points share it: checkpoints
+    every snapshot_every steps, resumable. A run of a `source: recorded` experiment is not trained:
+    the job imports what your own loop recorded (landscope.trajectory.train.train_or_import)."""
     input:
         recording=get_recording,
         data=get_fetch_record,
     output:
-        manifest=f"{CKPT}/manifest.json",
-        train="results/tables/train/experiment={experiment}/run={run}/part-00000.parquet",
-        runs="results/tables/runs/experiment={experiment}/run={run}/part-00000.parquet",
-        snapshots="results/tables/snapshots/experiment={experiment}/run={run}/part-00000.parquet",
-        minimizer=f"{CKPT}/minimizer.pt",
-        minimizer_sidecar=f"{CKPT}/minimizer.json",
-        minimizers="results/tables/minimizers/experiment={experiment}/run={run}/part-00000.parquet",
+        manifest=f"{TRAIN}/manifest.json",
     params:
-        spec=get_run_spec,
-        results=get_results_dir_of_output,
+        spec=get_key_spec,
     log:
-        "logs/train/{experiment}/{run}.log",
+        "logs/train/{key}.log",
     benchmark:
-        "results/benchmarks/train/{experiment}/{run}.tsv"
+        "results/benchmarks/train/{key}.tsv"
     threads: 1
     resources:
         mem_mb=2000,
@@ -32,3 +25,61 @@ rule train:
         ENV
     script:
         "../scripts/train.py"
+
+
+rule snapshot:
+    """Full-batch loss, gradient norm, parameter norm and accuracy at every checkpoint of one
+    trajectory (landscope.trajectory.snapshot.snapshot_run), once per training key."""
+    input:
+        manifest=f"{TRAIN}/manifest.json",
+    output:
+        snapshots=f"{TRAIN}/snapshots.parquet",
+    params:
+        spec=get_key_spec,
+    log:
+        "logs/snapshot/{key}.log",
+    benchmark:
+        "results/benchmarks/snapshot/{key}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+        gpu=get_gpu,
+        nvidia_gpu=get_gpu,
+    conda:
+        ENV
+    script:
+        "../scripts/snapshot.py"
+
+
+rule select_minimizer:
+    """x_K of one run by its minimizer setting (last, best, tail_average, projection), and the run's
+    train, runs and snapshots rows under its own experiment and run names
+    (landscope.trajectory.train.finish_run). Changing a measurement-only setting (minimizer, f_i_star
+    for most optimizers, directions_every, drift_tolerance) re-runs this job and what follows it,
+    never the training."""
+    input:
+        manifest=get_manifest,
+        snapshots=get_snapshots,
+    output:
+        minimizer=f"{CKPT}/minimizer.pt",
+        minimizer_sidecar=f"{CKPT}/minimizer.json",
+        train="results/tables/train/experiment={experiment}/run={run}/part-00000.parquet",
+        runs="results/tables/runs/experiment={experiment}/run={run}/part-00000.parquet",
+        snapshots="results/tables/snapshots/experiment={experiment}/run={run}/part-00000.parquet",
+        minimizers="results/tables/minimizers/experiment={experiment}/run={run}/part-00000.parquet",
+    params:
+        spec=get_run_spec,
+        results=get_results_dir_of_output,
+    log:
+        "logs/select_minimizer/{experiment}/{run}.log",
+    benchmark:
+        "results/benchmarks/select_minimizer/{experiment}/{run}.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../scripts/select_minimizer.py"

@@ -1,8 +1,8 @@
 """Snakemake adapter: reports/index.html (logic in landscope.report.index)."""
 from landscope.jobs import job_logging
-from landscope.report.index import write_index
+from landscope.report.index import STUDY_PAGES, write_index
 
 with job_logging(snakemake.log[0], "report_index"):
     write_index(snakemake.params.results, snakemake.params.experiments, snakemake.output[0],
                 skipped=snakemake.params.skipped,
-                links={"table2.html": "Table 2: constants along width, depth, batch size, optimizer and model"})
+                links=STUDY_PAGES)

@@ -117,9 +117,8 @@ def ab_pair(u, v, a, margin: float, lr: float, smoothness: float, sigma_int: flo
     if conditions.lp_min(u, v, a, floor, (1.0, 0.0)) is None:
         widest = conditions.lp_min(u, v, a, margin, (-1.0, 1.0))
         return NAN, (NAN if widest is None else widest[0] - widest[1]), NAN, False
-    rows = np.column_stack([u, -v, -a])
-    norm = np.abs(rows).max(axis=1)
-    rows = rows / np.where(norm > 0, norm, 1.0)[:, None]  # the same half-spaces, at unit scale
+    A, b = conditions.scaled_rows(u, v, a, floor)  # the same half-spaces, at unit scale
+    rows = np.column_stack([A[:-1], -b[:-1]])  # homogeneous in (y, t); the margin row is the bound on t
     c0 = d0**2 / (k * lr) + 2.0 * smoothness * lr * sigma_int
     res = linprog(c=[0.0, 2.0 * sigma_int, c0], A_ub=rows if len(rows) else None,
                   b_ub=np.zeros(len(rows)) if len(rows) else None, A_eq=[[1.0, -1.0, 0.0]], b_eq=[1.0],

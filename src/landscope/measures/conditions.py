@@ -107,7 +107,7 @@ def feasible_polygon(u, v, a, margin: float, alpha_box: float, beta_box: float) 
     return poly
 
 
-def _rows(u, v, a, margin: float) -> tuple[np.ndarray, np.ndarray]:
+def scaled_rows(u, v, a, margin: float) -> tuple[np.ndarray, np.ndarray]:
     """The constraints alpha u_k - beta v_k <= a_k and beta - alpha <= -margin as (A, b), each data row scaled
     to unit size (the same half-plane; the LP's absolute tolerances then mean the same for every row)."""
     A = np.column_stack([u, -np.asarray(v, float)])
@@ -120,7 +120,7 @@ def _rows(u, v, a, margin: float) -> tuple[np.ndarray, np.ndarray]:
 def lp_min(u, v, a, margin: float, objective: tuple[float, float],
            bounds: tuple = ((0.0, None), (0.0, None))) -> tuple[float, float] | None:
     """Minimize objective . (alpha, beta) over the whole feasible set (no box); None when it is empty."""
-    A, b = _rows(u, v, a, margin)
+    A, b = scaled_rows(u, v, a, margin)
     res = linprog(c=list(objective), A_ub=A, b_ub=b, bounds=list(bounds), method="highs-ds")
     if res.status != 0:
         return None
@@ -153,7 +153,7 @@ def ratio_min(u, v, a, margin: float) -> tuple[float, float, float, bool] | None
     limit along them). A second LP takes, among the optimal points, the largest t, i.e. the smallest alpha.
     Returns (ratio, alpha, beta, at_infinity); at_infinity when only a direction attains it (t = 0).
     """
-    A, b = _rows(u, v, a, margin)
+    A, b = scaled_rows(u, v, a, margin)
     A_cc = np.column_stack([A[:-1], -b[:-1]])  # data rows: [u, -v] . y - a t <= 0 (scaled)
     eq = np.array([[1.0, -1.0, 0.0]])
     t_bound = (0.0, 1.0 / margin if margin > 0 else 1e12)

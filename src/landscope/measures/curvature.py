@@ -222,7 +222,7 @@ def curvature_run(spec, ckpt_dir, minimizer_path, results, settings: dict) -> di
     t_run = time.perf_counter()
     ckpt_dir = Path(ckpt_dir)
     manifest = run_manifest(spec, ckpt_dir, "curvature")
-    chash = spec.config_hash()
+    chash, key = spec.config_hash(), spec.training_key()
     minimizer = load_minimizer(minimizer_path) if minimizer_path else None
     x_k = minimizer.get("step") if minimizer else None
     all_steps = [c["step"] for c in manifest["checkpoints"]]
@@ -236,7 +236,7 @@ def curvature_run(spec, ckpt_dir, minimizer_path, results, settings: dict) -> di
     adam = spec.optimizer.get("name") in ADAM_TYPES
     for step in steps:
         t0 = time.perf_counter()
-        state = load_checkpoint(checkpoint_path(ckpt_dir, step), chash)
+        state = load_checkpoint(checkpoint_path(ckpt_dir, step), key)
         problem.model.load_state_dict(state["model"])
         points[step] = flatten(trainable_parameters(problem.model))
         op = hessian_operator(problem.model, problem.loss_fn, x, y)
@@ -263,12 +263,12 @@ def curvature_run(spec, ckpt_dir, minimizer_path, results, settings: dict) -> di
     t0 = time.perf_counter()
     for step in all_steps:  # the checkpoints the curvature loop skipped (every > 1)
         if step not in points:
-            problem.model.load_state_dict(load_checkpoint(checkpoint_path(ckpt_dir, step), chash)["model"])
+            problem.model.load_state_dict(load_checkpoint(checkpoint_path(ckpt_dir, step), key)["model"])
             points[step] = flatten(trainable_parameters(problem.model))
     if minimizer is not None:
         problem.model.load_state_dict(minimizer["model"])
     else:  # x_K: the model as the last checkpoint left it, whichever was read last
-        problem.model.load_state_dict(load_checkpoint(checkpoint_path(ckpt_dir, all_steps[-1]), chash)["model"])
+        problem.model.load_state_dict(load_checkpoint(checkpoint_path(ckpt_dir, all_steps[-1]), key)["model"])
     pairs, run_level = stationarity(all_steps, [points[s] for s in all_steps],
                                     flatten(trainable_parameters(problem.model)))
     t_stat = time.perf_counter() - t0

@@ -254,7 +254,7 @@ def surfaces_run(spec, ckpt_dir, minimizer_path, results, settings: dict) -> dic
     minimizer = load_minimizer(minimizer_path, problem.device)
     steps = path_steps(manifest_checkpoints(manifest), s["path_points"])  # fewer checkpoints: diverged
     # checkpoints, and the iterates between them that the evaluate jobs kept (with their replay's drift)
-    states, drift = load_path_states(spec, ckpt_dir, steps, problem.device)
+    states, drift = load_path_states(spec, ckpt_dir, Path(minimizer_path).parent, steps, problem.device)
     t_iterates = time.perf_counter() - t0
 
     idx = eval_subset(len(problem.data), s["eval_samples"], s["seed"]).to(problem.device)

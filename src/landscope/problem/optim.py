@@ -387,3 +387,4 @@ def _onecycle(max_lr: float, get, steps: int, step: int) -> float:
             return lr_to + (lr_from - lr_to) / 2.0 * (math.cos(math.pi * pct) + 1)
         start = end
     raise AssertionError("unreachable")
+

@@ -2,9 +2,9 @@
 trajectories, the set of minimizers S, every seed's checkpoints and its x_K.
 
 The example number comes from the runs table (the model's JSON: ``{"name": "analytic", "example": k}``);
-the points come from the checkpoints ``<results>/checkpoints/experiment=E/run=R/step=*.pt`` and x_K
-from ``minimizer.pt`` beside them (for ``minimizer: projection`` x_K is the projection of each
-iterate onto S, drawn for the last checkpoint).
+the points come from the checkpoints in each run's training folder (landscope.trajectory.rundir:
+the runs table names its training key) and x_K from ``minimizer.pt`` in its run folder (for
+``minimizer: projection`` x_K is the projection of each iterate onto S, drawn for the last checkpoint).
 """
 
 from __future__ import annotations
@@ -20,7 +20,14 @@ import torch
 from landscope.problem import analytic
 from landscope.report.base import Section
 from landscope.trajectory.replay import parameter_path
-from landscope.trajectory.rundir import checkpoint_path, load_checkpoint, load_minimizer
+from landscope.trajectory.rundir import (
+    checkpoint_path,
+    key_dir,
+    load_checkpoint,
+    load_minimizer,
+    minimizer_path,
+    run_dir,
+)
 
 GRID_N = 50  # grid cells per axis of the surface
 PAD = 0.25  # the box extends this fraction of its size beyond the plotted points
@@ -28,8 +35,9 @@ SEED_COLORS = ["#ffffff", "#ff9f1c", "#00e5ff", "#ff4fd8", "#b6ff3b", "#c0c0c0"]
 
 
 def analytic_runs(con, experiment: str) -> pl.DataFrame:
-    """run, point, seed, example of the experiment's runs whose model is an analytic example."""
-    df = con.sql("SELECT run, point, seed, model FROM runs WHERE experiment = $e ORDER BY point, seed, run",
+    """run, point, seed, training_key, example of the experiment's runs whose model is an analytic example."""
+    df = con.sql("SELECT run, point, seed, training_key, model FROM runs WHERE experiment = $e "
+                 "ORDER BY point, seed, run",
                  params={"e": experiment}).pl()
     rows = []
     for r in df.iter_rows(named=True):
@@ -38,8 +46,10 @@ def analytic_runs(con, experiment: str) -> pl.DataFrame:
         except json.JSONDecodeError:
             continue
         if isinstance(model, dict) and model.get("name") == "analytic":
-            rows.append({**{k: r[k] for k in ("run", "point", "seed")}, "example": int(model.get("example", 1))})
-    return pl.DataFrame(rows, schema={"run": pl.String, "point": pl.String, "seed": pl.Int64, "example": pl.Int64})
+            rows.append({**{k: r[k] for k in ("run", "point", "seed", "training_key")},
+                         "example": int(model.get("example", 1))})
+    return pl.DataFrame(rows, schema={"run": pl.String, "point": pl.String, "seed": pl.Int64,
+                                      "training_key": pl.String, "example": pl.Int64})
 
 
 def _w(state: dict) -> tuple[float, float]:
@@ -57,7 +67,7 @@ def checkpoint_points(results: str | Path, experiment: str, runs: pl.DataFrame) 
 
     cps, xks = [], []
     for r in runs.iter_rows(named=True):
-        folder = Path(results) / "checkpoints" / f"experiment={experiment}" / f"run={r['run']}"
+        folder = key_dir(results, r["training_key"])
         try:
             steps, path = parameter_path(folder)
             pts = [(s, float(w[0]), float(w[1])) for s, w in zip(steps, path)]
@@ -65,7 +75,7 @@ def checkpoint_points(results: str | Path, experiment: str, runs: pl.DataFrame) 
             marks = sorted(int(p.stem.split("=")[1]) for p in folder.glob("step=*.pt"))
             pts = [(s, *_w(load_checkpoint(checkpoint_path(folder, s)))) for s in marks]
         cps += [{"run": r["run"], "point": r["point"], "seed": r["seed"], "step": s, "x": x, "y": y} for s, x, y in pts]
-        mfile = folder / "minimizer.pt"
+        mfile = minimizer_path(run_dir(results, experiment, r["run"]))
         if mfile.is_file():
             state = load_minimizer(mfile)
             x, y = _w(state)

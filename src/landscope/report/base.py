@@ -19,7 +19,7 @@ import vl_convert
 
 from landscope import store
 
-STOCHASTIC, FULL = "stochastic (binned)", "full batch"
+STOCHASTIC, FULL, HELDOUT = "stochastic (binned)", "full batch", "held-out (test)"
 MAX_BINS = 400  # step bins per sweep point for per-step series (train)
 MAX_ROWS = 5000  # rows of one chart's dataset (Altair refuses more)
 NO_DATA = "<p class=nodata>no data</p>"
@@ -144,7 +144,8 @@ def band_layers(df: pl.DataFrame, y_title: str, scale: alt.Scale, order: list[st
                  alt.Tooltip("lo:Q", format=".4g"), alt.Tooltip("hi:Q", format=".4g"), "n_runs:Q"])
     if dash:
         line = line.encode(strokeDash=alt.StrokeDash(
-            "kind:N", title=None, scale=alt.Scale(domain=[STOCHASTIC, FULL]),
+            "kind:N", title=None,
+            scale=alt.Scale(domain=[STOCHASTIC, FULL, HELDOUT], range=[[1, 0], [6, 3], [2, 2]]),
             legend=alt.Legend(symbolType="stroke", symbolStrokeColor="#444", symbolStrokeWidth=2,
                               symbolSize=300)))
     return [band, line]

@@ -20,6 +20,7 @@ import polars as pl
 from landscope import store
 from landscope.report.base import (
     FULL,
+    HELDOUT,
     MAX_BINS,
     STOCHASTIC,
     Section,
@@ -44,16 +45,18 @@ CLIP_QUANTILE = 0.05  # the heatmap's red saturates at this quantile of min T
 
 # ----------------------------------------------------------------------------------- queries
 def loss_curves(con, experiment: str, max_bins: int = MAX_BINS) -> pl.DataFrame:
-    """Stochastic batch loss binned per point and the full-batch loss at checkpoints.
+    """Stochastic batch loss binned per point, and the full-batch training loss and the held-out (test)
+    loss at checkpoints (no held-out rows where the dataset holds nothing out).
 
-    Columns: point, step, mean, lo, hi (over seeds), n_runs, kind (STOCHASTIC or FULL). Both
+    Columns: point, step, mean, lo, hi (over seeds), n_runs, kind (STOCHASTIC, FULL or HELDOUT). The
     series are binned so that together they stay within MAX_ROWS rows.
     """
-    bins = bins_per_point(n_points(con, experiment), series=2, max_bins=max_bins)
-    stoch = query_df(con, binned_sql(run_source("train", "batch_loss", positive=True), bins), experiment)
-    full = query_df(con, binned_sql(run_source("snapshots", "full_loss", positive=True), bins), experiment)
-    return sort_points(pl.concat([stoch.with_columns(kind=pl.lit(STOCHASTIC)),
-                                   full.with_columns(kind=pl.lit(FULL))]))
+    bins = bins_per_point(n_points(con, experiment), series=3, max_bins=max_bins)
+    parts = [query_df(con, binned_sql(run_source(table, column, positive=True), bins), experiment)
+             .with_columns(kind=pl.lit(kind))
+             for table, column, kind in (("train", "batch_loss", STOCHASTIC), ("snapshots", "full_loss", FULL),
+                                         ("snapshots", "test_loss", HELDOUT))]
+    return sort_points(pl.concat(parts))
 
 
 def checkpoint_stat(con, experiment: str, table: str, column: str, where: str = "true",
@@ -110,12 +113,13 @@ def seed_conditions(con, experiment: str) -> pl.DataFrame:
 
 # ----------------------------------------------------------------------------------- charts
 def loss_chart(df: pl.DataFrame) -> alt.LayerChart:
-    """Loss on a log axis: the binned stochastic batch loss (solid, light band) and the full-batch
-    loss at checkpoints (dashed, with markers), each a mean over seeds with its min-max band."""
+    """Loss on a log axis: the binned stochastic batch loss (solid, light band), the full-batch training
+    loss at checkpoints (dashed) and the held-out loss at checkpoints (dotted), each a mean over seeds
+    with its min-max band: train and test side by side."""
     df = df.filter(pl.col("lo") > 0)
     order = point_order(df["point"].to_list())
     layers = []
-    for kind, opacity in ((STOCHASTIC, 0.15), (FULL, 0.3)):
+    for kind, opacity in ((STOCHASTIC, 0.15), (FULL, 0.3), (HELDOUT, 0.3)):
         part = df.filter(pl.col("kind") == kind)
         if not part.is_empty():
             layers += band_layers(part, "loss", alt.Scale(type="log"), order, dash="kind", opacity=opacity)

@@ -50,6 +50,10 @@ corner, not the data, sets the smallest pair, the verdict says so: those constan
 non-vanishing term is its minimum over the feasible region, at the pair shown; the constants are the min over
 all seeds, with the range of the smallest &alpha; over the seeds beside them. Each experiment's page has the
 heatmaps, curves, margin sensitivity and per-run constants.</p>"""
+# The study-wide pages the index links above the experiments ({relative href: text}), for write_index's links.
+STUDY_PAGES = {"table2.html": "Table 2: constants along width, depth, batch size, optimizer and model",
+               "generalization.html": "Which measures predict generalization: Kendall τ of each measure at x_K "
+                                      "against the generalization gap"}
 CONDITIONS_PREFIX = ("<b>Classical conditions</b> along the trajectories (α-β on each step's mini-batch, the "
                      "others on the full batch; all seeds together) &mdash; ")
 

@@ -38,6 +38,7 @@ from landscope.report.conditions import (
     seed_conditions,
 )
 from landscope.report.curvature import curvature_charts, plateau_section
+from landscope.report.diffusion import diffusion_part
 from landscope.report.promises import promise_part
 from landscope.report.semantics import (
     binding_text,
@@ -192,6 +193,9 @@ def optional_parts(con, results, experiment: str, summary: pl.DataFrame,
     if loss_surfaces:
         parts.append("<h2>Loss surfaces around x<sub>K</sub></h2>" + sections_html(loss_surfaces))
         charted += loss_surfaces
+    diffusion_html, diffusion = diffusion_part(con, experiment)  # ('', []) without diffusion rows
+    parts.append(diffusion_html)
+    charted += diffusion
     return "".join(parts), [s for s in charted if s.chart is not None]
 
 

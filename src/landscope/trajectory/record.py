@@ -11,13 +11,14 @@ optimizer, batch_size, steps, snapshot_every, seeds) and is not trained by lands
             opt.zero_grad(); loss.backward(); opt.step(); sched.step()
             rec.step(idx, loss)
 
-writes, under ``results/checkpoints/experiment=mine/run=seed-0/``, what landscope's own training
-writes (a checkpoint every ``snapshot_every`` steps with its SHA-256 sidecar, the per-step train
-rows) plus the recording (landscope.trajectory.rundir.RECORDING): the sample indices, learning rate
-and loss of every step. Then
+writes, in the run's training folder ``results/checkpoints/train=KEY/``
+(landscope.trajectory.rundir.training_dir), what landscope's own training writes (a checkpoint
+every ``snapshot_every`` steps with its SHA-256 sidecar, the per-step train rows) plus the
+recording (landscope.trajectory.rundir.RECORDING): the sample indices, learning rate and loss of
+every step. Then
 ``snakemake --cores all --configfile my_study.yaml`` runs the rest of the DAG on it: the train job
-of a recorded run only imports the recording (tables, manifest), snapshots the checkpoints and
-chooses x_K; the replay re-runs every segment with the recorded batches and learning rates and
+of a recorded run only imports the recording (manifest), the snapshot job measures the checkpoints
+and select_minimizer chooses x_K; the replay re-runs every segment with the recorded batches and learning rates and
 fails if the parameters do not reach the next checkpoint (bitwise on CPU). So a loop that does
 something the config does not say (another loss, data augmentation, gradient clipping, two
 optimizer steps per batch) is caught, not measured wrongly.
@@ -49,11 +50,11 @@ from landscope.spec import RunSpec
 from landscope.trajectory.rundir import (
     RECORDING,
     RecordingError,
-    checkpoint_dir,
     clear_recorded_files,
     mark_diverged,
     save_checkpoint,
     save_recording,
+    training_dir,
     write_segment_rows,
 )
 
@@ -95,7 +96,7 @@ class Recorder:
             raise ConfigError(f"experiment {self.spec.experiment!r} has source: {self.spec.source}, so the "
                               "pipeline trains it itself; set `source: recorded` in its config to record your own loop")
         self.results = Path(results)
-        self.ckpt_dir = checkpoint_dir(results, self.spec.experiment, self.spec.run)
+        self.ckpt_dir = training_dir(results, self.spec)
         with torch.random.fork_rng(devices=[]):  # build_problem seeds torch to build its model
             reference = build_problem(self.spec)
         _check_model(model, reference.model, self.spec)
@@ -185,7 +186,7 @@ class Recorder:
             raise RecordingError(f"run {self.spec.run}: recorded {self.step_count} steps, but the experiment has "
                                  f"steps: {self.steps}; record all of them (or set steps: {self.step_count})")
         n = len(self._indices)
-        chash = self.spec.config_hash()
+        chash = self.spec.training_key()
         return save_recording(self.ckpt_dir, self._indices, self._lrs, self._losses[:n], {
             "experiment": self.spec.experiment, "run": self.spec.run, "config_hash": chash, "steps": n,
             "wall_s": time.perf_counter() - self._t0,
@@ -215,7 +216,7 @@ class Recorder:
         diverged, and take no more checkpoints."""
         j = self.spec.checkpoint_steps.index(self._segment_start)
         self._write_segment_rows(k + 1)
-        self.diverged = mark_diverged(self.ckpt_dir, k, j, self.spec.config_hash())
+        self.diverged = mark_diverged(self.ckpt_dir, k, j, self.spec.training_key())
 
 
 def _resolve_spec(spec, experiment, run) -> RunSpec:

@@ -86,7 +86,7 @@ def replay(problem: Problem, ckpt_dir: str | Path, lo: int, hi: int, hook: Calla
     after the backward pass). Afterwards the model is at x_hi; returns its drift from checkpoint
     ``hi`` (None when ``hi`` is no checkpoint step: a diverged run's last iterate)."""
     spec = problem.spec
-    chash = spec.config_hash()
+    chash = spec.training_key()
     opt = make_optimizer(spec.optimizer, problem.model.parameters())
     restore_state(problem, opt, load_checkpoint(checkpoint_path(ckpt_dir, lo), chash))
     for step in range(lo, hi):
@@ -338,8 +338,9 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
     chash = spec.config_hash()
     where = f"run {spec.experiment}/{spec.run} segment {segment} (steps {lo}..{hi})"
     keep = segment_path_steps(manifest_checkpoints(run_manifest(spec, ckpt_dir, "evaluate")), path_points, lo, hi)
-    if read_divergence(ckpt_dir, chash) is not None:
-        return _diverged_segment(spec, ckpt_dir, segment, results, keep, where)
+    kept_dir = Path(minimizer_path).parent  # the run folder: x_K and the path iterates
+    if read_divergence(ckpt_dir, spec.training_key()) is not None:
+        return _diverged_segment(spec, ckpt_dir, kept_dir, segment, results, keep, where)
     problem = attach_recording(build_problem(spec), ckpt_dir)
     model_k = copy.deepcopy(problem.model)
     model_k.load_state_dict(load_minimizer(minimizer_path, problem.device)["model"])
@@ -425,7 +426,7 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
         "experiment": [spec.experiment], "run": [spec.run], "segment": [segment], "step": [hi],
         "max_abs_drift": [drift.value], "tolerance": [drift.tolerance], "replay_wall_s": [wall]}, meta)
     drift.check(where)
-    save_path_iterates(ckpt_dir, segment, spec, states, drift.value)
+    save_path_iterates(kept_dir, segment, spec, states, drift.value)
     if hi == spec.steps:
         directions.append(direction(hi))
     star = (problem.batch_star(None).expand(n_steps) if problem.fstar is None else
@@ -465,7 +466,8 @@ def _deferred_losses_at_min(problem: Problem, model_k: nn.Module, steps: range) 
     return torch.stack([loss_at(problem, model_k, s) for s in steps])
 
 
-def _diverged_segment(spec: RunSpec, ckpt_dir: Path, segment: int, results, keep: set[int], where: str) -> dict:
+def _diverged_segment(spec: RunSpec, ckpt_dir: Path, kept_dir: Path, segment: int, results, keep: set[int],
+                      where: str) -> dict:
     """A diverged run has no trajectory to measure: its parts exist (the DAG is static) but are empty.
     Its surfaces still need the iterates ``keep`` of a segment before the divergence: replayed, not measured."""
     chash = spec.config_hash()
@@ -486,7 +488,7 @@ def _diverged_segment(spec: RunSpec, ckpt_dir: Path, segment: int, results, keep
         replayed = replay(problem, ckpt_dir, lo, hi, visit=visit)
         replayed.check(where)
         drift = replayed.value
-    save_path_iterates(ckpt_dir, segment, spec, states, drift)
+    save_path_iterates(kept_dir, segment, spec, states, drift)
     return {"segment": segment, "drift": 0.0, "wall_s": 0.0, "status": "diverged", "path_iterates": len(states)}
 
 

@@ -1,15 +1,22 @@
-"""The run folder: every file a run's folder holds, how each is written (atomically, with a sidecar
+"""The training and run folders: every file they hold, how each is written (atomically, with a sidecar
 that records its SHA-256) and how each is read back and checked.
 
-One folder per run, ``results/checkpoints/experiment=E/run=R/`` (:func:`checkpoint_dir`):
+Two kinds of folder. A trajectory is paid for once per **training key** (the hash of what decides
+it: RunSpec.training_key in landscope.spec), whichever experiments and sweep points
+share it, in the training folder ``results/checkpoints/train=KEY/`` (:func:`training_dir`):
 
 - ``step=0000040.pt`` + ``.json``: a checkpoint (model, optimizer and RNG states) every
   ``snapshot_every`` steps, written by training or by your own loop's Recorder;
-- ``train-segment=00000.parquet``: the train rows of each segment, until the run's tables are written;
+- ``train-segment=00000.parquet``: the train rows of each segment;
 - ``diverged.json``: the first non-finite loss, when the run diverged;
 - ``recording.pt`` + ``.json``: the batches, learning rates and losses of a recorded loop;
-- ``manifest.json``: the run's spec, status and checkpoints (the train rule's output);
-- ``minimizer.pt`` + ``.json``: x_K;
+- ``manifest.json``: the trajectory's training spec, status and checkpoints (the train rule's output);
+- ``snapshots.parquet``: full-batch measurements at every checkpoint (the snapshot rule's output).
+
+What is measured on it lives in the run folder ``results/checkpoints/experiment=E/run=R/``
+(:func:`run_dir`), keyed by the whole run spec (its config hash):
+
+- ``minimizer.pt`` + ``.json``: x_K (the select_minimizer rule's output);
 - ``path-segment=00000.pt`` + ``.json``: the iterates between checkpoints that the run's loss
   surfaces need, kept by the evaluate job of each segment (empty when the segment has none).
 
@@ -34,6 +41,8 @@ from landscope.problem.build import Problem
 from landscope.spec import RunSpec
 
 MANIFEST = "manifest.json"
+SNAPSHOTS = "snapshots.parquet"
+MINIMIZER = "minimizer.pt"
 RECORDING = "recording.pt"
 DIVERGED = "diverged.json"
 # what a new recording replaces: a recorded loop's own files (checkpoints, rows, mark, recording)
@@ -50,9 +59,28 @@ class RecordingError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------- names
-def checkpoint_dir(results: str | Path, experiment: str, run: str) -> Path:
-    """Where the pipeline expects the run's folder (the train rule's checkpoints)."""
+def training_dir(results: str | Path, spec: RunSpec) -> Path:
+    """The training folder of ``spec``'s trajectory (checkpoints, recording, manifest, snapshots)."""
+    return key_dir(results, spec.training_key())
+
+
+def key_dir(results: str | Path, key: str) -> Path:
+    """The training folder of training key ``key`` (the runs table names each run's)."""
+    return Path(results) / "checkpoints" / f"train={key}"
+
+
+def run_dir(results: str | Path, experiment: str, run: str) -> Path:
+    """The run folder: what is measured on the trajectory for this run's spec (x_K, path iterates)."""
     return Path(results) / "checkpoints" / f"experiment={experiment}" / f"run={run}"
+
+
+def snapshots_path(train_dir: str | Path) -> Path:
+    return Path(train_dir) / SNAPSHOTS
+
+
+def minimizer_path(folder: str | Path) -> Path:
+    """x_K in a run folder (:func:`run_dir`)."""
+    return Path(folder) / MINIMIZER
 
 
 def checkpoint_path(ckpt_dir: Path, step: int) -> Path:
@@ -134,7 +162,7 @@ def read_verified(path: Path, what: str, redo: str, config_hash: str | None = No
 
 # ----------------------------------------------------------------------------------- checkpoints
 def save_checkpoint(ckpt_dir: Path, step: int, problem: Problem, opt) -> Path:
-    chash = problem.spec.config_hash()
+    chash = problem.spec.training_key()
     state = {
         "step": step,
         "model": problem.model.state_dict(),
@@ -147,18 +175,18 @@ def save_checkpoint(ckpt_dir: Path, step: int, problem: Problem, opt) -> Path:
         "step": step, "config_hash": chash, "provenance": store.provenance(chash, str(problem.device))})
 
 
-def checkpoint_valid(path: Path, config_hash: str) -> bool:
+def checkpoint_valid(path: Path, key: str) -> bool:
     """Whether the checkpoint can be resumed from (:func:`verify` passes), without loading it."""
     try:
-        verify(path, config_hash=config_hash)
+        verify(path, config_hash=key)
     except CheckpointError:
         return False
     return True
 
 
-def load_checkpoint(path: Path, config_hash: str | None = None, map_location="cpu") -> dict:
-    """Load a checkpoint after checking its SHA-256 (and config hash when given)."""
-    return read_verified(path, "checkpoint", "re-run training", config_hash, map_location)[0]
+def load_checkpoint(path: Path, key: str | None = None, map_location="cpu") -> dict:
+    """Load a checkpoint after checking its SHA-256 (and, given, that trajectory ``key`` wrote it)."""
+    return read_verified(path, "checkpoint", "re-run training", key, map_location)[0]
 
 
 def checkpoint_sha256(ckpt_dir: Path, step: int) -> str:
@@ -226,20 +254,22 @@ def write_manifest(ckpt_dir: Path, manifest: dict) -> None:
 
 
 def read_manifest(ckpt_dir: str | Path) -> dict:
-    """The run's manifest as written, with its run spec (refused when an older landscope wrote it)."""
+    """The trajectory's manifest as written, with the run spec that trained it (refused when an older
+    landscope wrote it)."""
     manifest = json.loads((Path(ckpt_dir) / MANIFEST).read_text())
-    if "spec" not in manifest:
-        raise CheckpointError(f"{ckpt_dir}/{MANIFEST} has no run spec (written by an older landscope); re-run training")
+    if "spec" not in manifest or "training_key" not in manifest:
+        raise CheckpointError(f"{ckpt_dir}/{MANIFEST} was written by an older landscope (no training key); "
+                              "re-run training")
     return manifest
 
 
 def run_manifest(spec: RunSpec, ckpt_dir: str | Path, job: str) -> dict:
-    """The run's manifest (:func:`read_manifest`), refused (naming ``job`` and the run) when another
-    configuration wrote it: the checkpoints it lists are not this spec's."""
+    """The trajectory's manifest (:func:`read_manifest`), refused (naming ``job`` and the run) when
+    another trajectory wrote it: the checkpoints it lists are not this spec's."""
     manifest = read_manifest(ckpt_dir)
-    if manifest.get("config_hash") != spec.config_hash():
-        raise ValueError(f"{job} {spec.experiment}/{spec.run}: the manifest was written by another "
-                         "configuration; re-run the train rule for this run")
+    if manifest["training_key"] != spec.training_key():
+        raise ValueError(f"{job} {spec.experiment}/{spec.run}: the manifest in {ckpt_dir} was written by another "
+                         "training configuration; re-run the train rule for this run")
     return manifest
 
 
@@ -285,7 +315,7 @@ def load_recording(ckpt_dir: str | Path, spec: RunSpec) -> Recording:
     """Read the recording after checking its SHA-256 and that this experiment's config wrote it."""
     path = Path(ckpt_dir) / RECORDING
     state, meta = read_verified(
-        path, "recording", "record the run again with the current config", spec.config_hash(),
+        path, "recording", "record the run again with the current config", spec.training_key(),
         missing=(f"run {spec.experiment}/{spec.run} has source: recorded, but {path} (or its sidecar) is missing: "
                  "run your training loop with landscope.Recorder first (README: 'Your own training loop')"))
     return Recording(state["indices"], state["offsets"].tolist(), state["lr"].tolist(), state["loss"].tolist(),
@@ -312,28 +342,29 @@ def save_path_iterates(ckpt_dir: Path, segment: int, spec: RunSpec, states: dict
         "segment": segment, "steps": sorted(states), "config_hash": spec.config_hash(), "replay_drift": drift})
 
 
-def load_path_states(spec: RunSpec, ckpt_dir: str | Path, steps: list[int],
+def load_path_states(spec: RunSpec, ckpt_dir: str | Path, kept_dir: str | Path, steps: list[int],
                      map_location="cpu") -> tuple[dict[int, dict], float]:
     """({step: model state dict} for ``steps``, the largest drift of the replays that kept them).
 
-    A checkpoint step comes from its checkpoint; any other from the path iterates that the evaluate
-    job of its segment kept (0.0 when every step is a checkpoint: nothing was replayed)."""
-    ckpt_dir = Path(ckpt_dir)
-    chash = spec.config_hash()
+    A checkpoint step comes from its checkpoint (in the training folder ``ckpt_dir``); any other from
+    the path iterates that the evaluate job of its segment kept in the run folder ``kept_dir`` (0.0
+    when every step is a checkpoint: nothing was replayed)."""
+    ckpt_dir, kept_dir = Path(ckpt_dir), Path(kept_dir)
+    chash, key = spec.config_hash(), spec.training_key()
     marks = spec.checkpoint_steps
     out, worst, kept = {}, 0.0, {}
     for s in sorted(set(steps)):
         if s in marks:
-            out[s] = load_checkpoint(checkpoint_path(ckpt_dir, s), chash, map_location)["model"]
+            out[s] = load_checkpoint(checkpoint_path(ckpt_dir, s), key, map_location)["model"]
             continue
         j = bisect.bisect(marks, s) - 1
         if j not in kept:
-            payload, meta = read_verified(path_iterates_path(ckpt_dir, j), "path iterates",
+            payload, meta = read_verified(path_iterates_path(kept_dir, j), "path iterates",
                                           "re-run the evaluate rule for this run", chash, map_location)
             kept[j] = dict(zip(payload["steps"], payload["states"]))
             worst = max(worst, meta["replay_drift"] or 0.0)
         if s not in kept[j]:
-            raise CheckpointError(f"path iterates {path_iterates_path(ckpt_dir, j)} hold steps {sorted(kept[j])}, "
+            raise CheckpointError(f"path iterates {path_iterates_path(kept_dir, j)} hold steps {sorted(kept[j])}, "
                                   f"not step {s}: they were kept for other surfaces settings (path_points); "
                                   "re-run the evaluate rule for this run")
         out[s] = kept[j][s]

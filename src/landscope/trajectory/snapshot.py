@@ -7,36 +7,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import pyarrow.parquet as pq
-
 from landscope import store
 from landscope.problem.build import build_problem
 from landscope.problem.evaluate import full_loss_and_grad, norm_of
+from landscope.problem.heldout import heldout_metrics, load_heldout
 from landscope.trajectory.rundir import (
     checkpoint_path,
     load_checkpoint,
     manifest_checkpoints,
     run_manifest,
     save_minimizer,
+    snapshots_path,
 )
 
 
-def snapshot_run(spec, ckpt_dir: str | Path, results: str | Path) -> Path:
-    """Full-batch loss, gradient norm, parameter norm and accuracy at every checkpoint."""
+def snapshot_run(spec, ckpt_dir: str | Path) -> Path:
+    """Full-batch loss, gradient norm, parameter norm and accuracy, and loss and accuracy on at most
+    ``spec.heldout_samples`` held-out samples (landscope.problem.heldout; null without any), at every checkpoint of the
+    training folder ``ckpt_dir``, into its snapshots file (rows named by ``spec``: the job gets
+    RunSpec.for_training's names; each run's select_minimizer job publishes them under its own)."""
     problem = build_problem(spec)
+    heldout = load_heldout(spec, spec.heldout_samples, problem.device)
     rows = {k: [] for k in store.SCHEMAS["snapshots"]}
     for step in manifest_checkpoints(run_manifest(spec, ckpt_dir, "snapshot")):  # fewer when the run diverged
-        state = load_checkpoint(checkpoint_path(ckpt_dir, step), spec.config_hash(), problem.device)
+        state = load_checkpoint(checkpoint_path(ckpt_dir, step), spec.training_key(), problem.device)
         problem.model.load_state_dict(state["model"])
         f, grads, acc = full_loss_and_grad(problem, problem.model)
         for k, v in (("experiment", spec.experiment), ("run", spec.run), ("step", step),
                      ("full_loss", f), ("full_grad_norm", norm_of(grads)),
                      ("param_norm", norm_of([p.detach() for p in problem.model.parameters()])),
-                     ("accuracy", acc)):
+                     ("accuracy", acc), *heldout_metrics(problem, heldout, f).items()):
             rows[k].append(v)
-    meta = store.provenance(spec.config_hash(), str(problem.device))
-    return store.write_table(store.part_path(results, "snapshots", spec.experiment, spec.run),
-                             "snapshots", rows, meta)
+    meta = store.provenance(spec.training_key(), str(problem.device))
+    return store.write_table(snapshots_path(ckpt_dir), "snapshots", rows, meta)
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ def checkpoint_choice(index_of: Callable[[dict], int]) -> Callable:
     def choose(spec, ckpt_dir, snaps: dict) -> Choice:
         i = index_of(snaps)
         step = snaps["step"][i]
-        state = load_checkpoint(checkpoint_path(ckpt_dir, step), spec.config_hash())
+        state = load_checkpoint(checkpoint_path(ckpt_dir, step), spec.training_key())
         return Choice(step, state["model"], snaps["full_loss"][i])
 
     return choose
@@ -83,7 +86,7 @@ def tail_steps(checkpoints: list[int], steps: int) -> list[int]:
 def tail_average(spec, ckpt_dir, snaps: dict) -> Choice:
     """x_K = mean of the parameters of the tail checkpoints (integer buffers: from the last one)."""
     chosen = tail_steps(sorted(snaps["step"]), spec.steps)
-    states = [load_checkpoint(checkpoint_path(ckpt_dir, s), spec.config_hash())["model"] for s in chosen]
+    states = [load_checkpoint(checkpoint_path(ckpt_dir, s), spec.training_key())["model"] for s in chosen]
     avg = {}
     for k, last in states[-1].items():
         if last.is_floating_point():
@@ -103,12 +106,12 @@ MINIMIZERS: dict[str, Callable] = {
 }
 
 
-def select_minimizer(spec, ckpt_dir: str | Path, snapshots_path: str | Path, out_pt: str | Path,
-                     results: str | Path) -> dict:
+def select_minimizer(spec, ckpt_dir: str | Path, snaps: dict, out_pt: str | Path, results: str | Path) -> dict:
     """Choose x_K among the checkpoints by the run's method (MINIMIZERS: ``last``, the paper's, the
     lowest full loss ``best``, ``tail_average``, ``projection``); write it (with its sidecar) and
-    the ``minimizers`` row; returns {'step', 'method', 'full_loss' (NaN when not measured), ...}."""
-    snaps = pq.read_table(snapshots_path).to_pydict()
+    the ``minimizers`` row; returns {'step', 'method', 'full_loss' (NaN when not measured), ...}.
+    ``snaps``: the trajectory's snapshot rows as columns. Needs no model: ``last`` and ``best`` load
+    one checkpoint, ``tail_average`` the tail's."""
     choose = MINIMIZERS.get(spec.minimizer)
     if choose is None:
         raise ValueError(f"unknown minimizer method {spec.minimizer!r}; use last, best, tail_average or projection")

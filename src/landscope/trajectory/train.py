@@ -1,5 +1,5 @@
-"""The train job: deterministic training with checkpoints and resume (or importing a recorded loop),
-then the snapshots and x_K; and the training step that every replay re-runs."""
+"""The train job: deterministic training with checkpoints and resume (or importing a recorded loop);
+the select_minimizer job's publishing of a run; and the training step that every replay re-runs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import math
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import torch
 
 from landscope import store
@@ -29,8 +30,10 @@ from landscope.trajectory.rundir import (
     read_divergence,
     read_train_rows,
     restore_state,
+    run_manifest,
     save_checkpoint,
     segment_rows_path,
+    snapshots_path,
     write_manifest,
     write_segment_rows,
 )
@@ -61,18 +64,46 @@ def take_step(problem: Problem, opt: torch.optim.Optimizer, step: int, hook=None
     return loss.detach()
 
 
-def produce_run(spec: RunSpec, ckpt_dir: str | Path, results: str | Path, minimizer_path: str | Path,
-                progress: bool = False) -> dict:
-    """The train job of one run: train it (or, for ``source: recorded``, import what your own loop
-    recorded), snapshot every checkpoint, and choose x_K into ``minimizer_path``; returns the choice
-    (select_minimizer's dict). Three steps that stay separate functions (one job saves two
-    interpreter and torch start-ups per run; each could be a rule of its own)."""
-    if spec.source == "recorded":
-        finish_recording(spec, ckpt_dir, results)
-    else:
-        train_run(spec, ckpt_dir, results, progress=progress)
-    snapshots = snapshot_run(spec, ckpt_dir, results)
-    return select_minimizer(spec, ckpt_dir, snapshots, minimizer_path, results)
+def finish_run(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Path, results: str | Path) -> dict:
+    """The select_minimizer job of one run: publish its trajectory's ``runs``, ``train`` and
+    ``snapshots`` rows under the run's own experiment and run names (the training folder
+    ``ckpt_dir`` may be shared with other runs), drop evaluation parts of an earlier configuration,
+    and choose x_K into ``minimizer_path``; returns the choice (snapshot.select_minimizer's dict)."""
+    ckpt_dir = Path(ckpt_dir)
+    clear_measured_parts(spec, results)
+    manifest = run_manifest(spec, ckpt_dir, "select_minimizer")
+    meta = store.provenance(spec.config_hash(), manifest["device"])
+    n_parts = len(manifest["checkpoints"]) - 1 + (manifest["status"] == "diverged")
+    store.write_table(store.part_path(results, "train", spec.experiment, spec.run), "train",
+                      labelled(read_train_rows(ckpt_dir, n_parts), spec), meta)
+    snaps = labelled(pq.read_table(snapshots_path(ckpt_dir)).to_pydict(), spec)
+    store.write_table(store.part_path(results, "snapshots", spec.experiment, spec.run), "snapshots", snaps, meta)
+    opt_name = spec.optimizer["name"] + (f"(momentum={spec.optimizer['momentum']})"
+                                         if spec.optimizer.get("momentum") else "")
+    store.write_table(store.part_path(results, "runs", spec.experiment, spec.run), "runs", {
+        "experiment": [spec.experiment], "run": [spec.run], "point": [spec.point],
+        "seed": [spec.seed], "sweep_json": [json.dumps(spec.sweep, sort_keys=True)],
+        "model": [json.dumps(spec.model, sort_keys=True)], "dataset": [spec.dataset["name"]],
+        "optimizer": [opt_name], "lr": [float(spec.optimizer["lr"])], "batch_size": [spec.batch_size],
+        "steps": [spec.steps], "snapshot_every": [spec.snapshot_every], "n_params": [manifest["n_params"]],
+        "n_train": [manifest["n_train"]], "status": [manifest["status"]],
+        "diverged_step": [manifest["diverged_step"]], "train_wall_s": [manifest["train_wall_s"]],
+        "device": [manifest["device"]], "config_hash": [spec.config_hash()],
+        "training_key": [manifest["training_key"]]}, meta)
+    return select_minimizer(spec, ckpt_dir, snaps, minimizer_path, results)
+
+
+def snapshot_and_select(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Path,
+                        results: str | Path) -> dict:
+    """The snapshot and select_minimizer jobs of one trained run in one call (tests, benchmarks)."""
+    snapshot_run(spec, ckpt_dir)
+    return finish_run(spec, ckpt_dir, minimizer_path, results)
+
+
+def labelled(rows: dict, spec: RunSpec) -> dict:
+    """Rows of a (possibly shared) training folder, named by ``spec``'s experiment and run."""
+    n = len(rows["step"])
+    return {**rows, "experiment": [spec.experiment] * n, "run": [spec.run] * n}
 
 
 def clear_measured_parts(spec: RunSpec, results: str | Path) -> None:
@@ -83,23 +114,22 @@ def clear_measured_parts(spec: RunSpec, results: str | Path) -> None:
             part.unlink()
 
 
-def train_run(spec: RunSpec, ckpt_dir: str | Path, results: str | Path, progress: bool = False) -> dict:
-    """Train one run deterministically, checkpointing every ``snapshot_every`` steps.
+def train_run(spec: RunSpec, ckpt_dir: str | Path, progress: bool = False) -> dict:
+    """Train one trajectory deterministically, checkpointing every ``snapshot_every`` steps.
 
-    Resumes from the newest valid checkpoint in ``ckpt_dir`` written by the same configuration.
-    Writes the ``train`` and ``runs`` tables and returns the manifest (also written into the run
-    folder).
+    Resumes from the newest valid checkpoint in the training folder ``ckpt_dir`` written for the same
+    training key. Returns the manifest (also written into the folder); the run's tables are written
+    by :func:`finish_run`.
     """
     ckpt_dir = Path(ckpt_dir)
     if spec.source == "recorded":
         raise ValueError(f"run {spec.experiment}/{spec.run} has source: recorded: its trajectory comes from "
                          "your own loop (landscope.Recorder), not from train_run; see train.finish_recording")
     t0 = time.perf_counter()
-    clear_measured_parts(spec, results)
     problem = build_problem(spec)
     opt = make_optimizer(spec.optimizer, problem.model.parameters())
     marks = spec.checkpoint_steps
-    chash = spec.config_hash()
+    chash = spec.training_key()
     # resume after the longest prefix of valid checkpoints (a corrupted one is recomputed)
     good = -1
     for j, s in enumerate(marks):
@@ -113,7 +143,7 @@ def train_run(spec: RunSpec, ckpt_dir: str | Path, results: str | Path, progress
     start_j = max(good, 0)
     diverged = read_divergence(ckpt_dir, chash)
     if diverged is not None:  # deterministic: it would diverge again at the same step
-        return finish_train(spec, problem, ckpt_dir, results, time.perf_counter() - t0, diverged)
+        return finish_train(spec, problem, ckpt_dir, time.perf_counter() - t0, diverged)
     clear_divergence(ckpt_dir)
     if good >= 0:
         restore_state(problem, opt, load_checkpoint(checkpoint_path(ckpt_dir, marks[good]), chash))
@@ -145,17 +175,15 @@ def train_run(spec: RunSpec, ckpt_dir: str | Path, results: str | Path, progress
             bar.update(hi - lo)
     if bar is not None:
         bar.close()
-    return finish_train(spec, problem, ckpt_dir, results, time.perf_counter() - t0,
-                        read_divergence(ckpt_dir, chash))
+    return finish_train(spec, problem, ckpt_dir, time.perf_counter() - t0, read_divergence(ckpt_dir, chash))
 
 
-def finish_recording(spec: RunSpec, ckpt_dir: str | Path, results: str | Path) -> dict:
+def finish_recording(spec: RunSpec, ckpt_dir: str | Path) -> dict:
     """The train job of a recorded run: check the recording and its checkpoints, then write the
-    ``train`` and ``runs`` tables and the manifest exactly as landscope's training would."""
+    manifest exactly as landscope's training would."""
     ckpt_dir = Path(ckpt_dir)
-    clear_measured_parts(spec, results)  # parts measured on an earlier recording
     rec = load_recording(ckpt_dir, spec)
-    chash = spec.config_hash()
+    chash = spec.training_key()
     diverged = read_divergence(ckpt_dir, chash)
     marks = spec.checkpoint_steps if diverged is None else spec.checkpoint_steps[:diverged["segment"] + 1]
     for s in marks:
@@ -166,35 +194,29 @@ def finish_recording(spec: RunSpec, ckpt_dir: str | Path, results: str | Path) -
     if rec.indices.numel() and int(rec.indices.max()) >= len(problem.data):
         raise RecordingError(f"run {spec.experiment}/{spec.run}: the recording indexes sample "
                              f"{int(rec.indices.max())}, but the dataset has {len(problem.data)} samples")
-    return finish_train(spec, problem, ckpt_dir, results, rec.wall_s, diverged)
+    return finish_train(spec, problem, ckpt_dir, rec.wall_s, diverged)
 
 
-def finish_train(spec: RunSpec, problem: Problem, ckpt_dir: Path, results, wall_s: float,
+def train_or_import(spec: RunSpec, ckpt_dir: str | Path, progress: bool = False) -> dict:
+    """The train job: train the trajectory (or, for ``source: recorded``, import what your own loop
+    recorded); returns the manifest."""
+    if spec.source == "recorded":
+        return finish_recording(spec, ckpt_dir)
+    return train_run(spec, ckpt_dir, progress=progress)
+
+
+def finish_train(spec: RunSpec, problem: Problem, ckpt_dir: Path, wall_s: float,
                  diverged: dict | None = None) -> dict:
-    """Write the run's ``train`` and ``runs`` tables and its manifest (the checkpoints up to the
-    start of the segment that diverged, if it did); returns the manifest."""
+    """Write the trajectory's manifest (the checkpoints up to the start of the segment that diverged,
+    if it did); returns it."""
     marks = spec.checkpoint_steps
     if diverged is not None:  # checkpoints up to the start of the segment that diverged
         marks = marks[:diverged["segment"] + 1]
-    n_parts = len(marks) - 1 + (diverged is not None)
-    status = "completed" if diverged is None else "diverged"
-    meta = store.provenance(spec.config_hash(), str(problem.device))
-    store.write_table(store.part_path(results, "train", spec.experiment, spec.run), "train",
-                      read_train_rows(ckpt_dir, n_parts), meta)
-    opt_name = spec.optimizer["name"] + (f"(momentum={spec.optimizer['momentum']})"
-                                         if spec.optimizer.get("momentum") else "")
-    store.write_table(store.part_path(results, "runs", spec.experiment, spec.run), "runs", {
-        "experiment": [spec.experiment], "run": [spec.run], "point": [spec.point],
-        "seed": [spec.seed], "sweep_json": [json.dumps(spec.sweep, sort_keys=True)],
-        "model": [json.dumps(spec.model, sort_keys=True)], "dataset": [spec.dataset["name"]],
-        "optimizer": [opt_name], "lr": [float(spec.optimizer["lr"])], "batch_size": [spec.batch_size],
-        "steps": [spec.steps], "snapshot_every": [spec.snapshot_every], "n_params": [problem.n_params],
-        "n_train": [len(problem.data)], "status": [status],
-        "diverged_step": [None if diverged is None else diverged["step"]], "train_wall_s": [wall_s],
-        "device": [str(problem.device)], "config_hash": [spec.config_hash()]}, meta)
     manifest = {
-        "experiment": spec.experiment, "run": spec.run, "config_hash": spec.config_hash(), "spec": spec.to_dict(),
-        "n_params": problem.n_params, "status": status, "train_wall_s": wall_s,
+        "training_key": spec.training_key(), "training": spec.training_spec(),
+        "spec": spec.to_dict(),  # as the train job got it: RunSpec.for_training
+        "n_params": problem.n_params, "n_train": len(problem.data), "device": str(problem.device),
+        "status": "completed" if diverged is None else "diverged", "train_wall_s": wall_s,
         "diverged_step": None if diverged is None else diverged["step"],
         "checkpoints": [{"step": s, "file": checkpoint_path(ckpt_dir, s).name, "sha256": checkpoint_sha256(ckpt_dir, s)}
                         for s in marks],
