@@ -105,11 +105,12 @@ def write_run_tables(results, spec, marks) -> None:
         "optimizer": ["sgd"], "lr": [0.1], "batch_size": [spec.batch_size], "steps": [spec.steps],
         "snapshot_every": [spec.snapshot_every], "n_params": [100], "n_train": [200],
         "status": ["completed"], "diverged_step": [None], "train_wall_s": [1.0], "device": ["cpu"],
-        "config_hash": [spec.config_hash()]})
+        "config_hash": [spec.config_hash()], "training_key": [spec.training_key()]})
     k = len(marks)
     store.write_table(store.part_path(results, "snapshots", name, run), "snapshots", {
         "experiment": [name] * k, "run": [run] * k, "step": marks, "full_loss": [1.0] * k,
-        "full_grad_norm": [1.0] * k, "param_norm": [1.0] * k, "accuracy": [0.5] * k})
+        "full_grad_norm": [1.0] * k, "param_norm": [1.0] * k, "accuracy": [0.5] * k,
+        "test_loss": [1.25] * k, "test_accuracy": [0.45] * k, "generalization_gap": [0.25] * k})
     store.write_table(store.part_path(results, "minimizers", name, run), "minimizers", {
         "experiment": [name], "run": [run], "method": ["last"], "step": [marks[-1]], "full_loss": [1.0]})
 
