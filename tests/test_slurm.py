@@ -246,7 +246,9 @@ def test_slurm_profile_runs_the_smoke_study_one_sbatch_job_per_rule_job(slurm_un
     planned = job_stats(text)
     jobs = submissions(work)
     assert Counter(submitted_rule(j) for j in jobs) == {r: n for r, n in planned.items() if r not in LOCAL_RULES}
-    assert sum(planned[r] for r in LOCAL_RULES) == 13  # 2 experiments x (conditions, plateaus, bounds, report) + 5
+    # 2 experiments x (conditions, plateaus, bounds, report) + table2, database, generalization, report_index,
+    # report_site, all
+    assert sum(planned[r] for r in LOCAL_RULES) == 14
     declared = declared_resources()
     for job in jobs:
         rule = submitted_rule(job)
