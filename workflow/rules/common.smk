@@ -21,7 +21,7 @@ for _name, _why in STUDY.skipped.items():
 for _name, _why in STUDY.deferred.items():
     print(f"landscope: experiment '{_name}' stays in the DAG but its train jobs will fail: {_why}", file=sys.stderr)
 
-# Checkpoints live per training key since landscope 0.x: a results folder of the earlier layout (a
+# Checkpoints live per training key (results/checkpoints/train=KEY/): a results folder of the earlier layout (a
 # manifest per run folder) is refused rather than silently trained again beside the old checkpoints.
 _legacy = sorted(Path("results/checkpoints").glob("experiment=*/run=*/manifest.json"))
 if _legacy:
