@@ -309,7 +309,7 @@ def bench_d(args) -> list[dict]:
         wall += max(0.0, b - max(a, reach))
         reach = max(reach, b)
     rows = [row("d", f"rule {rule}: {d['jobs']} jobs, mean {d['s'] / d['jobs']:.1f} s, max {d['max_s']:.1f} s, "
-                     f"max RSS {d['rss']:.0f} MB", d["s"], total, "job-s", None, jobs=d["jobs"],
+                     f"max RSS of a job process {d['rss']:.0f} MB", d["s"], total, "job-s", None, jobs=d["jobs"],
                 mean_s=d["s"] / d["jobs"], max_s=d["max_s"], max_rss_mb=d["rss"], share=d["s"] / total)
             for rule, d in sorted(per.items(), key=lambda kv: -kv[1]["s"])]
     rows.append(row("d", "busy wall time (union of job intervals, from file times) vs sum of job seconds",

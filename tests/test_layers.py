@@ -1,7 +1,7 @@
 """The library's architecture, checked: layers, no import circles, no private names across modules, short
 modules, function-local imports only with a reason, thin workflow scripts, and docs that cite modules that ship.
 
-Layers from the bottom (README, "Layout"): spec, factories, jobs < settings, store, problem/ < config <
+Layers from the bottom (README, "Layout"): spec, factories, jobs, jobserver < settings, store, problem/ < config <
 trajectory/ < measures/ < report/ < cli. A module imports only from its own layer or lower ones, at module level
 and inside functions alike. ``landscope/__init__.py`` is the public face: it may import lazily from anywhere,
 and the library imports nothing from it but ``__version__``.
@@ -26,13 +26,13 @@ SRC = ROOT / "src"
 PACKAGE = "landscope"
 
 LAYERS = [  # from the bottom; a module belongs to the layer of its longest listed prefix
-    ("landscope.spec", "landscope.factories", "landscope.jobs"),
+    ("landscope.spec", "landscope.factories", "landscope.jobs", "landscope.jobserver"),
     ("landscope.settings", "landscope.store", "landscope.problem"),
     ("landscope.config",),
     ("landscope.trajectory",),
     ("landscope.measures",),
     ("landscope.report",),
-    ("landscope.cli", "landscope.progress"),
+    ("landscope.cli", "landscope.progress", "landscope.snakemake_main"),
 ]
 FACE_LAYER = len(LAYERS)  # `from landscope import Recorder` inside the library reaches over every layer
 MAX_LINES = 600

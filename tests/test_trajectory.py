@@ -320,3 +320,50 @@ def test_directions_between_checkpoints_equal_those_at_checkpoints(spec_factory,
     for col in ("full_loss", "full_loss_at_min", "full_grad_norm", "full_grad_dot_dir", "cos_angle", "aiming_coef"):
         a, b = rows["fine"][col].to_numpy(), rows["coarse"][col].to_numpy()
         assert np.allclose(a, b, rtol=1e-12, atol=1e-15, equal_nan=True), col
+
+
+def test_rows_at_checkpoints_reuse_the_snapshot_jobs_gradients_bit_for_bit(tmp_path, spec_factory, monkeypatch):
+    """The snapshot job saves f and its full-batch gradient at each checkpoint; the replay's full-batch rows at
+    checkpoints read them (no forward or backward), and the rows are identical to those computed afresh, with
+    batch-norm buffers too. A saved gradient that belongs to another checkpoint file is not used."""
+    (tmp_path / "bnonly.py").write_text(BN_ONLY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = spec_factory(model={"name": "bnonly:make_bn_only"}, steps=6, snapshot_every=3, directions_every=2,
+                        optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.9})
+    results, ckpt, drifts = run_pipeline(spec, tmp_path / "run")
+    assert drifts == [0.0, 0.0]
+    key = spec.training_key()
+    snaps = pl.read_parquet(rundir.snapshots_path(ckpt)).sort("step")
+    for step, f in zip(snaps["step"], snaps["full_loss"]):
+        saved = rundir.load_full_grad(ckpt, step, key)
+        assert saved is not None and saved[0] == f
+    computed_rows = []
+    real = replay.direction_row
+
+    def counting(problem, model_k, step, f_k=None, full=None):
+        computed_rows.append((step, full is None))
+        return real(problem, model_k, step, f_k, full)
+
+    monkeypatch.setattr(replay, "direction_row", counting)
+    reused = results / "reused"
+    for j in range(spec.n_segments):
+        replay.replay_segment(spec, ckpt, ckpt / "minimizer.pt", j, reused)
+    # checkpoints 0, 3, 6 reuse; 2 and 5 (every 2 steps from each segment's start) are computed
+    assert sorted(computed_rows) == [(0, False), (2, True), (3, False), (5, True), (6, False)]
+    for p in ckpt.glob("full-grad-step=*"):
+        p.unlink()
+    fresh = results / "fresh"
+    for j in range(spec.n_segments):
+        replay.replay_segment(spec, ckpt, ckpt / "minimizer.pt", j, fresh)
+    a, b = (pl.read_parquet(r / "tables/directions/**/*.parquet").sort("step") for r in (reused, fresh))
+    assert a["step"].to_list() == [0, 2, 3, 5, 6]
+    assert a.drop("created_at", strict=False).equals(b.drop("created_at", strict=False))
+
+    # another checkpoint file at step 3 (its SHA-256 changed): the saved gradient is not its own
+    train.snapshot_and_select(spec, ckpt, ckpt / "minimizer.pt", results / "again")
+    assert rundir.load_full_grad(ckpt, 3, key) is not None
+    state = rundir.load_checkpoint(rundir.checkpoint_path(ckpt, 3))
+    state["model"] = {k: v.clone() for k, v in state["model"].items()}
+    rundir.write_with_sidecar(rundir.checkpoint_path(ckpt, 3), {**state, "note": "rewritten"},
+                              rundir.read_sidecar(rundir.checkpoint_path(ckpt, 3)))
+    assert rundir.load_full_grad(ckpt, 3, key) is None and rundir.load_full_grad(ckpt, 0, key) is not None

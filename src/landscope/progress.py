@@ -22,6 +22,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from landscope import jobserver
+
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 PROVIDED = re.compile(r"^Provided (?:cores|remote nodes): (\d+)")
 JOB_STATS = "Job stats:"
@@ -32,6 +34,11 @@ FINISHED = re.compile(r"Finished jobid: (\d+) \(Rule: (\S+)\)")
 STEPS = re.compile(r"(\d+) of (\d+) steps \(\S+\) done")
 ERROR = re.compile(r"^Error in rule (\S+):$")
 ERROR_LOG = re.compile(r"^\s+log: (.+?)(?: \(check log file\(s\) for error details\))?$")
+#: What the job server imports once for every job (landscope.jobserver): the torch jobs' modules. Nothing here
+#: may start a thread at import, which a forked child would miss (polars does: never add it).
+PRELOAD = ("numpy", "pyarrow", "pyarrow.parquet", "torch", "snakemake.iocontainers", "snakemake.logging",
+           "landscope.trajectory.train", "landscope.trajectory.snapshot", "landscope.trajectory.replay",
+           "landscope.measures.curvature", "landscope.measures.surfaces", "landscope.measures.diffusion")
 JOB_LINES = 20  # at most about this many one-job lines per run, besides the stage lines
 
 
@@ -307,12 +314,16 @@ def run_snakemake(args: list[str], log_dir: str | Path = "logs", bench_dir: str 
     except OSError:
         history = {}
     progress = Progress(history=history, start=time.monotonic())
-    cmd = [sys.executable, "-m", "snakemake", *args]
+    cmd = [sys.executable, "-m", "landscope.snakemake_main", *args]  # Snakemake's CLI, its scheduler loop fixed
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     say = _printer(out)
     say(f"landscope run: snakemake {' '.join(args)}")
     say(f"  full output: {log_file}")
+    server = jobserver.start(PRELOAD)  # jobs on this machine fork from one warm interpreter (torch imported once)
+    if server is not None:
+        env.update(server.env)
+        say("  job server: on (LANDSCOPE_JOBSERVER=off runs every job as its own process)")
     with open(log_file, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         try:
@@ -329,6 +340,9 @@ def run_snakemake(args: list[str], log_dir: str | Path = "logs", bench_dir: str 
             log.write(rest or b"")
             say(f"full output: {log_file}")
             return 130
+        finally:
+            if server is not None:
+                server.stop()
     for text in progress.summary(returncode, time.monotonic(), log_file):
         say(text)
     return returncode

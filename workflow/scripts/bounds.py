@@ -1,4 +1,8 @@
 """Snakemake adapter: what each condition promises, against what happened (logic in landscope.measures.bounds)."""
+from landscope.jobserver import hand_over
+
+hand_over()  # in `landscope run`, the job runs in its warm job server (landscope.jobserver)
+
 from landscope.jobs import job_logging
 from landscope.measures.bounds import experiment_bounds
 from landscope.spec import ExperimentSpec

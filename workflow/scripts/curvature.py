@@ -1,4 +1,8 @@
 """Snakemake adapter: curvature of one run's checkpoints (logic in landscope.measures.curvature)."""
+from landscope.jobserver import hand_over
+
+hand_over()  # in `landscope run`, the job runs in its warm job server (landscope.jobserver)
+
 from pathlib import Path
 
 from landscope.jobs import job_logging

@@ -1,4 +1,8 @@
 """Snakemake adapter: results/landscope.duckdb (logic in landscope.store)."""
+from landscope.jobserver import hand_over
+
+hand_over()  # in `landscope run`, the job runs in its warm job server (landscope.jobserver)
+
 from landscope.jobs import job_logging
 from landscope.store import write_database
 

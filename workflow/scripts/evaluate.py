@@ -1,5 +1,9 @@
 """Snakemake adapter: replay one segment, measure every step, keep the iterates the surfaces need
 (logic in landscope.trajectory.replay)."""
+from landscope.jobserver import hand_over
+
+hand_over()  # in `landscope run`, the job runs in its warm job server (landscope.jobserver)
+
 from pathlib import Path
 
 from landscope.jobs import job_logging

@@ -1,4 +1,8 @@
 """Snakemake adapter: find or fetch one dataset, verified, and write its record (landscope.problem.sources)."""
+from landscope.jobserver import hand_over
+
+hand_over()  # in `landscope run`, the job runs in its warm job server (landscope.jobserver)
+
 import json
 from pathlib import Path
 

@@ -1,4 +1,8 @@
 """Snakemake adapter: plateau-escape events of one experiment (logic in landscope.measures.plateaus)."""
+from landscope.jobserver import hand_over
+
+hand_over()  # in `landscope run`, the job runs in its warm job server (landscope.jobserver)
+
 from landscope.jobs import job_logging
 from landscope.measures.plateaus import plateaus_experiment
 

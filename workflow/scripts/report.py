@@ -1,4 +1,8 @@
 """Snakemake adapter: one experiment's HTML report (logic in landscope.report.page)."""
+from landscope.jobserver import hand_over
+
+hand_over()  # in `landscope run`, the job runs in its warm job server (landscope.jobserver)
+
 from landscope.jobs import job_logging
 from landscope.report.page import write_experiment_report
 

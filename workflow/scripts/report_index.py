@@ -1,4 +1,8 @@
 """Snakemake adapter: reports/index.html (logic in landscope.report.index)."""
+from landscope.jobserver import hand_over
+
+hand_over()  # in `landscope run`, the job runs in its warm job server (landscope.jobserver)
+
 from landscope.jobs import job_logging
 from landscope.report.index import STUDY_PAGES, write_index
 

@@ -1,4 +1,8 @@
 """Snakemake adapter: choose one run's x_K and publish its trajectory's rows (landscope.trajectory.train.finish_run)."""
+from landscope.jobserver import hand_over
+
+hand_over()  # in `landscope run`, the job runs in its warm job server (landscope.jobserver)
+
 from pathlib import Path
 
 from landscope.jobs import job_logging

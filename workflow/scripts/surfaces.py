@@ -1,4 +1,8 @@
 """Snakemake adapter: loss surfaces of one run around x_K (logic in landscope.measures.surfaces)."""
+from landscope.jobserver import hand_over
+
+hand_over()  # in `landscope run`, the job runs in its warm job server (landscope.jobserver)
+
 from pathlib import Path
 
 from landscope.jobs import job_logging

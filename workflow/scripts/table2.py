@@ -1,4 +1,8 @@
 """Snakemake adapter: reports/table2.html (logic in landscope.report.table2)."""
+from landscope.jobserver import hand_over
+
+hand_over()  # in `landscope run`, the job runs in its warm job server (landscope.jobserver)
+
 from landscope.jobs import job_logging
 from landscope.report.table2 import write_table2
 

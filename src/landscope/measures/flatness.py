@@ -262,7 +262,10 @@ def sgld_llc(loss_grad: Callable[[torch.Tensor], tuple[float, torch.Tensor]], w_
                 break
             if s >= first:
                 trace.append(loss)
-            noise = torch.randn(w.shape, dtype=F64, generator=gen).to(w.device)
+            # drawn in float32 and widened: 4.7x cheaper than float64 draws on CPU (150k parameters: 0.64 ms
+            # against 3.0 ms, a quarter of a ResNet9 chain's time), and a chain's statistics do not hang on the
+            # noise's last bits
+            noise = torch.randn(w.shape, dtype=torch.float32, generator=gen).to(w.device, F64)
             w = w - 0.5 * step_size * (nbeta * g + gamma * (w - w_star)) + sd * noise
         diverged.append(blown)
         if blown or not trace:

@@ -187,10 +187,12 @@ def cosine(dot: float, norm_a: float, norm_b: float) -> float:
     return min(1.0, max(-1.0, dot / (norm_a * norm_b)))
 
 
-def direction_row(problem, model_k: nn.Module, step: int, f_k: float | None = None) -> dict:
-    """Full-batch quantities at the current parameters x_k that need x_K (``f_k`` = f(x_K) when known)."""
+def direction_row(problem, model_k: nn.Module, step: int, f_k: float | None = None,
+                  full: tuple[float, list[torch.Tensor]] | None = None) -> dict:
+    """Full-batch quantities at the current parameters x_k that need x_K (``f_k`` = f(x_K) when known;
+    ``full`` = (f(x_k), its gradient) when already computed at exactly these parameters)."""
     model = problem.model
-    f, grads, _ = full_loss_and_grad(problem, model)
+    f, grads = full if full is not None else full_loss_and_grad(problem, model)[:2]
     if f_k is None:
         f_k = full_loss(problem, model_k)
     params_k = list(model_k.parameters())

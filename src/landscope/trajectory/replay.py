@@ -32,6 +32,7 @@ from landscope.spec import RunSpec
 from landscope.trajectory.rundir import (
     checkpoint_path,
     load_checkpoint,
+    load_full_grad,
     load_minimizer,
     load_recording,
     manifest_checkpoints,
@@ -399,12 +400,14 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
     full_batch_s = [0.0]  # seconds spent on full-batch direction rows (reported, for the benchmarks)
     directions, states = [], {}
 
-    def direction(step: int) -> dict:
-        """The full-batch row at x_step (f(x_K) measured once, at the first row, when x_K is fixed)."""
+    def direction(step: int, at_checkpoint: bool = False) -> dict:
+        """The full-batch row at x_step (f(x_K) measured once, at the first row, when x_K is fixed); at a
+        checkpoint (the model exactly its state) f and its gradient come from the snapshot job when saved."""
         t = time.perf_counter()
         reference.sync(params)
         f_k = None if reference.moves or not directions else directions[0]["full_loss_at_min"]
-        out = direction_row(problem, model_k, step, f_k)
+        full = load_full_grad(ckpt_dir, step, spec.training_key(), dev) if at_checkpoint else None
+        out = direction_row(problem, model_k, step, f_k, full)
         full_batch_s[0] += time.perf_counter() - t
         return out
 
@@ -412,7 +415,7 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
 
     def visit(step: int) -> None:
         if step == lo or (every and (step - lo) % every == 0):  # full-batch rows between checkpoints too
-            directions.append(direction(step))
+            directions.append(direction(step, at_checkpoint=step == lo))
         if step in keep:
             states[step] = keep_state(problem.model)
 
@@ -427,8 +430,8 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
         "max_abs_drift": [drift.value], "tolerance": [drift.tolerance], "replay_wall_s": [wall]}, meta)
     drift.check(where)
     save_path_iterates(kept_dir, segment, spec, states, drift.value)
-    if hi == spec.steps:
-        directions.append(direction(hi))
+    if hi == spec.steps:  # x_hi is checkpoint hi's state exactly when the drift is 0
+        directions.append(direction(hi, at_checkpoint=drift is not None and drift.value == 0))
     star = (problem.batch_star(None).expand(n_steps) if problem.fstar is None else
             torch.stack([problem.batch_star(problem.batch(s).to(dev)) for s in range(lo, hi)]))
     grams = gram.grams

@@ -11,7 +11,11 @@ share it, in the training folder ``results/checkpoints/train=KEY/`` (:func:`trai
 - ``diverged.json``: the first non-finite loss, when the run diverged;
 - ``recording.pt`` + ``.json``: the batches, learning rates and losses of a recorded loop;
 - ``manifest.json``: the trajectory's training spec, status and checkpoints (the train rule's output);
-- ``snapshots.parquet``: full-batch measurements at every checkpoint (the snapshot rule's output).
+- ``snapshots.parquet``: full-batch measurements at every checkpoint (the snapshot rule's output);
+- ``full-grad-step=0000040.pt`` + ``.json``: the full-batch loss and gradient (float64) at each checkpoint,
+  written by the snapshot job beside its table and tied to the checkpoint's SHA-256, so that the evaluate
+  jobs' full-batch rows at checkpoints read them instead of computing them again (as large as the model's
+  parameters in float64, per checkpoint).
 
 What is measured on it lives in the run folder ``results/checkpoints/experiment=E/run=R/``
 (:func:`run_dir`), keyed by the whole run spec (its config hash):
@@ -46,7 +50,7 @@ MINIMIZER = "minimizer.pt"
 RECORDING = "recording.pt"
 DIVERGED = "diverged.json"
 # what a new recording replaces: a recorded loop's own files (checkpoints, rows, mark, recording)
-RECORDED_FILES = ("recording.*", "step=*.pt", "step=*.json", "train-segment=*.parquet", DIVERGED)
+RECORDED_FILES = ("recording.*", "step=*.pt", "step=*.json", "train-segment=*.parquet", "full-grad-step=*", DIVERGED)
 
 
 class CheckpointError(RuntimeError):
@@ -85,6 +89,10 @@ def minimizer_path(folder: str | Path) -> Path:
 
 def checkpoint_path(ckpt_dir: Path, step: int) -> Path:
     return Path(ckpt_dir) / f"step={step:07d}.pt"
+
+
+def full_grad_path(ckpt_dir: Path, step: int) -> Path:
+    return Path(ckpt_dir) / f"full-grad-step={step:07d}.pt"
 
 
 def segment_rows_path(ckpt_dir: Path, j: int) -> Path:
@@ -192,6 +200,30 @@ def load_checkpoint(path: Path, key: str | None = None, map_location="cpu") -> d
 def checkpoint_sha256(ckpt_dir: Path, step: int) -> str:
     """The SHA-256 that checkpoint ``step``'s sidecar recorded (the manifest lists it)."""
     return read_sidecar(checkpoint_path(ckpt_dir, step))["sha256"]
+
+
+def save_full_grad(ckpt_dir: Path, step: int, key: str, loss: float, grads: list[torch.Tensor]) -> Path:
+    """The full-batch loss and gradient (one float64 tensor per trainable parameter) at checkpoint ``step``
+    of trajectory ``key``, tied to that checkpoint by its SHA-256 (the snapshot job writes it)."""
+    info = {"step": step, "config_hash": key, "checkpoint_sha256": checkpoint_sha256(ckpt_dir, step)}
+    return write_with_sidecar(full_grad_path(ckpt_dir, step), {"full_loss": loss, "grads": [g.cpu() for g in grads]},
+                              info)
+
+
+def load_full_grad(ckpt_dir: Path, step: int, key: str,
+                   map_location="cpu") -> tuple[float, list[torch.Tensor]] | None:
+    """(f, gradient) saved by :func:`save_full_grad` for checkpoint ``step`` exactly as it is now; None when
+    there is none, it is damaged, or it belongs to another checkpoint file (the caller then computes it)."""
+    path = full_grad_path(ckpt_dir, step)
+    if not path.is_file():
+        return None
+    try:
+        payload, meta = read_verified(path, "full-batch gradient", "re-run the snapshot job", key, map_location)
+        if meta.get("checkpoint_sha256") != checkpoint_sha256(ckpt_dir, step):
+            return None
+    except (CheckpointError, OSError, ValueError):
+        return None
+    return payload["full_loss"], payload["grads"]
 
 
 def restore_state(problem: Problem, opt, state: dict) -> None:

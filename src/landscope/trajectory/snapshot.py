@@ -16,16 +16,17 @@ from landscope.trajectory.rundir import (
     load_checkpoint,
     manifest_checkpoints,
     run_manifest,
+    save_full_grad,
     save_minimizer,
     snapshots_path,
 )
 
 
 def snapshot_run(spec, ckpt_dir: str | Path) -> Path:
-    """Full-batch loss, gradient norm, parameter norm and accuracy, and loss and accuracy on at most
-    ``spec.heldout_samples`` held-out samples (landscope.problem.heldout; null without any), at every checkpoint of the
-    training folder ``ckpt_dir``, into its snapshots file (rows named by ``spec``: the job gets
-    RunSpec.for_training's names; each run's select_minimizer job publishes them under its own)."""
+    """Full-batch loss, gradient norm (the gradient too: rundir.save_full_grad), parameter norm and accuracy, and
+    loss and accuracy on at most ``spec.heldout_samples`` held-out samples (landscope.problem.heldout; null without
+    any), at every checkpoint of the training folder ``ckpt_dir``, into its snapshots file (rows named by ``spec``:
+    the job gets RunSpec.for_training's names; each run's select_minimizer job publishes them under its own)."""
     problem = build_problem(spec)
     heldout = load_heldout(spec, spec.heldout_samples, problem.device)
     rows = {k: [] for k in store.SCHEMAS["snapshots"]}
@@ -33,6 +34,7 @@ def snapshot_run(spec, ckpt_dir: str | Path) -> Path:
         state = load_checkpoint(checkpoint_path(ckpt_dir, step), spec.training_key(), problem.device)
         problem.model.load_state_dict(state["model"])
         f, grads, acc = full_loss_and_grad(problem, problem.model)
+        save_full_grad(ckpt_dir, step, spec.training_key(), f, grads)  # the evaluate jobs' rows at checkpoints
         for k, v in (("experiment", spec.experiment), ("run", spec.run), ("step", step),
                      ("full_loss", f), ("full_grad_norm", norm_of(grads)),
                      ("param_norm", norm_of([p.detach() for p in problem.model.parameters()])),
