@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 # CI (CI=true, as .ci/run sets) also runs the tests marked slow: cluster-style executor, headless
-# browser, SIGKILL faults, 10^6-row scale (about 8 more minutes); locally `make test-all` does.
+# browser, SIGKILL faults, 10^6-row scale; locally `make test-all` does.
 ifeq ($(CI),true)
 PYTEST_MARK := -m "slow or not slow"
 endif
@@ -40,7 +40,7 @@ test-all: setup browser
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 
 # Benchmarks (docs/performance.md): ratios against baselines measured in the same run; item d reads
-# the benchmark files of a study in results/ (run `make run` first). BENCH_ARGS=--quick: ~1 minute.
+# the benchmark files of a study in results/ (run `make run` first). BENCH_ARGS=--quick: small sizes, seconds.
 BENCH_ARGS ?=
 bench: setup
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)

@@ -7,7 +7,7 @@
 # PyPI serves other torch versions only as multi-GB CUDA wheels, and no CPU index is reachable here, so
 # torch's own bounds (>=2.2,<3) are not exercised by this check.
 #
-#   bash .ci/versions.sh                 both sets (11-12 minutes measured on 2 shared, busy cores)
+#   bash .ci/versions.sh                 both sets
 #   SETS=lowest bash .ci/versions.sh     one set
 #   KEEP=1 ...                           keep the work folder (venvs, studies, logs); printed at the end
 # Exits non-zero naming every set and stage that failed.

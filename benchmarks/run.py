@@ -456,11 +456,11 @@ BENCHES = {"a": bench_ab, "b": bench_ab, "c": bench_c, "d": bench_d, "e": bench_
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes (~2 minutes): checks that everything runs")
+    ap.add_argument("--quick", action="store_true", help="small sizes (14 s on 2 cores): checks that everything runs")
     ap.add_argument("--only", default=ITEMS, help="comma-separated items, e.g. a,b (default: all)")
     ap.add_argument("--out", default=str(HERE / "out" / "results.json"))
     ap.add_argument("--study-results", default="results", help="results folder of a study run (items d, f)")
-    ap.add_argument("--repeats", type=int, default=None, help="repetitions per timing (default 2 quick, 3 full)")
+    ap.add_argument("--repeats", type=int, default=None, help="repetitions per timing (default 2 quick, 4 full)")
     args = ap.parse_args(argv)
     args.repeats = args.repeats or (2 if args.quick else 4)
     only = [c for c in args.only.replace(",", "") if c]

@@ -10,6 +10,7 @@ from landscope.problem.sources import SOURCES as DATA_SOURCES
 from landscope.problem.sources import availability_problem, fetch_home
 from landscope.report.claims import sweep_sequences
 from landscope.settings import surface_runs
+from landscope.store import part_path
 
 try:
     STUDY = load_study(config)
@@ -43,6 +44,13 @@ for _r in STUDY.runs():
 CKPT = "results/checkpoints/experiment={experiment}/run={run}"  # the run folder: x_K, path iterates
 TRAIN = "results/checkpoints/train={key}"  # the training folder: checkpoints, manifest, snapshots
 TABLE = "results/tables/{table}/experiment={experiment}"
+
+
+def table_part(table, experiment, run=None, part=0):
+    """A table's part file as its job writes it (landscope.store.part_path: the one home of that layout)."""
+    return str(part_path("results", table, experiment, run, part))
+
+
 ENV = "../../envs/landscope.yaml"
 
 
@@ -72,7 +80,7 @@ def get_key_spec(wildcards):
 
 def get_train_dir(wildcards):
     """The training folder of the job's run."""
-    return f"results/checkpoints/train={spec_of(wildcards).training_key()}"
+    return TRAIN.format(key=spec_of(wildcards).training_key())
 
 
 def get_manifest(wildcards):
@@ -96,7 +104,7 @@ def get_experiment_runs(experiment):
 
 def get_segment_parts(wildcards, table):
     return [
-        f"results/tables/{table}/experiment={r.experiment}/run={r.run}/part-{j:05d}.parquet"
+        table_part(table, r.experiment, r.run, j)
         for r in get_experiment_runs(wildcards.experiment)
         for j in range(r.n_segments)
     ]
@@ -116,7 +124,7 @@ def get_drift_parts(wildcards):
 
 def get_run_parts(wildcards, table):
     return [
-        f"results/tables/{table}/experiment={r.experiment}/run={r.run}/part-00000.parquet"
+        table_part(table, r.experiment, r.run)
         for r in get_experiment_runs(wildcards.experiment)
     ]
 
@@ -124,7 +132,7 @@ def get_run_parts(wildcards, table):
 def get_report_inputs(wildcards):
     tables = ("ab_region", "ab_frontier", "ab_grid", "pl", "condition_summary", "seed_conditions",
               "margin_sensitivity", *CONDITION_TABLES)
-    out = [f"results/tables/{t}/experiment={wildcards.experiment}/part-00000.parquet" for t in tables]
+    out = [table_part(t, wildcards.experiment) for t in tables]
     for t in ("runs", "train", "snapshots", "minimizers"):
         out += get_run_parts(wildcards, t)
     out += get_curvature_parts(wildcards)
@@ -132,8 +140,8 @@ def get_report_inputs(wildcards):
     out += get_diffusion_parts(wildcards)
     if is_analytic(wildcards.experiment):  # the surface plot reads checkpoints and x_K
         for r in get_experiment_runs(wildcards.experiment):
-            out += [f"results/checkpoints/train={r.training_key()}/manifest.json",
-                    f"results/checkpoints/experiment={r.experiment}/run={r.run}/minimizer.pt"]
+            out += [TRAIN.format(key=r.training_key()) + "/manifest.json",
+                    CKPT.format(experiment=r.experiment, run=r.run) + "/minimizer.pt"]
     return out
 
 
@@ -155,7 +163,7 @@ def get_all_reports():
 
 def get_all_summaries():
     """Every experiment's condition_summary and classical-condition parts (the index and the database read them)."""
-    return [f"results/tables/{t}/experiment={e}/part-00000.parquet"
+    return [table_part(t, e)
             for e in STUDY.experiments for t in ("condition_summary", *CONDITION_TABLES)]
 
 
@@ -211,7 +219,7 @@ def get_table2_sequences():
 
 def get_table2_summaries():
     names = dict.fromkeys(s["experiment"] for s in get_table2_sequences())
-    return [f"results/tables/{t}/experiment={e}/part-00000.parquet"
+    return [table_part(t, e)
             for e in names for t in ("condition_summary", "seed_conditions")]  # seed_conditions: beta's seed spread
 
 
@@ -241,15 +249,15 @@ def curvature_enabled(experiment):
 def get_all_curvature_parts():
     """The curvature part of every run of every experiment whose curvature is enabled, and the
     plateaus part of every experiment."""
-    return [f"results/tables/curvature/experiment={r.experiment}/run={r.run}/part-00000.parquet"
+    return [table_part("curvature", r.experiment, r.run)
             for e in STUDY.experiments.values() if curvature_enabled(e.name) for r in e.runs] + [
-        f"results/tables/plateaus/experiment={e}/part-00000.parquet" for e in STUDY.experiments]
+        table_part("plateaus", e) for e in STUDY.experiments]
 
 
 def get_curvature_parts(wildcards):
     """The experiment's curvature parts (none when curvature is disabled) and its plateaus part
     (always: plateaus come from the replay), for rules that read the tables."""
-    plateaus = [f"results/tables/plateaus/experiment={wildcards.experiment}/part-00000.parquet"]
+    plateaus = [table_part("plateaus", wildcards.experiment)]
     if not curvature_enabled(wildcards.experiment):
         return plateaus
     return [part for table in ("curvature", "spectrum", "block_curvature", "stationarity", "flatness")
@@ -263,7 +271,7 @@ def get_surfaces_settings(wildcards):
 
 
 def _surface_parts(experiment, table):
-    return [f"results/tables/{table}/experiment={r.experiment}/run={r.run}/part-00000.parquet"
+    return [table_part(table, r.experiment, r.run)
             for r in surface_runs(STUDY.experiments[experiment])]
 
 
@@ -293,7 +301,7 @@ def get_path_points(wildcards):
 def get_path_iterates(wildcards):
     """The iterates the evaluate jobs of the run's segments kept (one file per segment, with sidecar)."""
     run = STUDY.run(wildcards.experiment, wildcards.run)
-    ckpt = f"results/checkpoints/experiment={run.experiment}/run={run.run}"
+    ckpt = CKPT.format(experiment=run.experiment, run=run.run)
     return [f"{ckpt}/path-segment={j:05d}.{ext}" for j in range(run.n_segments) for ext in ("pt", "json")]
 
 
@@ -325,14 +333,14 @@ def get_diffusion_settings(wildcards):
 
 
 def get_run_snapshots_part(wildcards):
-    return f"results/tables/snapshots/experiment={wildcards.experiment}/run={wildcards.run}/part-00000.parquet"
+    return table_part("snapshots", wildcards.experiment, wildcards.run)
 
 
 def get_run_curvature_part(wildcards):
     """The run's curvature part when the experiment measures curvature (lambda_max, trace), else nothing."""
     if not curvature_enabled(wildcards.experiment):
         return []
-    return f"results/tables/curvature/experiment={wildcards.experiment}/run={wildcards.run}/part-00000.parquet"
+    return table_part("curvature", wildcards.experiment, wildcards.run)
 
 
 def get_diffusion_parts(wildcards):
@@ -344,7 +352,7 @@ def get_diffusion_parts(wildcards):
 
 def get_all_diffusion_parts():
     """The diffusion part of every run of every experiment whose diffusion is enabled."""
-    return [f"results/tables/diffusion/experiment={r.experiment}/run={r.run}/part-00000.parquet"
+    return [table_part("diffusion", r.experiment, r.run)
             for e in STUDY.experiments.values() if diffusion_enabled(e.name) for r in e.runs]
 
 
@@ -357,7 +365,7 @@ def get_generalization_inputs():
     out = get_all_summaries()
     for experiment in STUDY.experiments:
         wildcards = SimpleNamespace(experiment=experiment)
-        out += [f"results/tables/seed_conditions/experiment={experiment}/part-00000.parquet"]
+        out += [table_part("seed_conditions", experiment)]
         out += [p for t in ("runs", "snapshots", "minimizers") for p in get_run_parts(wildcards, t)]
         out += get_directions_parts(wildcards) + get_curvature_parts(wildcards) + get_surfaces_parts(wildcards)
     return out
@@ -382,7 +390,7 @@ def get_report_sidecars(wildcards):
     declared, so that they reach the page without a shared file system."""
     if not is_analytic(wildcards.experiment):
         return []
-    return [f"results/checkpoints/experiment={r.experiment}/run={r.run}/minimizer.json"
+    return [CKPT.format(experiment=r.experiment, run=r.run) + "/minimizer.json"
             for r in get_experiment_runs(wildcards.experiment)]
 
 
