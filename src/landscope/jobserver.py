@@ -194,8 +194,8 @@ def _fork(request: dict, fds: list[int], sel) -> int:
         global _in_child
         _in_child = True
         os.setpgid(0, 0)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, signal.SIG_DFL if signum == signal.SIGTERM else signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the server's handlers, back to a fresh interpreter's
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         for key in list(sel.get_map().values()):
             if isinstance(key.fileobj, socket.socket):
                 key.fileobj.close()

@@ -5,9 +5,10 @@ Snakemake 9's scheduler (snakemake.scheduling.job_scheduler.JobScheduler) wakes 
 with a timer of ``--max-jobs-per-timespan``'s timespan (1 s by default), and every pass starts another
 timer: each finished job's wake-up starts one more chain of them, so after N finished jobs the loop runs
 about N times a second, and each pass re-evaluates every ready job's params and input sizes. On the default
-study (308 jobs, ~50 waiting for a core) the Snakemake process spent 236 s of CPU in 804 s, beside the
-two cores' worth of jobs. The fix keeps at most one timer pending (one wake-up after the timespan is all the
-rate limit needs) and makes it a daemon thread (Snakemake's exit no longer waits for it).
+study (308 jobs, ~50 waiting for a core) the Snakemake process had used 236 s of CPU 11 min 25 s into the run,
+beside two cores' worth of jobs (13 s 8 min 15 s into the run with the fix; docs/performance.md). The fix
+keeps at most one timer pending (one wake-up after the timespan is all the rate limit needs) and makes it a
+daemon thread (Snakemake's exit no longer waits for it).
 
 The fix is applied only where the method it replaces exists with the signature it expects; otherwise
 Snakemake runs unchanged.
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import inspect
 import threading
+
+_lock = threading.Lock()  # guards each scheduler's pending timer
 
 
 def schedule_reevaluation_once(self, delay) -> None:
@@ -34,9 +37,6 @@ def schedule_reevaluation_once(self, delay) -> None:
         timer.daemon = True
         self._landscope_wakeup = timer
     timer.start()
-
-
-_lock = threading.Lock()
 
 
 def patch_scheduler() -> bool:

@@ -22,6 +22,9 @@ for _name, _why in STUDY.skipped.items():
 for _name, _why in STUDY.deferred.items():
     print(f"landscope: experiment '{_name}' stays in the DAG but its train jobs will fail: {_why}", file=sys.stderr)
 
+CKPT = "results/checkpoints/experiment={experiment}/run={run}"  # the run folder: x_K, path iterates
+TRAIN = "results/checkpoints/train={key}"  # the training folder: checkpoints, manifest, snapshots
+
 # Checkpoints live per training key (results/checkpoints/train=KEY/): a results folder of the earlier layout (a
 # manifest per run folder) is refused rather than silently trained again beside the old checkpoints.
 _legacy = sorted(Path("results/checkpoints").glob("experiment=*/run=*/manifest.json"))
@@ -37,12 +40,10 @@ for _r in STUDY.runs():
     RUNS_OF_KEY.setdefault(_r.training_key(), []).append(_r)
 
 for _r in STUDY.runs():
-    if _r.source == "recorded" and not Path(f"results/checkpoints/train={_r.training_key()}/recording.json").is_file():
+    if _r.source == "recorded" and not Path(TRAIN.format(key=_r.training_key()), "recording.json").is_file():
         print(f"landscope: run {_r.experiment}/{_r.run} has source: recorded but no recording yet: run your "
               "training loop with landscope.Recorder first (README: 'Your own training loop')", file=sys.stderr)
 
-CKPT = "results/checkpoints/experiment={experiment}/run={run}"  # the run folder: x_K, path iterates
-TRAIN = "results/checkpoints/train={key}"  # the training folder: checkpoints, manifest, snapshots
 TABLE = "results/tables/{table}/experiment={experiment}"
 
 

@@ -340,7 +340,8 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
     where = f"run {spec.experiment}/{spec.run} segment {segment} (steps {lo}..{hi})"
     keep = segment_path_steps(manifest_checkpoints(run_manifest(spec, ckpt_dir, "evaluate")), path_points, lo, hi)
     kept_dir = Path(minimizer_path).parent  # the run folder: x_K and the path iterates
-    if read_divergence(ckpt_dir, spec.training_key()) is not None:
+    key = spec.training_key()
+    if read_divergence(ckpt_dir, key) is not None:
         return _diverged_segment(spec, ckpt_dir, kept_dir, segment, results, keep, where)
     problem = attach_recording(build_problem(spec), ckpt_dir)
     model_k = copy.deepcopy(problem.model)
@@ -406,7 +407,7 @@ def replay_segment(spec: RunSpec, ckpt_dir: str | Path, minimizer_path: str | Pa
         t = time.perf_counter()
         reference.sync(params)
         f_k = None if reference.moves or not directions else directions[0]["full_loss_at_min"]
-        full = load_full_grad(ckpt_dir, step, spec.training_key(), dev) if at_checkpoint else None
+        full = load_full_grad(ckpt_dir, step, key, dev) if at_checkpoint else None
         out = direction_row(problem, model_k, step, f_k, full)
         full_batch_s[0] += time.perf_counter() - t
         return out

@@ -29,18 +29,19 @@ def snapshot_run(spec, ckpt_dir: str | Path) -> Path:
     the job gets RunSpec.for_training's names; each run's select_minimizer job publishes them under its own)."""
     problem = build_problem(spec)
     heldout = load_heldout(spec, spec.heldout_samples, problem.device)
+    key = spec.training_key()
     rows = {k: [] for k in store.SCHEMAS["snapshots"]}
     for step in manifest_checkpoints(run_manifest(spec, ckpt_dir, "snapshot")):  # fewer when the run diverged
-        state = load_checkpoint(checkpoint_path(ckpt_dir, step), spec.training_key(), problem.device)
+        state = load_checkpoint(checkpoint_path(ckpt_dir, step), key, problem.device)
         problem.model.load_state_dict(state["model"])
         f, grads, acc = full_loss_and_grad(problem, problem.model)
-        save_full_grad(ckpt_dir, step, spec.training_key(), f, grads)  # the evaluate jobs' rows at checkpoints
+        save_full_grad(ckpt_dir, step, key, f, grads)  # the evaluate jobs' rows at checkpoints
         for k, v in (("experiment", spec.experiment), ("run", spec.run), ("step", step),
                      ("full_loss", f), ("full_grad_norm", norm_of(grads)),
                      ("param_norm", norm_of([p.detach() for p in problem.model.parameters()])),
                      ("accuracy", acc), *heldout_metrics(problem, heldout, f).items()):
             rows[k].append(v)
-    meta = store.provenance(spec.training_key(), str(problem.device))
+    meta = store.provenance(key, str(problem.device))
     return store.write_table(snapshots_path(ckpt_dir), "snapshots", rows, meta)
 
 
