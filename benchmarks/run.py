@@ -168,7 +168,11 @@ def interleaved_steps(spec, rounds: int, block: int = 50) -> tuple[float, float]
 def train_and_replay(label: str, model: dict, steps: int, repeats: int, study_every=None,
                      device: str = "cpu") -> list[dict]:
     """Rows a (training overhead), b (replay ratio, its floor, and with the study's full-batch rows),
-    on ``device`` (benchmarks/gpu_check.py runs them on a GPU)."""
+    on ``device`` (benchmarks/gpu_check.py runs them on a GPU).
+
+    Each of ``repeats`` rounds times the bare loop, landscope's training, the replay and the floor
+    once each, in an order that turns round every round (a slow spell of the machine falls on all of
+    them alike, not on whichever was measured last); each figure is the minimum over the rounds."""
     import torch
 
     spec = run_spec(model, steps, device=device)
@@ -176,35 +180,44 @@ def train_and_replay(label: str, model: dict, steps: int, repeats: int, study_ev
     warm = run_spec(model, 4, device=device)  # first calls pay one-time costs (lazy imports in torch.optim: ~1 s)
     bare_train(warm)
     train.train_run(warm, tmp / "warm")
-    bare_s, train_s = [], []
-    for r in range(repeats):  # alternate in ABBA order, so that neither always runs first
-        ck, res = tmp / f"ck{r}", tmp / f"res{r}"
-        for which in ("bare", "train") if r % 2 == 0 else ("train", "bare"):
-            if which == "bare":
-                s, bare = timed(lambda: bare_train(spec))
-                bare_s.append((s, timed.cpu))
-            else:
-                train_s.append(timed_both(lambda ck=ck, res=res: train.train_run(spec, ck)))
+    ck, res = tmp / "ck", tmp / "res"  # the run every replay replays
+    train.train_run(spec, ck)
+    train.snapshot_and_select(spec, ck, ck / "minimizer.pt", res)
+    bare = bare_train(spec)
     final = rundir.load_checkpoint(rundir.checkpoint_path(ck, steps))["model"]
     identical = all(torch.equal(v.cpu(), final[k]) for k, v in bare.state_dict().items())
-    rows = [row("a", f"{label}: instrumented training vs bare loop", min(train_s)[0], min(bare_s)[0], "s", 1.05,
-                steps=steps, identical_parameters=identical, cpu_ratio=cpu_ratio(train_s, bare_s))]
     if not identical:
         raise AssertionError(f"{label}: the bare loop and landscope's training ended at different parameters")
+    at_min = copy.deepcopy(bare).eval()
+
+    got = {k: [] for k in ("bare", "train", "replay", "loop", "floor")}  # (wall, CPU) seconds per round
+
+    def replay_once():
+        wall, out = timed(lambda: replay.replay_segment(spec, ck, ck / "minimizer.pt", 0, res))
+        got["replay"].append((wall, timed.cpu))
+        got["loop"].append((wall - out["full_batch_s"], timed.cpu - out["full_batch_s"]))
+
+    def train_once():  # each into a fresh folder
+        got["train"].append(timed_both(lambda: train.train_run(spec, tmp / f"t{len(got['train'])}")))
+
+    kinds = {"bare": lambda: got["bare"].append(timed_both(lambda: bare_train(spec))), "train": train_once,
+             "replay": replay_once, "floor": lambda: got["floor"].append(timed_both(lambda: bare_train(spec, at_min)))}
+    for r in range(repeats):
+        order = list(kinds)[r % 4:] + list(kinds)[:r % 4]  # each kind first in turn, and last in turn
+        for kind in order if r % 2 == 0 else order[::-1]:
+            kinds[kind]()
+    train_s, bare_s = got["train"], got["bare"]
+    walls = {f"{k}_walls_s": [round(w, 4) for w, _ in v] for k, v in got.items()}  # every round's, in the JSON
+    rows = [row("a", f"{label}: instrumented training vs bare loop", min(train_s)[0], min(bare_s)[0], "s", 1.05,
+                steps=steps, identical_parameters=identical, cpu_ratio=cpu_ratio(train_s, bare_s))]
     ours, plain = interleaved_steps(spec, 6 if steps < 500 else 30)
     rows.append(row("a", f"{label}: one training step vs one bare step (interleaved, median)", ours, plain,
                     "s", 1.05))
-
-    train.snapshot_and_select(spec, ck, ck / "minimizer.pt", res)
-    replay_s, loop_s = [], []
-    for _ in range(repeats):
-        wall, out = timed(lambda: replay.replay_segment(spec, ck, ck / "minimizer.pt", 0, res))
-        replay_s.append((wall, timed.cpu))
-        loop_s.append((wall - out["full_batch_s"], timed.cpu - out["full_batch_s"]))
-    rows.append(row("b", f"{label}: replay (all per-step quantities) vs training", min(replay_s)[0],
-                    min(train_s)[0], "s", 1.35, steps=steps, cpu_ratio=cpu_ratio(replay_s, train_s)))
+    rows.append(row("b", f"{label}: replay (all per-step quantities) vs training", min(got["replay"])[0],
+                    min(train_s)[0], "s", 1.35, steps=steps, cpu_ratio=cpu_ratio(got["replay"], train_s), **walls))
     rows.append(row("b", f"{label}: the same without its 2 full-batch rows (f, grad f at both ends)",
-                    min(loop_s)[0], min(train_s)[0], "s", 1.35, steps=steps, cpu_ratio=cpu_ratio(loop_s, train_s)))
+                    min(got["loop"])[0], min(train_s)[0], "s", 1.35, steps=steps,
+                    cpu_ratio=cpu_ratio(got["loop"], train_s)))
     if study_every:  # the study's setting: full-batch direction rows every so many steps as well
         spec_d = run_spec(model, steps, directions_every=study_every, device=device)
         ckd, resd = tmp / "ckd", tmp / "resd"
@@ -214,16 +227,8 @@ def train_and_replay(label: str, model: dict, steps: int, repeats: int, study_ev
               for _ in range(max(1, repeats - 1))]
         rows.append(row("b", f"{label}: replay + full-batch rows every {study_every} steps vs training",
                         min(sd)[0], min(train_s)[0], "s", None, steps=steps, cpu_ratio=cpu_ratio(sd, train_s)))
-    at_min = copy.deepcopy(bare).eval()
-    floor_s, plain_s = [], []
-    for r in range(repeats):
-        for which in ("plain", "floor") if r % 2 == 0 else ("floor", "plain"):
-            if which == "plain":
-                plain_s.append(timed_both(lambda: bare_train(spec)))
-            else:
-                floor_s.append(timed_both(lambda: bare_train(spec, at_min)))
-    rows.append(row("b", f"{label}: floor: bare loop + x_K forward vs bare loop", min(floor_s)[0],
-                    min(plain_s)[0], "s", None, steps=steps, cpu_ratio=cpu_ratio(floor_s, plain_s)))
+    rows.append(row("b", f"{label}: floor: bare loop + x_K forward vs bare loop", min(got["floor"])[0],
+                    min(bare_s)[0], "s", None, steps=steps, cpu_ratio=cpu_ratio(got["floor"], bare_s)))
     return rows
 
 

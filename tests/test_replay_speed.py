@@ -165,3 +165,76 @@ def test_a_shortcut_that_rounds_differently_gives_way_to_the_reference(spec_fact
         got = replay.losses_at(problem, model, steps)
     assert torch.equal(got, exact) and torch.equal(got, stacked_reference(problem, model, steps, 2))
     assert "measuring them as before" in caplog.text
+
+
+# ----------------------------------------------------------------------------------- max pooling as maxima
+def test_maxima_pooling_by_hand():
+    x = torch.tensor([[[[1.0, 5.0, -2.0, 0.0],
+                        [3.0, 2.0, 7.0, -1.0],
+                        [0.5, -4.0, 6.0, 6.0],
+                        [9.0, 1.0, -3.0, 2.5]]]])
+    assert replay.maxima_pool2d(x, 2).tolist() == [[[[5.0, 7.0], [9.0, 6.0]]]]
+    # 3x3 windows, stride 1: the four windows' maxima
+    assert replay.maxima_pool2d(x, 3, stride=1).tolist() == [[[[7.0, 7.0], [9.0, 7.0]]]]
+    # a 1x3 window, stride (1, 1): the three running maxima of each row
+    assert replay.maxima_pool2d(x, (1, 3), 1).tolist() == [[[[5.0, 5.0], [7.0, 7.0], [6.0, 6.0], [9.0, 2.5]]]]
+    assert replay.maxima_pool2d(x, (4, 4)).tolist() == [[[[9.0]]]]  # a global pool
+
+
+@pytest.mark.parametrize("shape, args, kwargs", [
+    ((64, 16, 8, 8), (2,), {}),  # ResNet9's and the CNN's 2x2 pools
+    ((5, 3, 7, 9), (2,), {}),  # odd sides: the last row and column are dropped, as by the kernel
+    ((5, 3, 7, 9), (3,), {"stride": 2}),  # overlapping windows
+    ((5, 3, 7, 9), ((2, 3),), {"stride": (1, 2)}),
+    ((4, 8, 4, 4), ((4, 4),), {}),  # the global pool of ResNet9 on 32x32 images
+    ((4, 8, 1, 1), ((1, 1),), {}),  # ... and on 8x8 ones
+    ((3, 6, 6), (2,), {}),  # no batch dimension
+])
+def test_maxima_pooling_is_the_kernel_bit_for_bit(shape, args, kwargs):
+    torch.manual_seed(0)
+    x = torch.randn(*shape).relu()  # zeros tie, as after a ReLU
+    x.view(-1)[5] = math.nan
+    with torch.inference_mode():
+        expected = F.max_pool2d(x, *args, **kwargs)
+        got = replay.maxima_pool2d(x, *args, **kwargs)
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    assert torch.equal(got.isnan(), expected.isnan())  # NaN propagates as in the kernel
+    assert torch.equal(got.nan_to_num(), expected.nan_to_num())
+    assert got.data_ptr() != x.data_ptr()  # a new tensor, never a view of the input
+
+
+@pytest.mark.parametrize("kwargs", [{"padding": 1}, {"dilation": 2}, {"ceil_mode": True}, {"return_indices": True}])
+def test_maxima_pooling_leaves_other_pools_to_the_kernel(kwargs):
+    x = torch.randn(2, 3, 7, 7)
+    assert replay.maxima_pool2d(x, 3, 2, **kwargs) is None
+    with replay.MaximaPooling():  # and the mode runs them as written
+        got = F.max_pool2d(x, 3, 2, **kwargs)
+    expected = F.max_pool2d(x, 3, 2, **kwargs)
+    pairs = zip(got, expected) if isinstance(got, tuple) else [(got, expected)]  # (values, indices) or values
+    assert all(torch.equal(a, b) for a, b in pairs)
+
+
+def test_maxima_pooling_mode_takes_the_models_pools(monkeypatch):
+    calls = []
+    real = replay.maxima_pool2d
+    monkeypatch.setattr(replay, "maxima_pool2d", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2))
+    x = torch.randn(6, 1, 8, 8)
+    with torch.inference_mode():
+        expected = F.max_pool2d(model(x), (4, 4))
+        with replay.MaximaPooling():
+            got = F.max_pool2d(model(x), (4, 4))  # a module's pool and a functional one
+    assert torch.equal(got, expected) and calls == [2, (4, 4)]
+
+
+def test_cnn_losses_at_x_k_with_pooling_as_maxima_equal_one_forward_per_stack(spec_factory, monkeypatch):
+    spec = spec_factory(model={"name": "cnn", "channels": 8, "c1": 4}, eval_batch_size=64,
+                        batch_size=16, steps=20, snapshot_every=20)
+    problem = build.build_problem(spec)
+    model = problem.model.eval()
+    pooled = []
+    real = replay.maxima_pool2d
+    monkeypatch.setattr(replay, "maxima_pool2d", lambda *a, **k: pooled.append(1) or real(*a, **k))
+    got = replay.losses_at(problem, model, range(20))
+    assert pooled  # the fast path took the pools
+    assert torch.equal(got, stacked_reference(problem, model, range(20), 4))
