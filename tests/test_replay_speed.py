@@ -189,6 +189,8 @@ def test_maxima_pooling_by_hand():
     ((4, 8, 4, 4), ((4, 4),), {}),  # the global pool of ResNet9 on 32x32 images
     ((4, 8, 1, 1), ((1, 1),), {}),  # ... and on 8x8 ones
     ((3, 6, 6), (2,), {}),  # no batch dimension
+    ((2, 3, 6, 6), ((2, 1),), {"stride": 2}),  # a window of 1 along a strided dimension
+    ((2, 3, 6, 6), ((1, 1),), {"stride": 2}),  # subsampling only
 ])
 def test_maxima_pooling_is_the_kernel_bit_for_bit(shape, args, kwargs):
     torch.manual_seed(0)
@@ -200,7 +202,8 @@ def test_maxima_pooling_is_the_kernel_bit_for_bit(shape, args, kwargs):
     assert got.shape == expected.shape and got.dtype == expected.dtype
     assert torch.equal(got.isnan(), expected.isnan())  # NaN propagates as in the kernel
     assert torch.equal(got.nan_to_num(), expected.nan_to_num())
-    assert got.data_ptr() != x.data_ptr()  # a new tensor, never a view of the input
+    assert got.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()  # never a view of the input
+    assert got.is_contiguous() and expected.is_contiguous()  # dense, as the kernel's (a model may .view() it)
 
 
 @pytest.mark.parametrize("kwargs", [{"padding": 1}, {"dilation": 2}, {"ceil_mode": True}, {"return_indices": True}])

@@ -341,7 +341,11 @@ def maxima_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, dilation
             part = out[tuple(window)]
             pooled = part if pooled is None else torch.maximum(pooled, part)
         out = pooled
-    return out.clone() if kernel == (1, 1) else out  # a 1x1 window: a copy, as the kernel returns
+    if out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():  # 1x1 windows: views of x only
+        out = out.clone()
+    if not (out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last)):  # a strided view
+        out = out.contiguous()  # dense, as the kernel's output (a model may .view() it)
+    return out
 
 
 def with_maxima_pooling(losses: Callable) -> Callable:
