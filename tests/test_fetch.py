@@ -98,6 +98,8 @@ def isolated_locations(tmp_path, monkeypatch):
     monkeypatch.delenv("LANDSCOPE_DATA", raising=False)
     monkeypatch.delenv(catalog.SOURCES_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    # Debian's Fashion-MNIST (`sudo make data`) where the tests expect nothing installed
+    monkeypatch.setattr(sources, "FASHION_SYSTEM_DIR", str(tmp_path / "no-system-install"))
 
 
 # ----------------------------------------------------------------------------------- fixtures in the real formats
