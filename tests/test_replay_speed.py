@@ -120,14 +120,16 @@ def test_batch_norm_normalises_each_stacked_batch_on_its_own():
                           atol=1e-6)
 
 
-def test_batch_norm_models_get_one_forward_per_step_values_from_stacked_forwards(spec_factory):
+def test_batch_norm_models_get_one_forward_per_step_values_from_stacked_forwards(spec_factory, caplog):
     spec = spec_factory(model={"name": "resnet9", "width": 0.125}, eval_batch_size=64, steps=13, snapshot_every=13)
     problem = build.build_problem(spec)
     model = problem.model
     use_batch_statistics(model)
     buffers = {k: v.clone() for k, v in model.state_dict().items()}
     steps = range(13)  # 64 // 16 = 4 steps a forward: 4, 4, 4 and 1
-    got = replay.losses_at(problem, model, steps)
+    with caplog.at_level("INFO", logger="landscope"):
+        got = replay.losses_at(problem, model, steps)
+    assert "measuring them as before" not in caplog.text  # the stacked forwards (pools as maxima) stood
     assert torch.equal(got, torch.stack([replay.loss_at(problem, model, s) for s in steps]))
     assert all(torch.equal(v, buffers[k]) for k, v in model.state_dict().items())  # no running statistics written
     assert not any("forward" in vars(m) for m in model.modules())
@@ -230,7 +232,7 @@ def test_maxima_pooling_mode_takes_the_models_pools(monkeypatch):
     assert torch.equal(got, expected) and calls == [2, (4, 4)]
 
 
-def test_cnn_losses_at_x_k_with_pooling_as_maxima_equal_one_forward_per_stack(spec_factory, monkeypatch):
+def test_cnn_losses_at_x_k_with_pooling_as_maxima_equal_one_forward_per_stack(spec_factory, monkeypatch, caplog):
     spec = spec_factory(model={"name": "cnn", "channels": 8, "c1": 4}, eval_batch_size=64,
                         batch_size=16, steps=20, snapshot_every=20)
     problem = build.build_problem(spec)
@@ -238,6 +240,7 @@ def test_cnn_losses_at_x_k_with_pooling_as_maxima_equal_one_forward_per_stack(sp
     pooled = []
     real = replay.maxima_pool2d
     monkeypatch.setattr(replay, "maxima_pool2d", lambda *a, **k: pooled.append(1) or real(*a, **k))
-    got = replay.losses_at(problem, model, range(20))
-    assert pooled  # the fast path took the pools
+    with caplog.at_level("INFO", logger="landscope"):
+        got = replay.losses_at(problem, model, range(20))
+    assert pooled and "measuring them as before" not in caplog.text  # the fast path took the pools, and stood
     assert torch.equal(got, stacked_reference(problem, model, range(20), 4))
