@@ -3,14 +3,14 @@ rule bounds:
     size, L from the measured sharpness, the gradient noise), beside what the run achieved, per run and
     point (condition_bounds, and along training condition_bound_curve)."""
     input:
-        constants="results/tables/condition_constants/experiment={experiment}/part-00000.parquet",
+        constants=table_part("condition_constants", "{experiment}"),
         runs=get_runs_parts,
         steps=get_steps_parts,
         directions=get_directions_parts,
         curvature=get_curvature_tables,
     output:
-        bounds="results/tables/condition_bounds/experiment={experiment}/part-00000.parquet",
-        curve="results/tables/condition_bound_curve/experiment={experiment}/part-00000.parquet",
+        bounds=table_part("condition_bounds", "{experiment}"),
+        curve=table_part("condition_bound_curve", "{experiment}"),
     params:
         experiment=get_experiment_spec,
         results=get_results_dir_of_output,

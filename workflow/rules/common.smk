@@ -44,7 +44,6 @@ for _r in STUDY.runs():
         print(f"landscope: run {_r.experiment}/{_r.run} has source: recorded but no recording yet: run your "
               "training loop with landscope.Recorder first (README: 'Your own training loop')", file=sys.stderr)
 
-TABLE = "results/tables/{table}/experiment={experiment}"
 
 
 def table_part(table, experiment, run=None, part=0):

@@ -10,11 +10,11 @@ rule curvature:
         minimizer=f"{CKPT}/minimizer.pt",
         minimizer_sidecar=f"{CKPT}/minimizer.json",
     output:
-        curvature="results/tables/curvature/experiment={experiment}/run={run}/part-00000.parquet",
-        spectrum="results/tables/spectrum/experiment={experiment}/run={run}/part-00000.parquet",
-        block_curvature="results/tables/block_curvature/experiment={experiment}/run={run}/part-00000.parquet",
-        stationarity="results/tables/stationarity/experiment={experiment}/run={run}/part-00000.parquet",
-        flatness="results/tables/flatness/experiment={experiment}/run={run}/part-00000.parquet",
+        curvature=table_part("curvature", "{experiment}", "{run}"),
+        spectrum=table_part("spectrum", "{experiment}", "{run}"),
+        block_curvature=table_part("block_curvature", "{experiment}", "{run}"),
+        stationarity=table_part("stationarity", "{experiment}", "{run}"),
+        flatness=table_part("flatness", "{experiment}", "{run}"),
     params:
         spec=get_run_spec,
         settings=get_curvature_settings,
@@ -42,7 +42,7 @@ rule plateaus:
     input:
         get_steps_parts,
     output:
-        "results/tables/plateaus/experiment={experiment}/part-00000.parquet",
+        table_part("plateaus", "{experiment}"),
     params:
         runs=get_run_names,
         settings=get_plateau_settings,

@@ -12,8 +12,8 @@ rule diffusion:
         snapshots=get_run_snapshots_part,
         curvature=get_run_curvature_part,
     output:
-        diffusion="results/tables/diffusion/experiment={experiment}/run={run}/part-00000.parquet",
-        msd="results/tables/diffusion_msd/experiment={experiment}/run={run}/part-00000.parquet",
+        diffusion=table_part("diffusion", "{experiment}", "{run}"),
+        msd=table_part("diffusion_msd", "{experiment}", "{run}"),
     params:
         spec=get_run_spec,
         settings=get_diffusion_settings,

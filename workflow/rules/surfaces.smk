@@ -9,9 +9,9 @@ rule surfaces:
         minimizer_sidecar=f"{CKPT}/minimizer.json",
         path_iterates=get_path_iterates,
     output:
-        surface_1d="results/tables/surface_1d/experiment={experiment}/run={run}/part-00000.parquet",
-        surface_2d="results/tables/surface_2d/experiment={experiment}/run={run}/part-00000.parquet",
-        surface_path="results/tables/surface_path/experiment={experiment}/run={run}/part-00000.parquet",
+        surface_1d=table_part("surface_1d", "{experiment}", "{run}"),
+        surface_2d=table_part("surface_2d", "{experiment}", "{run}"),
+        surface_path=table_part("surface_path", "{experiment}", "{run}"),
     params:
         spec=get_run_spec,
         settings=get_surfaces_settings,

@@ -64,10 +64,10 @@ rule select_minimizer:
     output:
         minimizer=f"{CKPT}/minimizer.pt",
         minimizer_sidecar=f"{CKPT}/minimizer.json",
-        train="results/tables/train/experiment={experiment}/run={run}/part-00000.parquet",
-        runs="results/tables/runs/experiment={experiment}/run={run}/part-00000.parquet",
-        snapshots="results/tables/snapshots/experiment={experiment}/run={run}/part-00000.parquet",
-        minimizers="results/tables/minimizers/experiment={experiment}/run={run}/part-00000.parquet",
+        train=table_part("train", "{experiment}", "{run}"),
+        runs=table_part("runs", "{experiment}", "{run}"),
+        snapshots=table_part("snapshots", "{experiment}", "{run}"),
+        minimizers=table_part("minimizers", "{experiment}", "{run}"),
     params:
         spec=get_run_spec,
         results=get_results_dir_of_output,
